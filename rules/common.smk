@@ -1,0 +1,101 @@
+# Configuration, cohort and helpers shared by every rule file.
+import re
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from mschange import demo as mschange_demo
+from mschange.cohort import (
+    CohortError,
+    check_cohort_images,
+    cohort_from_bids,
+    read_cohort_sheet,
+)
+from mschange.config import ConfigError, validate_config
+
+try:
+    _validated = validate_config(config)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+config.clear()
+config.update(_validated)
+
+SUBJECT_PATTERN = r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
+TIMEPOINTS = ["baseline", "followup"]
+DEMO_DIR = "results/demo"
+PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
+QC_DIR = "results/qc"
+
+
+wildcard_constraints:
+    subject=SUBJECT_PATTERN,
+    tp="baseline|followup",
+
+
+def demo_cohort():
+    """The demo cohort's rows, known from the config before the images exist."""
+    import pandas as pd
+
+    rows = []
+    for subject, has_change in mschange_demo.demo_subject_ids(
+        config["demo"]["n_train"], config["demo"]["n_test"]
+    ):
+        paths = mschange_demo.demo_subject_paths(subject, Path(DEMO_DIR))
+        rows.append(
+            {
+                "subject": subject,
+                "baseline": str(paths.baseline),
+                "followup": str(paths.followup),
+                "split": "test" if has_change else "train",
+                "change": "yes" if has_change else "no",
+                "label": str(paths.change_mask) if has_change else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def load_cohort():
+    """The cohort, checked before any job starts (the demo's images are checked by its jobs)."""
+    cohort_config = config["cohort"]
+    try:
+        if cohort_config["source"] == "demo":
+            return demo_cohort()
+        if cohort_config["source"] == "sheet":
+            cohort = read_cohort_sheet(cohort_config["sheet"])
+        else:
+            cohort = cohort_from_bids(
+                cohort_config["bids_dir"],
+                split=cohort_config["bids_split"],
+                change=cohort_config["bids_change"],
+            )
+        check_cohort_images(
+            cohort,
+            check_voxels=cohort_config["check_voxels"],
+            cache_file="results/cache/input_checks.json",
+        )
+    except CohortError as error:
+        raise WorkflowError(str(error)) from None
+    return cohort
+
+
+COHORT = load_cohort().set_index("subject", drop=False)
+SUBJECTS = list(COHORT["subject"])
+
+
+def raw_scan(wildcards):
+    """The user's scan for one subject and time point."""
+    return COHORT.loc[wildcards.subject, wildcards.tp]
+
+
+def gpu_count():
+    """GPUs a network-running job asks for: one on CUDA, none on CPU."""
+    return 1 if config["device"].startswith("cuda") else 0
+
+
+def preprocessed_pairs():
+    """Final preprocessed images of every pair (both time points on the follow-up grid)."""
+    return expand(
+        PREPROC + "_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
+        subject=SUBJECTS,
+        tp=TIMEPOINTS,
+    )

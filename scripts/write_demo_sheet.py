@@ -1,0 +1,13 @@
+"""Rule write_demo_sheet: thin adapter to mschange.demo."""
+
+from pathlib import Path
+
+from mschange.demo import demo_subject_ids, write_demo_sheet
+from mschange.logs import logging_to
+
+with logging_to(snakemake.log[0], "write_demo_sheet"):
+    write_demo_sheet(
+        Path(snakemake.params.out_dir),
+        demo_subject_ids(snakemake.params.n_train, snakemake.params.n_test),
+        Path(snakemake.output[0]),
+    )

@@ -1,0 +1,71 @@
+"""Validation of the workflow configuration against its schema, before any job starts."""
+
+from __future__ import annotations
+
+import copy
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    text = resources.files("mschange.schemas").joinpath(f"{name}.schema.yaml").read_text()
+    schema: dict[str, Any] = yaml.safe_load(text)
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key not in instance and sub.get("type") == "object":
+            instance[key] = {}
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return (f"unknown config key(s) {', '.join(repr(u) for u in unknown)} under {where}; "
+                f"allowed: {', '.join(allowed)}")
+    return f"config key {where}: {error.message}"
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``config`` with defaults filled in, or raise :class:`ConfigError`.
+
+    Every problem is reported at once, one line each.
+    """
+    schema = load_schema("config")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid configuration:\n" + "\n".join(
+            f"  - {_describe(e)}" for e in errors))
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema)
+    source = filled["cohort"]["source"]
+    if source == "sheet" and not filled["cohort"].get("sheet"):
+        raise ConfigError("invalid configuration:\n  - cohort.source is 'sheet' but "
+                          "cohort.sheet (the TSV path) is missing")
+    if source == "bids" and not filled["cohort"].get("bids_dir"):
+        raise ConfigError("invalid configuration:\n  - cohort.source is 'bids' but "
+                          "cohort.bids_dir is missing")
+    normalize = filled["preprocessing"]["normalize"]
+    if normalize["low_percentile"] >= normalize["high_percentile"]:
+        raise ConfigError("invalid configuration:\n  - preprocessing.normalize: "
+                          "low_percentile must be below high_percentile")
+    return filled

@@ -1,0 +1,80 @@
+"""Conversions between nibabel (RAS+) images and ITK-family images (LPS+).
+
+nibabel, ANTsPy and SimpleITK agree on voxel index order (i, j, k) but not on
+physical coordinates: ITK tools use LPS, NIfTI affines are RAS. These helpers are
+the only place that flips signs, so every tool sees the same physical space.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import SimpleITK as sitk
+
+from mschange.io import voxel_sizes
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def itk_geometry(affine: npt.NDArray[np.floating[Any]]
+                 ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(origin, spacing, direction) in ITK's LPS convention for a NIfTI affine."""
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = voxel_sizes(affine)
+    direction = RAS_TO_LPS @ (affine[:3, :3] / spacing)
+    origin = RAS_TO_LPS @ affine[:3, 3]
+    return tuple(origin.tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
+
+
+def affine_from_itk(origin: Any, spacing: Any, direction: Any) -> npt.NDArray[np.float64]:
+    direction_lps = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = RAS_TO_LPS @ direction_lps @ np.diag(np.asarray(spacing, dtype=np.float64))
+    affine[:3, 3] = RAS_TO_LPS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
+def to_sitk(data: npt.ArrayLike, affine: npt.NDArray[np.floating[Any]]) -> sitk.Image:
+    """A SimpleITK image with the same voxels and physical placement."""
+    # SimpleITK arrays are (k, j, i); ours are (i, j, k).
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data).transpose(2, 1, 0)))
+    origin, spacing, direction = itk_geometry(affine)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def from_sitk(image: sitk.Image) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    """(data in (i, j, k) order, RAS affine) of a SimpleITK image."""
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return data, affine_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+
+def to_ants(data: npt.ArrayLike, affine: npt.NDArray[np.floating[Any]]) -> Any:
+    import ants  # imported lazily: loading ANTsPy takes seconds
+
+    origin, spacing, direction = itk_geometry(affine)
+    return ants.from_numpy(np.asarray(data, dtype=np.float32), origin=origin, spacing=spacing,
+                           direction=np.asarray(direction).reshape(3, 3))
+
+
+def from_ants(image: Any) -> npt.NDArray[Any]:
+    return np.asarray(image.numpy())
+
+
+def voxel_centres_mm(shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]]
+                     ) -> npt.NDArray[np.float64]:
+    """Scanner (RAS mm) coordinates of every voxel centre, shape (N, 3), C order."""
+    grid = np.indices(shape[:3], dtype=np.float64).reshape(3, -1)
+    return (np.asarray(affine)[:3, :3] @ grid + np.asarray(affine)[:3, 3:4]).T
+
+
+def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3) -> bool:
+    """True when two images have the same shape and the same voxel-to-scanner mapping."""
+    if tuple(a.shape[:3]) != tuple(b.shape[:3]):
+        return False
+    return bool(np.allclose(a.affine, b.affine, atol=tolerance_mm))

@@ -1,0 +1,133 @@
+"""File-level preprocessing steps: paths in, paths out.
+
+Each function is one workflow rule (called by a thin script in ``scripts/``) and
+also usable on its own. Inputs are checked on entry, so a bad file fails here with
+the subject and the file named; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from mschange.io import load_checked_image, save_json, save_nifti, voxel_sizes
+from mschange.preprocessing.bias import n4_correct
+from mschange.preprocessing.normalize import normalize_percentiles
+from mschange.preprocessing.register import register_rigid
+from mschange.preprocessing.resample import resample_isotropic
+from mschange.preprocessing.skullstrip import HdBetMode, skullstrip
+from mschange.qc import brain_volume_ml, plot_pair_qc, registration_correlation
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+
+def _load(path: PathLike) -> nib.Nifti1Image:
+    """Load a pipeline intermediate (already checked when it was an input)."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return image
+
+
+def resample_step(scan: PathLike, output: PathLike, *, subject: str, resolution_mm: float,
+                  order: int = 1) -> None:
+    image = load_checked_image(scan, subject)
+    log.info("%s: %s, shape %s, voxels %s mm", subject, scan, image.shape,
+             np.round(voxel_sizes(image.affine), 3).tolist())
+    resampled = resample_isotropic(image, resolution_mm, order=order)
+    log.info("resampled to %s mm: shape %s", resolution_mm, resampled.shape)
+    save_nifti(resampled.get_fdata(dtype=np.float32), resampled.affine, output,
+               header=image.header)
+
+
+def skullstrip_step(scan: PathLike, brain_output: PathLike, mask_output: PathLike, *,
+                    subject: str, mode: HdBetMode = "fast", device: str = "cpu",
+                    tta: bool = False, threads: int | None = None) -> None:
+    image = _load(scan)
+    brain, mask = skullstrip(image, mode=mode, device=device, tta=tta, threads=threads)
+    volume = brain_volume_ml(mask, image.affine)
+    log.info("%s: HD-BET (%s, tta=%s, %s) brain volume %.0f ml", subject, mode, tta, device,
+             volume)
+    # Same header and affine as the input: the mask must overlay it exactly.
+    save_nifti(brain, image.affine, brain_output, header=image.header)
+    save_nifti(mask.astype(np.uint8), image.affine, mask_output, header=image.header,
+               dtype=np.uint8)
+
+
+def register_step(followup_brain: PathLike, baseline_brain: PathLike, baseline_mask: PathLike,
+                  transform_output: PathLike, moved_brain_output: PathLike,
+                  moved_mask_output: PathLike, *, subject: str, transform: str = "Rigid",
+                  seed: int = 0, threads: int | None = None) -> None:
+    fixed = _load(followup_brain)
+    moving = _load(baseline_brain)
+    mask = _load(baseline_mask)
+    result = register_rigid(fixed.get_fdata(dtype=np.float32), fixed.affine,
+                            moving.get_fdata(dtype=np.float32), moving.affine,
+                            np.asarray(mask.dataobj), transform_output,
+                            transform_type=transform, seed=seed, threads=threads)
+    log.info("%s: baseline registered onto follow-up (%s), transform %s", subject, transform,
+             transform_output)
+    save_nifti(result.moved_image, fixed.affine, moved_brain_output, header=fixed.header)
+    save_nifti(result.moved_mask.astype(np.uint8), fixed.affine, moved_mask_output,
+               header=fixed.header, dtype=np.uint8)
+
+
+def n4_step(brain: PathLike, mask: PathLike, output: PathLike, *, subject: str,
+            shrink_factor: int = 4, iterations: Sequence[int] = (50, 50, 30),
+            convergence: float = 1e-3, threads: int | None = None) -> None:
+    image = _load(brain)
+    brain_mask = np.asarray(_load(mask).dataobj) > 0
+    corrected, field = n4_correct(image.get_fdata(dtype=np.float32), image.affine, brain_mask,
+                                  shrink_factor=shrink_factor, iterations=iterations,
+                                  convergence=convergence, threads=threads)
+    inside = field[brain_mask]
+    log.info("%s: N4 bias field inside the brain: %.3f to %.3f", subject, inside.min(),
+             inside.max())
+    save_nifti(corrected, image.affine, output, header=image.header)
+
+
+def normalize_step(brain: PathLike, mask: PathLike, output: PathLike, *, subject: str,
+                   low_percentile: float = 0.0, high_percentile: float = 99.0) -> None:
+    image = _load(brain)
+    normalized, (low, high) = normalize_percentiles(
+        image.get_fdata(dtype=np.float32), np.asarray(_load(mask).dataobj),
+        low_percentile=low_percentile, high_percentile=high_percentile)
+    log.info("%s: intensities [%g, %g] (percentiles %g, %g) mapped to [0, 1]", subject, low,
+             high, low_percentile, high_percentile)
+    save_nifti(normalized, image.affine, output, header=image.header)
+
+
+def qc_pair_step(followup: PathLike, baseline: PathLike, followup_mask: PathLike,
+                 baseline_mask: PathLike, png_output: PathLike, json_output: PathLike, *,
+                 subject: str, extra: dict[str, Any] | None = None) -> None:
+    """QC figure and numbers of one preprocessed pair (both on the follow-up grid)."""
+    fu_image = _load(followup)
+    fu = fu_image.get_fdata(dtype=np.float32)
+    bl = _load(baseline).get_fdata(dtype=np.float32)
+    fu_mask = np.asarray(_load(followup_mask).dataobj) > 0
+    bl_mask = np.asarray(_load(baseline_mask).dataobj) > 0
+    correlation = registration_correlation(fu, bl, fu_mask & bl_mask)
+    row = {"subject": subject,
+           "brain_volume_ml_followup": brain_volume_ml(fu_mask, fu_image.affine),
+           "brain_volume_ml_baseline": brain_volume_ml(bl_mask, fu_image.affine),
+           "registration_correlation": correlation, **(extra or {})}
+    log.info("%s: %s", subject, row)
+    plot_pair_qc(fu, bl, fu_mask, png_output,
+                 title=f"sub-{subject}: registration correlation {correlation:.3f}")
+    save_json(row, json_output)
+
+
+def read_benchmark_seconds(path: Path) -> float:
+    """Wall time from a Snakemake benchmark TSV; NaN if the job was not benchmarked."""
+    try:
+        import pandas as pd
+
+        return float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+    except (OSError, ValueError, KeyError, IndexError):
+        return float("nan")

@@ -1,0 +1,57 @@
+"""The cohort preprocessing QC table: one row per pair, flagged rows logged as warnings."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mschange.io import atomic_path
+from mschange.preprocessing.steps import read_benchmark_seconds
+from mschange.qc import qc_table
+
+log = logging.getLogger(__name__)
+
+# Steps that run once per time point; the others run once per pair.
+PER_TIMEPOINT_STEPS = {"resample_isotropic", "skullstrip_hdbet", "correct_bias_n4",
+                       "normalize_intensity"}
+
+
+def step_seconds(benchmark_dir: Path, step: str, subject: str) -> float:
+    """Wall time of one step for one pair (summed over time points)."""
+    if step in PER_TIMEPOINT_STEPS:
+        return sum(read_benchmark_seconds(benchmark_dir / step / f"sub-{subject}_tp-{tp}.tsv")
+                   for tp in ("baseline", "followup"))
+    return read_benchmark_seconds(benchmark_dir / step / f"sub-{subject}.tsv")
+
+
+def write_cohort_qc_table(qc_jsons: Iterable[str | os.PathLike[str]],
+                          output: str | os.PathLike[str], *,
+                          cohort: Sequence[Mapping[str, Any]], steps: Sequence[str],
+                          benchmark_dir: str | os.PathLike[str], min_correlation: float,
+                          min_brain_ml: float, max_brain_ml: float) -> pd.DataFrame:
+    by_subject = {str(row["subject"]): row for row in cohort}
+    rows = []
+    for path in qc_jsons:
+        row = json.loads(Path(path).read_text())
+        info = by_subject.get(row["subject"], {})
+        row["split"] = info.get("split", "")
+        row["change"] = info.get("change", "")
+        for step in steps:
+            row[f"seconds_{step}"] = round(
+                step_seconds(Path(benchmark_dir), step, row["subject"]), 1)
+        row["seconds_total"] = round(sum(row[f"seconds_{s}"] for s in steps), 1)
+        rows.append(row)
+    table = qc_table(rows, min_correlation=min_correlation, min_brain_ml=min_brain_ml,
+                     max_brain_ml=max_brain_ml)
+    for row in table[table["flagged"]].itertuples():
+        log.warning("QC flag for subject %r: %s", row.subject, row.flag_reason)
+    log.info("%d pairs, %d flagged", len(table), int(table["flagged"].sum()))
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4g")
+    return table

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny synthetic volumes and the location of the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OPEN_MS_DATA = Path(os.environ.get("MSCHANGE_OPEN_MS_DATA",
+                                   REPO.parent / "shared" / "data" / "open_ms_data"))
+
+requires_open_ms_data = pytest.mark.skipif(
+    not (OPEN_MS_DATA / "longitudinal").is_dir(),
+    reason=f"real data not found at {OPEN_MS_DATA}")
+
+
+def oblique_affine(spacing: tuple[float, float, float], angle_deg: float = 10.0,
+                   origin: tuple[float, float, float] = (-30.0, 20.0, -15.0)) -> np.ndarray:
+    """An LPS-stored (like scanner DICOM conversions), slightly rotated affine."""
+    theta = np.deg2rad(angle_deg)
+    rotation = np.array([[np.cos(theta), -np.sin(theta), 0.0],
+                         [np.sin(theta), np.cos(theta), 0.0],
+                         [0.0, 0.0, 1.0]])
+    flips = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ flips @ np.diag(spacing)
+    affine[:3, 3] = origin
+    return affine
+
+
+def ellipsoid_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float],
+                      radii_mm: tuple[float, float, float] = (25.0, 30.0, 20.0),
+                      centre_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ellipsoid 'brain' with a darker core, and its mask, in voxel space."""
+    grid = np.indices(shape, dtype=np.float64)
+    centre = (np.array(shape) - 1) / 2.0
+    coords = [(grid[a] - centre[a]) * spacing[a] - centre_shift_mm[a] for a in range(3)]
+    radius = np.sqrt(sum((c / r) ** 2 for c, r in zip(coords, radii_mm, strict=True)))
+    mask = radius <= 1.0
+    image = np.where(mask, 100.0 + 60.0 * (radius > 0.5) + 10.0 * np.sin(coords[0] / 4.0), 0.0)
+    return image.astype(np.float32), mask
+
+
+@pytest.fixture
+def phantom_file(tmp_path: Path) -> Path:
+    spacing = (0.8, 0.8, 2.5)
+    image, _ = ellipsoid_phantom((80, 90, 30), spacing)
+    path = tmp_path / "phantom.nii.gz"
+    nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), path)
+    return path
