@@ -10,6 +10,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def cohort_from_bids(bids_dir: str | os.PathLike[str], *, split: str = "test",
                                 "write a cohort sheet to choose one")
             elif flairs:
                 sessions.append((session_dir.name[len("ses-"):], flairs[0]))
-        for (ses_a, scan_a), (ses_b, scan_b) in zip(sessions, sessions[1:], strict=False):
+        for (ses_a, scan_a), (ses_b, scan_b) in pairwise(sessions):
             rows.append({"subject": f"{label}-{ses_a}to{ses_b}", "baseline": str(scan_a),
                          "followup": str(scan_b), "split": split, "change": change})
     if problems:

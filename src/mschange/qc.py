@@ -63,14 +63,17 @@ def plot_pair_qc(followup: npt.NDArray[Any], baseline_moved: npt.NDArray[Any],
     import matplotlib.pyplot as plt
 
     brain = np.asarray(mask) > 0
-    centre = tuple(int(round(c)) for c in np.argwhere(brain).mean(axis=0)) if brain.any() \
-        else tuple(s // 2 for s in followup.shape)
+    if brain.any():
+        i, j, k = np.round(np.argwhere(brain).mean(axis=0)).astype(int).tolist()
+    else:
+        i, j, k = (s // 2 for s in followup.shape)
+    centre = (i, j, k)
     tile = max(4, followup.shape[0] // 12)
     columns = ["follow-up + mask", "baseline on follow-up", "checkerboard", "follow-up - baseline"]
     fig, axes = plt.subplots(3, 4, figsize=(12, 9), facecolor="black")
-    for row, (fu, bl, m) in enumerate(zip(_mid_slices(followup, centre),  # type: ignore[arg-type]
-                                          _mid_slices(baseline_moved, centre),  # type: ignore[arg-type]
-                                          _mid_slices(brain, centre),  # type: ignore[arg-type]
+    for row, (fu, bl, m) in enumerate(zip(_mid_slices(followup, centre),
+                                          _mid_slices(baseline_moved, centre),
+                                          _mid_slices(brain, centre),
                                           strict=True)):
         panels = [fu, bl, checkerboard(fu, bl, tile), fu - bl]
         for col, panel in enumerate(panels):

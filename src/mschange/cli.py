@@ -1,0 +1,64 @@
+"""The `mschange` command: cohort utilities usable outside Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mschange import __version__
+from mschange.cohort import CohortError, check_cohort_images, cohort_from_bids, read_cohort_sheet
+from mschange.io import atomic_path
+
+
+def _check(args: argparse.Namespace) -> int:
+    cohort = read_cohort_sheet(args.sheet)
+    check_cohort_images(cohort, check_voxels=not args.headers_only)
+    counts = cohort.groupby(["split", "change"]).size()
+    print(f"{args.sheet}: {len(cohort)} pairs, all inputs readable")
+    for (split, change), n in counts.items():
+        print(f"  split={split} change={change}: {n}")
+    return 0
+
+
+def _bids_to_sheet(args: argparse.Namespace) -> int:
+    cohort = cohort_from_bids(args.bids_dir, split=args.split, change=args.change)
+    with atomic_path(args.output) as tmp:
+        cohort.to_csv(tmp, sep="\t", index=False)
+    print(f"wrote {len(cohort)} pairs to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mschange", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mschange {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    check = commands.add_parser("check-cohort", help="check a cohort sheet and all its images")
+    check.add_argument("sheet", type=Path)
+    check.add_argument("--headers-only", action="store_true",
+                       help="skip reading every voxel (no NaN/Inf or truncation check)")
+    check.set_defaults(run=_check)
+
+    bids = commands.add_parser("bids-to-sheet",
+                               help="write a cohort sheet pairing consecutive BIDS sessions")
+    bids.add_argument("bids_dir", type=Path)
+    bids.add_argument("output", type=Path)
+    bids.add_argument("--split", choices=["train", "test"], default="test")
+    bids.add_argument("--change", choices=["yes", "no", "unknown"], default="unknown")
+    bids.set_defaults(run=_bids_to_sheet)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CohortError as error:
+        print(f"mschange: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

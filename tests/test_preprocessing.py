@@ -1,0 +1,180 @@
+"""Each preprocessing step on small synthetic volumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from mschange.imagespace import voxel_centres_mm
+from mschange.io import voxel_sizes
+from mschange.preprocessing.bias import n4_correct
+from mschange.preprocessing.normalize import normalize_percentiles
+from mschange.preprocessing.register import linear_transform_matrix, register_rigid
+from mschange.preprocessing.resample import isotropic_grid, resample_isotropic
+from mschange.preprocessing.steps import n4_step, normalize_step, resample_step
+
+from .conftest import ellipsoid_phantom, oblique_affine
+
+
+def centre_of_mass_mm(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    com = np.array(ndimage.center_of_mass(data))
+    return affine[:3, :3] @ com + affine[:3, 3]
+
+
+def test_isotropic_grid_covers_the_same_field_of_view():
+    affine = oblique_affine((0.8, 0.8, 2.5))
+    shape, new_affine = isotropic_grid((80, 90, 30), affine, 1.0)
+    assert shape == (64, 72, 75)
+    np.testing.assert_allclose(voxel_sizes(new_affine), [1.0, 1.0, 1.0])
+    # Same axis directions, same outer corner of the first voxel.
+    np.testing.assert_allclose(new_affine[:3, :3] / 1.0, affine[:3, :3] / [0.8, 0.8, 2.5],
+                               atol=1e-12)
+    old_corner = affine[:3, :3] @ [-0.5, -0.5, -0.5] + affine[:3, 3]
+    new_corner = new_affine[:3, :3] @ [-0.5, -0.5, -0.5] + new_affine[:3, 3]
+    np.testing.assert_allclose(new_corner, old_corner, atol=1e-9)
+
+
+def test_resample_keeps_objects_in_place_in_scanner_space(phantom_file):
+    image = nib.load(phantom_file)
+    resampled = resample_isotropic(image, 1.0)
+    before = centre_of_mass_mm(np.asarray(image.dataobj), image.affine)
+    after = centre_of_mass_mm(resampled.get_fdata(), resampled.affine)
+    np.testing.assert_allclose(after, before, atol=0.3)
+    # Mean brain intensity survives (no scaling), and the volume of the object too.
+    inside = resampled.get_fdata() > 50
+    volume_before = (np.asarray(image.dataobj) > 50).sum() * np.prod(voxel_sizes(image.affine))
+    assert inside.sum() == pytest.approx(volume_before, rel=0.05)
+
+
+def test_resample_cubic_stays_in_input_range(phantom_file):
+    image = nib.load(phantom_file)
+    data = np.asarray(image.dataobj)
+    resampled = resample_isotropic(image, 1.0, order=3).get_fdata()
+    assert resampled.min() >= data.min() and resampled.max() <= data.max()
+
+
+def test_resample_step_writes_float_image_with_header_fields(tmp_path, phantom_file):
+    image = nib.load(phantom_file)
+    image.header["descrip"] = b"scanner X"
+    nib.save(image, phantom_file)
+    output = tmp_path / "out" / "resampled.nii.gz"
+    resample_step(phantom_file, output, subject="p1", resolution_mm=1.5)
+    written = nib.load(output)
+    np.testing.assert_allclose(written.header.get_zooms(), (1.5, 1.5, 1.5), atol=1e-6)
+    assert written.header["descrip"].tobytes().startswith(b"scanner X")
+    assert written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(written.affine, written.header.get_sform(), atol=1e-6)
+    assert not list(output.parent.glob(".*tmp*")), "temporary file left behind"
+
+
+def test_normalize_maps_percentiles_to_unit_range():
+    rng = np.random.default_rng(3)
+    data = rng.normal(300.0, 50.0, (20, 20, 20)).astype(np.float32)
+    mask = np.zeros(data.shape, bool)
+    mask[2:18, 2:18, 2:18] = True
+    data[~mask] = 5000.0  # outside the brain: must not influence the scaling
+    normalized, (low, high) = normalize_percentiles(data, mask)
+    assert low == pytest.approx(data[mask].min())
+    assert high == pytest.approx(np.percentile(data[mask], 99))
+    assert normalized.min() == 0.0 and normalized.max() == 1.0
+    assert np.all(normalized[~mask] == 0.0)
+    # 1 % of the brain is above the 99th percentile, and clipped to 1.
+    assert np.mean(normalized[mask] == 1.0) == pytest.approx(0.01, abs=0.002)
+
+
+def test_normalize_refuses_empty_mask():
+    with pytest.raises(ValueError, match="empty"):
+        normalize_percentiles(np.ones((4, 4, 4)), np.zeros((4, 4, 4)))
+
+
+def test_n4_removes_a_smooth_bias_field():
+    spacing = (2.0, 2.0, 2.0)
+    image, mask = ellipsoid_phantom((48, 48, 40), spacing, radii_mm=(40, 40, 32))
+    affine = oblique_affine(spacing)
+    x = np.linspace(-1, 1, image.shape[0])[:, None, None]
+    bias = (1.0 + 0.3 * x) * np.ones(image.shape)
+    biased = image * bias
+    corrected, field = n4_correct(biased, affine, mask, shrink_factor=2)
+    core = mask & (image > 150)  # the homogeneous outer shell of the phantom
+    spread_before = biased[core].std() / biased[core].mean()
+    spread_after = corrected[core].std() / corrected[core].mean()
+    assert spread_after < 0.5 * spread_before
+    # The estimated field rises along x like the true one.
+    assert np.corrcoef(field[mask], bias[mask])[0, 1] > 0.9
+    assert np.all(corrected[~mask] == 0)
+
+
+def test_n4_and_normalize_steps_keep_affine_and_header(tmp_path):
+    spacing = (2.0, 2.0, 2.0)
+    image, mask = ellipsoid_phantom((40, 40, 32), spacing)
+    affine = oblique_affine(spacing)
+    header = nib.Nifti1Header()
+    header["descrip"] = b"kept"
+    nib.save(nib.Nifti1Image(image, affine, header), tmp_path / "brain.nii.gz")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
+    n4_step(tmp_path / "brain.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "n4.nii.gz",
+            subject="p", shrink_factor=2)
+    normalize_step(tmp_path / "n4.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "norm.nii.gz",
+                   subject="p")
+    for name in ("n4", "norm"):
+        written = nib.load(tmp_path / f"{name}.nii.gz")
+        np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+        assert written.shape == image.shape
+        assert written.header["descrip"].tobytes().startswith(b"kept")
+    normalized = nib.load(tmp_path / "norm.nii.gz").get_fdata()
+    assert normalized.max() == pytest.approx(1.0) and normalized.min() == 0.0
+    assert (normalized[mask] > 0).mean() > 0.95
+
+
+def rotation_about(axis: int, degrees: float) -> np.ndarray:
+    theta = np.deg2rad(degrees)
+    c, s = np.cos(theta), np.sin(theta)
+    other = [a for a in range(3) if a != axis]
+    matrix = np.eye(3)
+    matrix[other[0], other[0]] = c
+    matrix[other[0], other[1]] = -s
+    matrix[other[1], other[0]] = s
+    matrix[other[1], other[1]] = c
+    return matrix
+
+
+def test_rigid_registration_recovers_a_known_motion(tmp_path):
+    spacing = (2.0, 2.0, 2.0)
+    shape = (48, 52, 44)
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2 * spacing
+    # An asymmetric object, so that rotations are identifiable.
+    fixed, _ = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24))
+    blob = np.zeros(shape, np.float32)
+    blob[30:36, 14:22, 24:30] = 250.0
+    fixed = fixed + blob
+    # Baseline = the same head, rotated 6 degrees and shifted 5 mm (in scanner space).
+    rotation = rotation_about(2, 6.0)
+    translation = np.array([5.0, -3.0, 2.0])
+    motion = np.eye(4)
+    motion[:3, :3] = rotation
+    motion[:3, 3] = translation
+    # A baseline voxel v shows the scene at motion^-1 @ affine @ v in follow-up space.
+    mapping = np.linalg.solve(affine, np.linalg.inv(motion) @ affine)
+    moving = ndimage.affine_transform(fixed, mapping[:3, :3], offset=mapping[:3, 3], order=1)
+    moving_mask = moving > 50
+    result = register_rigid(fixed, affine, moving, affine, moving_mask, tmp_path / "xfm.mat",
+                            seed=3, threads=1)
+    # The saved transform maps follow-up points to baseline points: that is `motion`.
+    estimated_lps = linear_transform_matrix(result.transform_file)
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    estimated_ras = flip @ estimated_lps @ flip
+    brain = fixed > 50
+    points = voxel_centres_mm(shape, affine)[brain.ravel()]
+    true_points = points @ motion[:3, :3].T + motion[:3, 3]
+    est_points = points @ estimated_ras[:3, :3].T + estimated_ras[:3, 3]
+    error = np.linalg.norm(true_points - est_points, axis=1).mean()
+    assert error < 1.0, f"mean error {error:.2f} mm"
+    # The moved baseline lands on the follow-up.
+    assert np.corrcoef(result.moved_image[brain], fixed[brain])[0, 1] > 0.9
+    assert result.moved_mask.shape == shape
+    assert (result.moved_mask & brain).sum() / brain.sum() > 0.9
