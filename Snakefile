@@ -15,7 +15,8 @@ include: "rules/qc.smk"
 
 
 rule all:
+    default_target: True
     input:
+        demo_sheet(),
         preprocessed_pairs(),
         "results/qc/preprocessing_qc.tsv",
-    default_target: True

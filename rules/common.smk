@@ -23,8 +23,6 @@ config.update(_validated)
 SUBJECT_PATTERN = r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
 TIMEPOINTS = ["baseline", "followup"]
 DEMO_DIR = "results/demo"
-PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
-QC_DIR = "results/qc"
 
 
 wildcard_constraints:
@@ -40,7 +38,7 @@ def demo_cohort():
     for subject, has_change in mschange_demo.demo_subject_ids(
         config["demo"]["n_train"], config["demo"]["n_test"]
     ):
-        paths = mschange_demo.demo_subject_paths(subject, Path(DEMO_DIR))
+        paths = mschange_demo.demo_subject_paths(Path(DEMO_DIR), subject)
         rows.append(
             {
                 "subject": subject,
@@ -95,7 +93,25 @@ def gpu_count():
 def preprocessed_pairs():
     """Final preprocessed images of every pair (both time points on the follow-up grid)."""
     return expand(
-        PREPROC + "_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
+        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
         subject=SUBJECTS,
         tp=TIMEPOINTS,
     )
+
+
+def brain_on_followup_grid(wildcards):
+    """Skull-stripped image and mask of a time point, on the follow-up's 1 mm grid."""
+    if wildcards.tp == "followup":
+        return {
+            "brain": "results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_FLAIR.nii.gz",
+            "mask": "results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+        }
+    return {
+        "brain": "results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_FLAIR.nii.gz",
+        "mask": "results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+    }
+
+
+def demo_sheet():
+    """The demo cohort's sheet, a target only when the demo cohort is the input."""
+    return ["results/demo/cohort.tsv"] if config["cohort"]["source"] == "demo" else []

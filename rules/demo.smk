@@ -3,26 +3,27 @@
 
 rule make_demo_subject:
     output:
-        baseline=DEMO_DIR + "/sub-{subject}/sub-{subject}_tp-baseline_FLAIR.nii.gz",
-        followup=DEMO_DIR + "/sub-{subject}/sub-{subject}_tp-followup_FLAIR.nii.gz",
-        change_mask=DEMO_DIR
-        + "/sub-{subject}/sub-{subject}_tp-followup_desc-change_mask.nii.gz",
-        params_json=DEMO_DIR + "/sub-{subject}/sub-{subject}_desc-synthesis_params.json",
-    params:
-        has_change=lambda wildcards: COHORT.loc[wildcards.subject, "change"] == "yes",
-        seed=config["seed"],
-        voxel_size_mm=config["demo"]["voxel_size_mm"],
-        out_dir=DEMO_DIR,
+        baseline="results/demo/sub-{subject}/sub-{subject}_tp-baseline_FLAIR.nii.gz",
+        followup="results/demo/sub-{subject}/sub-{subject}_tp-followup_FLAIR.nii.gz",
+        change_mask="results/demo/sub-{subject}/sub-{subject}_tp-followup_desc-change_mask.nii.gz",
+        change_type="results/demo/sub-{subject}/sub-{subject}_tp-followup_desc-changetype_dseg.nii.gz",
+        baseline_brain_mask="results/demo/sub-{subject}/sub-{subject}_tp-baseline_desc-brain_mask.nii.gz",
+        followup_brain_mask="results/demo/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+        params_json="results/demo/sub-{subject}/sub-{subject}_desc-synthesis_params.json",
     log:
         "results/logs/make_demo_subject/sub-{subject}.log",
     benchmark:
         "results/benchmarks/make_demo_subject/sub-{subject}.tsv"
+    conda:
+        "../envs/demo.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    conda:
-        "../envs/mschange.yaml"
+    params:
+        has_change=lambda wildcards: COHORT.loc[wildcards.subject, "change"] == "yes",
+        seed=config["seed"],
+        voxel_size_mm=config["demo"]["voxel_size_mm"],
     script:
         "../scripts/make_demo_subject.py"
 
@@ -30,19 +31,18 @@ rule make_demo_subject:
 rule write_demo_sheet:
     input:
         expand(
-            DEMO_DIR + "/sub-{subject}/sub-{subject}_tp-followup_FLAIR.nii.gz",
+            "results/demo/sub-{subject}/sub-{subject}_tp-followup_FLAIR.nii.gz",
             subject=SUBJECTS,
         ),
     output:
-        DEMO_DIR + "/cohort.tsv",
-    params:
-        n_train=config["demo"]["n_train"],
-        n_test=config["demo"]["n_test"],
-        out_dir=DEMO_DIR,
+        "results/demo/cohort.tsv",
     log:
         "results/logs/write_demo_sheet/write_demo_sheet.log",
     localrule: True
     conda:
-        "../envs/mschange.yaml"
+        "../envs/demo.yaml"
+    params:
+        n_train=config["demo"]["n_train"],
+        n_test=config["demo"]["n_test"],
     script:
         "../scripts/write_demo_sheet.py"

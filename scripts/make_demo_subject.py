@@ -8,7 +8,7 @@ from mschange.logs import logging_to
 with logging_to(snakemake.log[0], "make_demo_subject"):
     make_demo_subject(
         snakemake.wildcards.subject,
-        Path(snakemake.params.out_dir),
+        Path(snakemake.output.baseline).parent.parent,
         has_change=snakemake.params.has_change,
         seed=snakemake.params.seed,
         voxel_size_mm=snakemake.params.voxel_size_mm,

@@ -7,7 +7,7 @@ from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "write_demo_sheet"):
     write_demo_sheet(
-        Path(snakemake.params.out_dir),
+        Path(snakemake.output[0]).parent,
         demo_subject_ids(snakemake.params.n_train, snakemake.params.n_test),
         Path(snakemake.output[0]),
     )

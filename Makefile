@@ -1,0 +1,47 @@
+# Set-up and entry points. `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= 2
+# A tested PyTorch release. On Linux, PyPI's build includes CUDA; where a CPU-only
+# wheel of this release is on pip's find-links, pip takes that one instead.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES)
+	@echo
+	@echo "Done. Results are under $(CURDIR)/results/:"
+	@echo "  preprocessed pairs   results/preproc/sub-*/"
+	@echo "  QC table             results/qc/preprocessing_qc.tsv"
+	@echo "  QC figures           results/qc/sub-*_desc-preproc_qc.png"
+	@echo "  demo cohort          results/demo/ (cohort sheet: results/demo/cohort.tsv)"
+
+lint: install
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/mypy
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules
+
+test: lint
+	$(BIN)/pytest -ra
+
+# Unit tests only (seconds): no HD-BET, ANTs-on-real-data or Snakemake runs.
+test-fast: install
+	$(BIN)/pytest -ra -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/preprocess_pair.py --repeats 3 --threads $(CORES)
+
+clean:
+	rm -rf results .snakemake
