@@ -31,7 +31,7 @@ def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     assert result.returncode == 0, result.stderr + result.stdout
     counts = {}
     for line in (result.stdout + result.stderr).splitlines():
-        match = re.fullmatch(r"\s*([a-z_]+)\s+(\d+)\s*", line)
+        match = re.fullmatch(r"\s*([a-z0-9_]+)\s+(\d+)\s*", line)
         if match and match.group(1) != "total":
             counts[match.group(1)] = int(match.group(2))
     return counts
