@@ -12,7 +12,6 @@ from typing import Any
 import pandas as pd
 
 from mschange.io import atomic_path
-from mschange.preprocessing.steps import read_benchmark_seconds
 from mschange.qc import qc_table
 
 log = logging.getLogger(__name__)
@@ -20,6 +19,14 @@ log = logging.getLogger(__name__)
 # Steps that run once per time point; the others run once per pair.
 PER_TIMEPOINT_STEPS = {"resample_isotropic", "skullstrip_hdbet", "correct_bias_n4",
                        "normalize_intensity"}
+
+
+def read_benchmark_seconds(path: Path) -> float:
+    """Wall time from a Snakemake benchmark TSV; NaN if the job was not benchmarked."""
+    try:
+        return float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
+    except (OSError, ValueError, KeyError, IndexError):
+        return float("nan")
 
 
 def step_seconds(benchmark_dir: Path, step: str, subject: str) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -122,12 +121,3 @@ def qc_pair_step(followup: PathLike, baseline: PathLike, followup_mask: PathLike
                  title=f"sub-{subject}: registration correlation {correlation:.3f}")
     save_json(row, json_output)
 
-
-def read_benchmark_seconds(path: Path) -> float:
-    """Wall time from a Snakemake benchmark TSV; NaN if the job was not benchmarked."""
-    try:
-        import pandas as pd
-
-        return float(pd.read_csv(path, sep="\t")["s"].iloc[-1])
-    except (OSError, ValueError, KeyError, IndexError):
-        return float("nan")
