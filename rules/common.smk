@@ -1,5 +1,4 @@
 # Configuration, cohort and helpers shared by every rule file.
-import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
