@@ -12,6 +12,7 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/qc.smk"
+include: "rules/synthesis.smk"
 
 
 rule all:
@@ -20,3 +21,4 @@ rule all:
         demo_sheet(),
         preprocessed_pairs(),
         "results/qc/preprocessing_qc.tsv",
+        synthesis_targets(),

@@ -48,6 +48,20 @@ def demo_cohort():
                 "label": str(paths.change_mask) if has_change else "",
             }
         )
+    for subject in mschange_demo.demo_single_ids(
+        config["demo"]["n_train"], config["demo"]["n_test"], config["demo"]["n_single"]
+    ):
+        paths = mschange_demo.demo_subject_paths(Path(DEMO_DIR), subject)
+        rows.append(
+            {
+                "subject": subject,
+                "baseline": "",
+                "followup": str(paths.followup),
+                "split": "train",
+                "change": "no",
+                "label": "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -77,10 +91,26 @@ def load_cohort():
 
 COHORT = load_cohort().set_index("subject", drop=False)
 SUBJECTS = list(COHORT["subject"])
+# Rows without a baseline: single scans, paired with a simulated rescan of themselves.
+SINGLE_SUBJECTS = list(COHORT.loc[COHORT["baseline"] == "", "subject"])
+# The no-change training pairs: the VAE and SuperMix use these only.
+NOCHANGE_SUBJECTS = list(
+    COHORT.loc[(COHORT["change"] == "no") & (COHORT["split"] == "train"), "subject"]
+)
+if SINGLE_SUBJECTS and not config["synthesis"]["rescan"]["enabled"]:
+    raise WorkflowError(
+        f"the cohort has {len(SINGLE_SUBJECTS)} single scan(s) without a baseline "
+        f"({', '.join(SINGLE_SUBJECTS[:5])}{'...' if len(SINGLE_SUBJECTS) > 5 else ''}), "
+        "but synthesis.rescan.enabled is false; enable it or give these rows a baseline"
+    )
 
 
 def raw_scan(wildcards):
-    """The user's scan for one subject and time point."""
+    """The user's scan for one subject and time point (a simulated rescan for single scans)."""
+    if wildcards.tp == "baseline" and wildcards.subject in SINGLE_SUBJECTS:
+        return "results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz".format(
+            subject=wildcards.subject
+        )
     return COHORT.loc[wildcards.subject, wildcards.tp]
 
 

@@ -44,5 +44,6 @@ rule write_demo_sheet:
     params:
         n_train=config["demo"]["n_train"],
         n_test=config["demo"]["n_test"],
+        n_single=config["demo"]["n_single"],
     script:
         "../scripts/write_demo_sheet.py"

@@ -24,6 +24,7 @@ from mschange.io import InputError, atomic_path, load_checked_image
 
 COLUMNS = ["subject", "baseline", "followup", "split", "change", "label"]
 IMAGE_COLUMNS = ["baseline", "followup", "label"]
+REQUIRED_COLUMNS = ["subject", "baseline", "followup", "split", "change"]
 
 
 class CohortError(ValueError):
@@ -62,7 +63,7 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str) -> p
     if unknown:
         problems.append(f"{source}: unknown column(s) {', '.join(map(repr, unknown))}; "
                         f"allowed: {', '.join(COLUMNS)}")
-    missing = [c for c in schema["required"] if c not in table.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         problems.append(f"{source}: missing column(s) {', '.join(map(repr, missing))}")
     if problems:
@@ -79,6 +80,10 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str) -> p
             field = ".".join(str(p) for p in error.absolute_path) or "row"
             problems.append(f"subject {subject!r} ({source}, line {line}): {field}: "
                             f"{error.message}")
+        if "baseline" not in row and (row.get("change"), row.get("split")) != ("no", "train"):
+            problems.append(f"subject {subject!r} ({source}, line {line}): baseline is empty, "
+                            "which makes it a single scan; single scans can only be no-change "
+                            "training pairs (change: no, split: train)")
         for column in IMAGE_COLUMNS:
             if column in row:
                 row[column] = str(_resolve(row[column], base_dir))

@@ -64,8 +64,29 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     if source == "bids" and not filled["cohort"].get("bids_dir"):
         raise ConfigError("invalid configuration:\n  - cohort.source is 'bids' but "
                           "cohort.bids_dir is missing")
-    normalize = filled["preprocessing"]["normalize"]
-    if normalize["low_percentile"] >= normalize["high_percentile"]:
-        raise ConfigError("invalid configuration:\n  - preprocessing.normalize: "
-                          "low_percentile must be below high_percentile")
+    problems = _consistency_problems(filled)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
     return filled
+
+
+def _consistency_problems(config: dict[str, Any]) -> list[str]:
+    """Rules across keys, which the schema cannot express."""
+    problems = []
+    normalize = config["preprocessing"]["normalize"]
+    if normalize["low_percentile"] >= normalize["high_percentile"]:
+        problems.append("preprocessing.normalize: low_percentile must be below high_percentile")
+    synthesis = config["synthesis"]
+    ranges = {"synthesis.supermix.n_segments": synthesis["supermix"]["n_segments"],
+              **{f"synthesis.rescan.{key}": synthesis["rescan"][key]
+                 for key in ("slice_thickness_factor", "noise_fraction", "gamma")}}
+    for key, (low, high) in ranges.items():
+        if low > high:
+            problems.append(f"{key}: [low, high] with low <= high, got [{low}, {high}]")
+    vae = synthesis["vae"]
+    factor = 2 ** len(vae["channels"])
+    if any(size % factor for size in vae["crop_size"]):
+        problems.append(f"synthesis.vae.crop_size {vae['crop_size']}: each side must be a "
+                        f"multiple of {factor} (2 to the number of VAE levels, "
+                        f"len(synthesis.vae.channels) = {len(vae['channels'])})")
+    return problems

@@ -105,11 +105,22 @@ def demo_subject_ids(n_train: int, n_test: int) -> list[tuple[str, bool]]:
     return [(f"demo{i:02d}", i > n_train) for i in range(1, n_train + n_test + 1)]
 
 
-def write_demo_sheet(out_dir: Path, subjects: list[tuple[str, bool]], sheet_path: Path) -> Path:
+def demo_single_ids(n_train: int, n_test: int, n_single: int) -> list[str]:
+    """Ids of the single-scan demo subjects, numbered after the pairs."""
+    if n_single < 0:
+        raise ValueError(f"n_single must be >= 0, got {n_single}")
+    first = n_train + n_test + 1
+    return [f"demo{i:02d}" for i in range(first, first + n_single)]
+
+
+def write_demo_sheet(out_dir: Path, subjects: list[tuple[str, bool]], sheet_path: Path,
+                     single: list[str] | None = None) -> Path:
     """Write the cohort TSV for the demo subjects.
 
     Image paths are relative to the sheet's folder, the convention of
     :func:`mschange.cohort.read_cohort_sheet`, so the sheet works from any directory.
+    ``single`` subjects get a row with an empty baseline: only their follow-up is used,
+    and the workflow simulates a rescan of it.
     """
 
     def relative(path: Path) -> str:
@@ -123,6 +134,9 @@ def write_demo_sheet(out_dir: Path, subjects: list[tuple[str, bool]], sheet_path
             writer.writerow([subject, relative(paths.baseline), relative(paths.followup),
                              "test" if has_change else "train", "yes" if has_change else "no",
                              relative(paths.change_mask) if has_change else ""])
+        for subject in single or []:
+            paths = demo_subject_paths(out_dir, subject)
+            writer.writerow([subject, "", relative(paths.followup), "train", "no", ""])
     return Path(sheet_path)
 
 

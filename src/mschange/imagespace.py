@@ -78,3 +78,22 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3
     if tuple(a.shape[:3]) != tuple(b.shape[:3]):
         return False
     return bool(np.allclose(a.affine, b.affine, atol=tolerance_mm))
+
+
+def to_ras_axes(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]]
+                ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+    """The array with axes permuted and flipped to the nearest R, A, S order.
+
+    Returns the view and the orientation that undoes it (for :func:`from_ras_axes`).
+    Networks see every scan in one axis order, whatever its acquisition orientation.
+    """
+    source = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    forward = nib.orientations.ornt_transform(source, target)
+    back = nib.orientations.ornt_transform(target, source)
+    return nib.orientations.apply_orientation(data, forward), back
+
+
+def from_ras_axes(data: npt.NDArray[Any], back: npt.NDArray[np.float64]) -> npt.NDArray[Any]:
+    """Undo :func:`to_ras_axes`."""
+    return np.asarray(nib.orientations.apply_orientation(data, back))

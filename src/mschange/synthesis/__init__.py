@@ -1,0 +1,1 @@
+"""Synthetic lesion changes: VAE, SuperMix and simulated rescans (To et al., section 3.2)."""

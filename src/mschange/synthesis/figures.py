@@ -1,0 +1,125 @@
+"""Report figures of the synthesis stage: analogues of To et al. Fig. 1 and supplement Fig. 1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from mschange.imagespace import to_ras_axes
+from mschange.io import atomic_path
+from mschange.synthesis.reconstruction import DEFAULT_TILING, TilingSettings, reconstruct_volume
+from mschange.synthesis.supermix import SampleChoices, SuperMixSettings, synthesise
+from mschange.synthesis.vae import Vae3d
+
+
+def _axial(volume: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]], k: int
+           ) -> npt.NDArray[Any]:
+    ras, _ = to_ras_axes(volume, affine)
+    return np.flipud(ras[:, :, k].T)  # anterior up, patient's right on the left
+
+
+def _busiest_axial_slice(label: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
+                         fallback: npt.NDArray[Any]) -> int:
+    """The axial slice with the most changed voxels (else the brain's middle slice)."""
+    ras, _ = to_ras_axes(label if np.any(label) else fallback, affine)
+    counts = np.asarray(ras > 0).sum(axis=(0, 1))
+    if np.any(label):
+        return int(np.argmax(counts))
+    return int(np.average(np.arange(counts.size), weights=counts))
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_supermix_examples(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
+                           affine: npt.NDArray[np.floating[Any]], model: Vae3d,
+                           settings: SuperMixSettings, n_segments: Sequence[int], *,
+                           latent_seed: int, replace_draws_seed: int,
+                           png_path: str | os.PathLike[str],
+                           tiling: TilingSettings = DEFAULT_TILING,
+                           device: torch.device | None = None) -> dict[str, Any]:
+    """Fig. 1 analogue: per ``n_seg``, the perturbed reconstruction with the SuperMix mask
+    (top) and the synthesised scan (bottom). Returns the choices, for the figure's record."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = len(n_segments)
+    figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.6), dpi=100,
+                                squeeze=False)
+    records = []
+    for column, n in enumerate(n_segments):
+        choices = SampleChoices(synthesised_timepoint="followup", n_segments=int(n),
+                                latent_seed=latent_seed,
+                                replace_draws_seed=replace_draws_seed)
+        sample = synthesise(scan, mask, affine, model, choices, settings, tiling=tiling,
+                            device=device)
+        k = _busiest_axial_slice(sample.label, affine, mask)
+        top, bottom = axes[0, column], axes[1, column]
+        top.imshow(_axial(sample.reconstruction, affine, k), cmap="gray", vmin=0, vmax=1.2)
+        top.contour(_axial(sample.label, affine, k), levels=[0.5], colors="red",
+                    linewidths=0.8)
+        top.set_title(f"n_seg = {n}: reconstruction x~\n(delta = {settings.delta:g}), "
+                      "SuperMix mask", fontsize=9)
+        bottom.imshow(_axial(sample.synthesised, affine, k), cmap="gray", vmin=0, vmax=1.2)
+        bottom.set_title(f"synthesised x' ({sample.record['replaced_voxels']} voxels changed)",
+                         fontsize=9)
+        for axis in (top, bottom):
+            axis.axis("off")
+        records.append({"n_segments": int(n), "axial_slice_ras": k,
+                        "n_superpixels": sample.record["n_superpixels"],
+                        "replaced_superpixels": sample.record["replaced_superpixels"],
+                        "replaced_voxels": sample.record["replaced_voxels"]})
+    _save(figure, png_path)
+    return {"latent_seed": latent_seed, "replace_draws_seed": replace_draws_seed,
+            "columns": records}
+
+
+def plot_encoder_comparison(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
+                            affine: npt.NDArray[np.floating[Any]],
+                            models: Mapping[str, Vae3d], deltas: Sequence[float], *,
+                            latent_seed: int, png_path: str | os.PathLike[str],
+                            tiling: TilingSettings = DEFAULT_TILING,
+                            device: torch.device | None = None) -> dict[str, Any]:
+    """Supplement Fig. 1 analogue: per encoder, the plain reconstruction and perturbed ones."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 2 + len(deltas)
+    figure, axes = plt.subplots(len(models), columns, figsize=(3.0 * columns,
+                                                               3.2 * len(models)),
+                                dpi=100, squeeze=False)
+    k = _busiest_axial_slice(np.zeros_like(mask), affine, mask)
+    for row, (name, model) in enumerate(models.items()):
+        panels = [("input x", scan),
+                  ("reconstruction g(mu)", reconstruct_volume(
+                      model, scan, mask, affine, seed=latent_seed, delta=None, tiling=tiling,
+                      device=device, sample=False))]
+        panels += [(f"perturbed, delta = {delta:g}", reconstruct_volume(
+            model, scan, mask, affine, seed=latent_seed, delta=delta, tiling=tiling,
+            device=device)) for delta in deltas]
+        for column, (title, volume) in enumerate(panels):
+            axis = axes[row, column]
+            axis.imshow(_axial(volume, affine, k), cmap="gray", vmin=0, vmax=1.2)
+            axis.set_title(f"VAE ({name})\n{title}" if column else f"VAE ({name}): {title}",
+                           fontsize=9)
+            axis.axis("off")
+    _save(figure, png_path)
+    return {"latent_seed": latent_seed, "deltas": list(deltas), "axial_slice_ras": k,
+            "encoders": list(models)}

@@ -1,0 +1,263 @@
+"""Training the VAE on random crops of the no-change scans (To et al., section 4).
+
+The paper trains for 200 iterations of 4096 crops of 192 x 192 x 16 voxels, mini-batch
+2, Adam at 5e-5; all of that is configurable (the demo uses a few crops). Crop sizes
+are given in anatomical order (left-right, anterior-posterior, inferior-superior):
+every scan is put in RAS axis order first, so the 16-voxel side of a crop always
+runs head to foot, whatever the scan's orientation.
+
+A training run checkpoints into a folder beside its outputs and resumes from it
+when rerun after a kill (see :mod:`mschange.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+
+from mschange.checkpoints import (
+    CheckpointFolder,
+    TrainingInterrupted,
+    fingerprint_of_files,
+    stop_on_signals,
+)
+from mschange.imagespace import to_ras_axes
+from mschange.io import atomic_path
+from mschange.synthesis.vae import Vae3d, VaeArchitecture, save_vae, vae_loss
+from mschange.torchrun import autocast
+
+log = logging.getLogger(__name__)
+
+LOSS_COLUMNS = ["iteration", "step", "crops", "loss", "l1", "kl", "crops_per_second",
+                "elapsed_s"]
+
+
+@dataclass(frozen=True)
+class VaeTrainingSettings:
+    """Everything that defines a VAE training run (the checkpoint fingerprint)."""
+
+    architecture: VaeArchitecture = field(default_factory=VaeArchitecture)
+    crop_size: tuple[int, int, int] = (192, 192, 16)
+    kl_weight: float = 1e-3
+    learning_rate: float = 5e-5
+    batch_size: int = 2
+    iterations: int = 200
+    crops_per_iteration: int = 4096
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        factor = self.architecture.downsampling
+        if len(self.crop_size) != 3 or any(c % factor or c <= 0 for c in self.crop_size):
+            raise ValueError(f"crop_size {list(self.crop_size)} must be 3 positive multiples "
+                             f"of {factor} (2 to the number of VAE levels)")
+        if self.batch_size < 1 or self.iterations < 1 or self.crops_per_iteration < 1:
+            raise ValueError("batch_size, iterations and crops_per_iteration must be >= 1")
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return math.ceil(self.crops_per_iteration / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.iterations * self.steps_per_iteration
+
+    def as_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["architecture"]["channels"] = list(self.architecture.channels)
+        values["crop_size"] = list(self.crop_size)
+        return values
+
+
+class CropSampler:
+    """Random crops around the brain of a set of scans held in memory (RAS axis order)."""
+
+    def __init__(self, volumes: Sequence[npt.NDArray[np.float32]],
+                 masks: Sequence[npt.NDArray[np.bool_]], crop_size: tuple[int, int, int],
+                 rng: np.random.Generator) -> None:
+        if not volumes:
+            raise ValueError("the VAE needs at least one training scan (no pair has change: no)")
+        self.crop = np.asarray(crop_size)
+        self.rng = rng
+        self.volumes: list[npt.NDArray[np.float32]] = []
+        self.boxes: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
+        for volume, mask in zip(volumes, masks, strict=True):
+            # Pad scans smaller than a crop, so every crop has the full size.
+            padding = [(0, max(0, int(c) - s)) for c, s in zip(self.crop, volume.shape,
+                                                                 strict=True)]
+            padded = np.pad(volume, padding)
+            brain = np.pad(mask, padding)
+            where = np.nonzero(brain)
+            if not where[0].size:
+                raise ValueError("a training scan has an empty brain mask")
+            self.volumes.append(padded)
+            self.boxes.append((np.array([w.min() for w in where]),
+                               np.array([w.max() for w in where])))
+
+    def crop_batch(self, size: int) -> npt.NDArray[np.float32]:
+        """(size, 1, X, Y, Z) crops, each centred on a random point of a scan's brain box."""
+        batch = np.empty((size, 1, *self.crop), dtype=np.float32)
+        for b in range(size):
+            index = int(self.rng.integers(len(self.volumes)))
+            volume = self.volumes[index]
+            low, high = self.boxes[index]
+            centre = self.rng.integers(low, high + 1)
+            start = np.clip(centre - self.crop // 2, 0, np.array(volume.shape) - self.crop)
+            region = tuple(slice(int(s), int(s + c)) for s, c in zip(start, self.crop,
+                                                                   strict=True))
+            batch[b, 0] = volume[region]
+        return batch
+
+
+def load_training_scans(images: Sequence[str], masks: Sequence[str]
+                        ) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.bool_]]]:
+    """Preprocessed scans and their brain masks, in RAS axis order."""
+    volumes, brains = [], []
+    for image_path, mask_path in zip(images, masks, strict=True):
+        image = nib.load(image_path)
+        data, _ = to_ras_axes(np.asarray(image.dataobj, dtype=np.float32),  # type: ignore[attr-defined]
+                              image.affine)  # type: ignore[attr-defined]
+        mask_image = nib.load(mask_path)
+        mask, _ = to_ras_axes(np.asarray(mask_image.dataobj) > 0,  # type: ignore[attr-defined]
+                              mask_image.affine)  # type: ignore[attr-defined]
+        volumes.append(np.ascontiguousarray(data))
+        brains.append(np.ascontiguousarray(mask))
+    return volumes, brains
+
+
+def _write_loss_outputs(rows: list[dict[str, Any]], loss_tsv: str | os.PathLike[str],
+                        curve_png: str | os.PathLike[str], title: str) -> None:
+    table = pd.DataFrame(rows, columns=LOSS_COLUMNS)
+    with atomic_path(loss_tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot(table["iteration"], table["loss"], marker="o", label="total")
+    axis.plot(table["iteration"], table["l1"], marker=".", label="L1 reconstruction")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss (mean per iteration)")
+    if (table["loss"] > 0).all():
+        axis.set_yscale("log")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(curve_png) as tmp:
+        figure.savefig(tmp)
+    plt.close(figure)
+
+
+def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTrainingSettings, *,
+              model_path: str | os.PathLike[str], loss_tsv: str | os.PathLike[str],
+              curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
+              device: torch.device,
+              on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train (or resume training) and write the model, the loss table and its curve.
+
+    ``on_step(step, loss)`` is called after each optimiser step (progress display).
+    Returns a summary: steps run now, the step resumed from, final loss.
+    """
+    fingerprint = {"settings": settings.as_dict(),
+                   "inputs": fingerprint_of_files([*images, *masks])}
+    checkpoints = CheckpointFolder(checkpoint_dir, fingerprint)
+    saved = checkpoints.load()
+
+    model = Vae3d(settings.architecture).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed)
+    rows: list[dict[str, Any]] = []
+    start_step, elapsed_before = 0, 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        rng.bit_generator.state = json.loads(saved["numpy_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        rows = json.loads(saved["rows"])
+        start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
+        log.info("resuming VAE training from the checkpoint at step %d of %d (%s)",
+                 start_step, settings.total_steps, checkpoints.state_path)
+    else:
+        log.info("training the VAE from scratch: %d steps (%d iterations x %d crops, "
+                 "batch %d) on %s", settings.total_steps, settings.iterations,
+                 settings.crops_per_iteration, settings.batch_size, device)
+
+    volumes, brains = load_training_scans(images, masks)
+    sampler = CropSampler(volumes, brains, settings.crop_size, rng)
+    log.info("%d training scans loaded; crops of %s voxels (RAS order)", len(volumes),
+             list(settings.crop_size))
+
+    def checkpoint(step: int, elapsed: float) -> None:
+        checkpoints.save({
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+            "elapsed_s": elapsed, "numpy_rng": json.dumps(rng.bit_generator.state),
+            "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows)})
+
+    model.train()
+    run_started = time.perf_counter()
+    sums = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "crops": 0}
+    iteration_started = time.perf_counter()
+    step = start_step
+    with stop_on_signals() as stop:
+        for step in range(start_step + 1, settings.total_steps + 1):
+            batch = torch.from_numpy(sampler.crop_batch(settings.batch_size)).to(device)
+            with autocast(device):
+                reconstruction, mu, logvar = model(batch)
+            loss, l1, kl = vae_loss(reconstruction, batch, mu, logvar, settings.kl_weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            sums["loss"] += float(loss) * len(batch)
+            sums["l1"] += float(l1) * len(batch)
+            sums["kl"] += float(kl) * len(batch)
+            sums["crops"] += len(batch)
+            if on_step is not None:
+                on_step(step, float(loss))
+            elapsed = elapsed_before + time.perf_counter() - run_started
+            if step % settings.steps_per_iteration == 0:
+                seconds = time.perf_counter() - iteration_started
+                crops = int(sums["crops"])
+                rows.append({"iteration": step // settings.steps_per_iteration, "step": step,
+                             "crops": crops, "loss": sums["loss"] / crops,
+                             "l1": sums["l1"] / crops, "kl": sums["kl"] / crops,
+                             "crops_per_second": crops / seconds, "elapsed_s": elapsed})
+                log.info("iteration %d/%d: loss %.5f (L1 %.5f, KL %.4f), %.2f crops/s",
+                         rows[-1]["iteration"], settings.iterations, rows[-1]["loss"],
+                         rows[-1]["l1"], rows[-1]["kl"], rows[-1]["crops_per_second"])
+                sums = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "crops": 0}
+                iteration_started = time.perf_counter()
+            at_boundary = step % settings.steps_per_iteration == 0
+            if stop or (at_boundary and step < settings.total_steps) or \
+                    step % settings.checkpoint_every == 0:
+                # A resumed run restarts the current iteration's statistics, not its steps.
+                checkpoint(step, elapsed)
+            if stop:
+                raise TrainingInterrupted(
+                    f"stopped by signal {stop.signal_number} at step {step}; the checkpoint "
+                    f"in {checkpoint_dir} resumes it on the next run")
+
+    elapsed = elapsed_before + time.perf_counter() - run_started
+    summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
+               "resumed_from_step": start_step, "steps_this_run": step - start_step,
+               "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
+               "device": str(device), "training_scans": [str(p) for p in images]}
+    _write_loss_outputs(rows, loss_tsv, curve_png,
+                        title=f"VAE ({settings.architecture.encoder} encoder)")
+    save_vae(model, model_path, training=json.loads(json.dumps(summary)))
+    checkpoints.clear()
+    return summary
