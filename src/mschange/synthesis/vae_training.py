@@ -177,10 +177,10 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
     checkpoints = CheckpointFolder(checkpoint_dir, fingerprint)
     saved = checkpoints.load()
 
+    torch.manual_seed(settings.seed)  # before building: the initial weights come from it
     model = Vae3d(settings.architecture).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     rng = np.random.default_rng(settings.seed)
-    torch.manual_seed(settings.seed)
     rows: list[dict[str, Any]] = []
     start_step, elapsed_before = 0, 0.0
     if saved is not None:
@@ -188,6 +188,8 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
         optimiser.load_state_dict(saved["optimiser"])
         rng.bit_generator.state = json.loads(saved["numpy_rng"])
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         rows = json.loads(saved["rows"])
         start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
         log.info("resuming VAE training from the checkpoint at step %d of %d (%s)",
@@ -203,10 +205,13 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
              list(settings.crop_size))
 
     def checkpoint(step: int, elapsed: float) -> None:
-        checkpoints.save({
+        state = {
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
             "elapsed_s": elapsed, "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows)})
+            "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows)}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+        checkpoints.save(state)
 
     model.train()
     run_started = time.perf_counter()
@@ -222,12 +227,12 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            sums["loss"] += float(loss) * len(batch)
-            sums["l1"] += float(l1) * len(batch)
-            sums["kl"] += float(kl) * len(batch)
+            sums["loss"] += loss.item() * len(batch)
+            sums["l1"] += l1.item() * len(batch)
+            sums["kl"] += kl.item() * len(batch)
             sums["crops"] += len(batch)
             if on_step is not None:
-                on_step(step, float(loss))
+                on_step(step, loss.item())
             elapsed = elapsed_before + time.perf_counter() - run_started
             if step % settings.steps_per_iteration == 0:
                 seconds = time.perf_counter() - iteration_started
