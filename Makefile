@@ -26,6 +26,9 @@ demo: install
 	@echo "  QC table             results/qc/preprocessing_qc.tsv"
 	@echo "  QC figures           results/qc/sub-*_desc-preproc_qc.png"
 	@echo "  demo cohort          results/demo/ (cohort sheet: results/demo/cohort.tsv)"
+	@echo "  VAEs and loss curves results/vae/encoder-*/"
+	@echo "  SuperMix samples     results/supermix/sub-*/"
+	@echo "  synthesis figures    results/synthesis/figures/"
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -42,6 +45,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/preprocess_pair.py --repeats 3 --threads $(CORES)
+	$(BIN)/python benchmarks/synthesis.py --subject demo01 --repeats 3 --threads $(CORES)
 
 clean:
 	rm -rf results .snakemake

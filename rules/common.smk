@@ -144,3 +144,55 @@ def brain_on_followup_grid(wildcards):
 def demo_sheet():
     """The demo cohort's sheet, a target only when the demo cohort is the input."""
     return ["results/demo/cohort.tsv"] if config["cohort"]["source"] == "demo" else []
+
+
+# ----------------------------------------------------------------------------- synthesis
+
+SYNTHESIS = config["synthesis"]
+MAIN_ENCODER = SYNTHESIS["vae"]["encoder"]
+OTHER_ENCODER = {"maxpool": "strided", "strided": "maxpool"}[MAIN_ENCODER]
+VAE_ENCODERS = [MAIN_ENCODER] + (
+    [OTHER_ENCODER] if SYNTHESIS["vae"]["compare_encoders"] else []
+)
+SAMPLES = [f"{k:03d}" for k in range(SYNTHESIS["supermix"]["samples_per_subject"])]
+
+
+def nochange_scans():
+    """Preprocessed scans (both time points, follow-up grid) of the no-change pairs."""
+    if not NOCHANGE_SUBJECTS:
+        raise WorkflowError(
+            "the VAE and SuperMix need no-change training pairs (change: no, split: train), "
+            "and the cohort has none"
+        )
+    return expand(
+        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
+        subject=NOCHANGE_SUBJECTS,
+        tp=TIMEPOINTS,
+    )
+
+
+def nochange_masks():
+    """Brain masks matching :func:`nochange_scans`, in the same order."""
+    masks = []
+    for subject in NOCHANGE_SUBJECTS:
+        folder = f"results/preproc/sub-{subject}"
+        masks += [
+            f"{folder}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+            f"{folder}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+        ]
+    return masks
+
+
+def synthesis_targets():
+    """The VAE(s), every SuperMix sample and the figures; none without no-change pairs."""
+    if not NOCHANGE_SUBJECTS:
+        return []
+    return [
+        *expand("results/vae/encoder-{encoder}/vae.pt", encoder=VAE_ENCODERS),
+        *expand(
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
+            subject=NOCHANGE_SUBJECTS,
+            sample=SAMPLES,
+        ),
+        "results/synthesis/figures/supermix_examples.png",
+    ]

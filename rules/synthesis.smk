@@ -1,65 +1,10 @@
 # Synthetic lesion changes (To et al., section 3.2): a VAE trained on the no-change scans,
 # then SuperMix samples per no-change pair. Single scans first get a simulated rescan,
-# which then goes through preprocessing like any baseline.
-
-SYNTHESIS = config["synthesis"]
-MAIN_ENCODER = SYNTHESIS["vae"]["encoder"]
-OTHER_ENCODER = {"maxpool": "strided", "strided": "maxpool"}[MAIN_ENCODER]
-VAE_ENCODERS = [MAIN_ENCODER] + (
-    [OTHER_ENCODER] if SYNTHESIS["vae"]["compare_encoders"] else []
-)
-SAMPLES = [f"{k:03d}" for k in range(SYNTHESIS["supermix"]["samples_per_subject"])]
-PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
-SUPERMIX = "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}"
+# which then goes through preprocessing like any baseline. Helpers: rules/common.smk.
 
 
 wildcard_constraints:
     encoder="maxpool|strided",
-
-
-def nochange_scans():
-    """Preprocessed scans (both time points, follow-up grid) of the no-change pairs."""
-    if not NOCHANGE_SUBJECTS:
-        raise WorkflowError(
-            "the VAE and SuperMix need no-change training pairs (change: no, split: train), "
-            "and the cohort has none"
-        )
-    return expand(
-        PREPROC + "_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
-        subject=NOCHANGE_SUBJECTS,
-        tp=TIMEPOINTS,
-    )
-
-
-def nochange_masks():
-    """Brain masks matching :func:`nochange_scans`, in the same order."""
-    masks = []
-    for subject in NOCHANGE_SUBJECTS:
-        masks += [
-            f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz".format(
-                subject=subject
-            ),
-            f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz".format(subject=subject),
-        ]
-    return masks
-
-
-def supermix_outputs():
-    """Every SuperMix sample of every no-change pair (a target of `rule all`)."""
-    return expand(
-        SUPERMIX + "_desc-supermix.json", subject=NOCHANGE_SUBJECTS, sample=SAMPLES
-    )
-
-
-def synthesis_targets():
-    """The VAE(s), every SuperMix sample and the figures; none without no-change pairs."""
-    if not NOCHANGE_SUBJECTS:
-        return []
-    return [
-        *expand("results/vae/encoder-{encoder}/vae.pt", encoder=VAE_ENCODERS),
-        *supermix_outputs(),
-        "results/synthesis/figures/supermix_examples.png",
-    ]
 
 
 rule simulate_rescan:
@@ -130,27 +75,31 @@ rule train_vae:
 
 rule supermix_subject:
     input:
-        baseline=PREPROC + "_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup=PREPROC + "_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline_mask=PREPROC + "_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        followup_mask=PREPROC + "_tp-followup_desc-brain_mask.nii.gz",
+        baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+        followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+        baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
         model=f"results/vae/encoder-{MAIN_ENCODER}/vae.pt",
     output:
         synthesised=expand(
-            SUPERMIX + "_desc-synthesised_FLAIR.nii.gz",
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-synthesised_FLAIR.nii.gz",
             sample=SAMPLES,
             allow_missing=True,
         ),
         reference=expand(
-            SUPERMIX + "_desc-reference_FLAIR.nii.gz",
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-reference_FLAIR.nii.gz",
             sample=SAMPLES,
             allow_missing=True,
         ),
         label=expand(
-            SUPERMIX + "_desc-change_mask.nii.gz", sample=SAMPLES, allow_missing=True
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-change_mask.nii.gz",
+            sample=SAMPLES,
+            allow_missing=True,
         ),
         record=expand(
-            SUPERMIX + "_desc-supermix.json", sample=SAMPLES, allow_missing=True
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
+            sample=SAMPLES,
+            allow_missing=True,
         ),
     log:
         "results/logs/supermix_subject/sub-{subject}.log",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -57,14 +58,19 @@ def test_lint_is_clean():
 
 def test_default_config_plans_the_demo_cohort(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    pairs = config["demo"]["n_train"] + config["demo"]["n_test"]
+    demo = config["demo"]
+    pairs = demo["n_train"] + demo["n_test"] + demo["n_single"]
     jobs = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules",
                                   configfile=REPO / "config.yaml"))
     assert jobs["make_demo_subject"] == pairs
+    assert jobs["simulate_rescan"] == demo["n_single"]
     assert jobs["skullstrip_hdbet"] == 2 * pairs
     assert jobs["register_baseline_to_followup"] == pairs
     assert jobs["normalize_intensity"] == 2 * pairs
     assert jobs["aggregate_qc"] == 1
+    assert jobs["train_vae"] == 2  # maxpool for SuperMix, strided for the comparison figure
+    assert jobs["supermix_subject"] == demo["n_train"] + demo["n_single"]
+    assert jobs["synthesis_figures"] == 1
 
 
 def test_unknown_config_key_stops_before_any_job(tmp_path):
@@ -97,13 +103,18 @@ def test_broken_input_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "preproc").exists()
 
 
-TINY = {"demo": {"n_train": 1, "n_test": 1, "voxel_size_mm": 2.0},
-        "preprocessing": {"resolution_mm": 2.0}}
+TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0},
+        "preprocessing": {"resolution_mm": 2.0},
+        "synthesis": {
+            "vae": {"channels": [8, 16], "latent_channels": 4, "crop_size": [32, 32, 16],
+                    "iterations": 2, "crops_per_iteration": 4},
+            "supermix": {"samples_per_subject": 2, "n_segments": [50, 300], "tau": 0.9},
+            "figures": {"n_segments": [50, 300], "deltas": [5.0]}}}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A real run of the whole workflow on a tiny demo cohort (2 pairs, 2 mm voxels)."""
+    """A real run of the whole workflow on a tiny demo cohort (2 pairs, 1 single scan, 2 mm)."""
     workdir = tmp_path_factory.mktemp("tiny")
     config = write_config(workdir / "config.yaml", **TINY)
     result = snakemake(workdir, "--cores", "2", configfile=config)
@@ -116,12 +127,12 @@ def test_tiny_run_writes_preprocessed_pairs_and_qc(tiny_run):
     workdir, _ = tiny_run
     results = workdir / "results"
     qc = pd.read_csv(results / "qc" / "preprocessing_qc.tsv", sep="\t")
-    assert list(qc["subject"]) == ["demo01", "demo02"]
-    assert list(qc["split"]) == ["train", "test"]
+    assert list(qc["subject"]) == ["demo01", "demo02", "demo03"]
+    assert list(qc["split"]) == ["train", "test", "train"]
     assert (qc["registration_correlation"] > 0.8).all(), qc
     assert qc["brain_volume_ml_followup"].between(1000, 2200).all(), qc
     assert (qc["seconds_skullstrip_hdbet"] > 0).all()
-    for subject in ("demo01", "demo02"):
+    for subject in ("demo01", "demo02", "demo03"):
         folder = results / "preproc" / f"sub-{subject}"
         resampled = nib.load(folder / f"sub-{subject}_tp-followup_desc-resampled_FLAIR.nii.gz")
         for tp in ("baseline", "followup"):
@@ -134,7 +145,8 @@ def test_tiny_run_writes_preprocessed_pairs_and_qc(tiny_run):
             assert data.min() == 0.0 and data.max() == pytest.approx(1.0)
         assert (results / "qc" / f"sub-{subject}_desc-preproc_qc.png").stat().st_size > 10_000
     sheet = pd.read_csv(results / "demo" / "cohort.tsv", sep="\t", keep_default_na=False)
-    assert list(sheet["change"]) == ["no", "yes"]
+    assert list(sheet["change"]) == ["no", "yes", "no"]
+    assert list(sheet["baseline"] == "") == [False, False, True]  # demo03: a single scan
     assert (workdir / "results" / "logs" / "skullstrip_hdbet" / "sub-demo01_tp-baseline.log"
             ).read_text().count("finished in") == 1
 
@@ -171,10 +183,14 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
                                    "convergence": 0.001}
     changed.write_text(yaml.safe_dump(data))
     jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
-    assert jobs.pop("correct_bias_n4") == 4
-    assert jobs.pop("normalize_intensity") == 4
-    assert jobs.pop("qc_pair") == 2
+    assert jobs.pop("correct_bias_n4") == 6
+    assert jobs.pop("normalize_intensity") == 6
+    assert jobs.pop("qc_pair") == 3
     assert jobs.pop("aggregate_qc") == 1
+    # New preprocessed scans: synthesis follows.
+    assert jobs.pop("train_vae") == 2
+    assert jobs.pop("supermix_subject") == 2
+    assert jobs.pop("synthesis_figures") == 1
     jobs.pop("all", None)
     assert jobs == {}, f"unexpected reruns: {jobs}"
 
@@ -188,6 +204,66 @@ def test_changing_registration_reruns_from_registration(tiny_run, tmp_path):
     changed.write_text(yaml.safe_dump(data))
     jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
     assert "skullstrip_hdbet" not in jobs and "resample_isotropic" not in jobs
-    assert jobs["register_baseline_to_followup"] == 2
+    assert jobs["register_baseline_to_followup"] == 3
     # Only the baseline's N4 depends on the registration.
-    assert jobs["correct_bias_n4"] == 2
+    assert jobs["correct_bias_n4"] == 3
+
+
+@pytest.mark.slow
+def test_tiny_run_synthesises_changes_into_nochange_pairs(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    # The single scan got a simulated rescan on its own raw grid, then preprocessing.
+    raw = nib.load(results / "demo" / "sub-demo03" / "sub-demo03_tp-followup_FLAIR.nii.gz")
+    rescan = nib.load(results / "rescan" / "sub-demo03" /
+                      "sub-demo03_tp-baseline_desc-rescan_FLAIR.nii.gz")
+    assert rescan.shape == raw.shape
+    np.testing.assert_allclose(rescan.affine, raw.affine, atol=1e-5)
+    assert not np.allclose(rescan.get_fdata(), raw.get_fdata())
+    record = json.loads((results / "rescan" / "sub-demo03" /
+                         "sub-demo03_tp-baseline_desc-rescan_FLAIR.json").read_text())
+    assert record["subject"] == "demo03" and "motion" in record
+    # Both VAEs trained for the configured schedule.
+    for encoder in ("maxpool", "strided"):
+        losses = pd.read_csv(results / "vae" / f"encoder-{encoder}" / "loss.tsv", sep="\t")
+        assert list(losses["iteration"]) == [1, 2]
+        assert not (results / "vae" / f"encoder-{encoder}" / "checkpoints").exists()
+    # SuperMix samples of the no-change pairs (demo01 and the single scan), none of the test pair.
+    assert not (results / "supermix" / "sub-demo02").exists()
+    for subject in ("demo01", "demo03"):
+        grid = nib.load(results / "preproc" / f"sub-{subject}" /
+                        f"sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz")
+        for sample in ("000", "001"):
+            stem = results / "supermix" / f"sub-{subject}" / f"sub-{subject}_sample-{sample}"
+            record = json.loads(Path(f"{stem}_desc-supermix.json").read_text())
+            label = nib.load(f"{stem}_desc-change_mask.nii.gz")
+            assert label.shape == grid.shape
+            np.testing.assert_allclose(label.affine, grid.affine, atol=1e-5)
+            assert int(np.asarray(label.dataobj).sum()) == record["replaced_voxels"]
+            assert record["vae_model"]["encoder"] == "maxpool"
+    for figure in ("supermix_examples.png", "vae_encoders.png"):
+        assert (results / "synthesis" / "figures" / figure).stat().st_size > 20_000
+
+
+@pytest.mark.slow
+def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    changed = write_config(tmp_path / "changed.yaml", **TINY)
+    data = yaml.safe_load(changed.read_text())
+    data["synthesis"]["supermix"]["tau"] = 0.95
+    changed.write_text(yaml.safe_dump(data))
+    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs.pop("all", None)
+    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1}
+
+
+@pytest.mark.slow
+def test_changing_the_vae_retrains_it_but_keeps_preprocessing(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    changed = write_config(tmp_path / "changed.yaml", **TINY)
+    data = yaml.safe_load(changed.read_text())
+    data["synthesis"]["vae"]["kl_weight"] = 0.01
+    changed.write_text(yaml.safe_dump(data))
+    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs.pop("all", None)
+    assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1}
