@@ -39,7 +39,7 @@ class SuperMixSettings:
     n_segments: tuple[int, int] = (200, 5000)      # log n_seg ~ U(log lo, log hi)
     delta: float = 5.0                             # Delta ~ U(-delta, delta)
     compactness: float = 0.1                       # SLIC: intensities are ~[0, 1]
-    slic_iterations: int = 10
+    slic_iterations: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
