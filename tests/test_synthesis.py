@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mschange.checkpoints import CheckpointMismatch, TrainingInterrupted
+from mschange.cli import main
 from mschange.config import ConfigError, validate_config
 from mschange.synthesis.reconstruction import TilingSettings, reconstruct_volume
 from mschange.synthesis.steps import supermix_settings, supermix_step, tiling_settings
@@ -359,6 +360,18 @@ def test_supermix_step_writes_samples_on_the_input_grid(tmp_path, scan, tiny_vae
         synthesised = nib.load(outputs["synthesised"][k]).get_fdata()
         np.testing.assert_allclose(synthesised[~label], source[~label], atol=1e-6)
     assert synthesised_tps == {"baseline", "followup"}  # either time point can be x
+
+    # `mschange replay-supermix` rebuilds a sample from its record alone.
+    assert main(["replay-supermix", str(outputs["record"][1]), "--out",
+                 str(tmp_path / "replayed")]) == 0
+    for kind, name in (("synthesised", "desc-synthesised_FLAIR"),
+                       ("label", "desc-change_mask")):
+        replayed = nib.load(tmp_path / "replayed" / f"s1_{name}.nii.gz").get_fdata()
+        assert np.array_equal(replayed, nib.load(outputs[kind][1]).get_fdata()), kind
+    # ...and refuses when the VAE file changed since.
+    save_vae(Vae3d(TINY_ARCHITECTURE), model, training={"retrained": True})
+    assert main(["replay-supermix", str(outputs["record"][1]), "--out",
+                 str(tmp_path / "again")]) == 2
 
 
 def test_config_checks_crop_size_and_ranges():

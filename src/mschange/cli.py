@@ -30,6 +30,18 @@ def _bids_to_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_supermix(args: argparse.Namespace) -> int:
+    from mschange.synthesis.steps import replay_step
+
+    stem = Path(args.record).name.removesuffix(".json").removesuffix("_desc-supermix")
+    args.out.mkdir(parents=True, exist_ok=True)
+    synthesised = args.out / f"{stem}_desc-synthesised_FLAIR.nii.gz"
+    label = args.out / f"{stem}_desc-change_mask.nii.gz"
+    record = replay_step(args.record, synthesised, label, device=args.device)
+    print(f"replayed {record['subject']} sample {record['sample']}: {synthesised}, {label}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mschange", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mschange {__version__}")
@@ -48,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     bids.add_argument("--split", choices=["train", "test"], default="test")
     bids.add_argument("--change", choices=["yes", "no", "unknown"], default="unknown")
     bids.set_defaults(run=_bids_to_sheet)
+
+    replay = commands.add_parser(
+        "replay-supermix",
+        help="rebuild a SuperMix sample from its JSON record (identical voxels)")
+    replay.add_argument("record", type=Path, help="a results/supermix/.../*_desc-supermix.json")
+    replay.add_argument("--out", type=Path, required=True, help="folder for the NIfTI files")
+    replay.add_argument("--device", default="cpu")
+    replay.set_defaults(run=_replay_supermix)
     return parser
 
 
@@ -55,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except CohortError as error:
+    except (CohortError, ValueError, OSError) as error:
         print(f"mschange: {error}", file=sys.stderr)
         return 2
 

@@ -9,6 +9,7 @@ import logging
 import os
 import zlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -218,3 +219,24 @@ def figures_step(scan: PathLike, masks: Sequence[PathLike], models: Mapping[str,
     save_json({"scan": str(scan), "config_seed": seed,
                "models": {name: str(path) for name, path in models.items()},
                "supermix_examples": supermix, "encoder_comparison": encoders}, record_json)
+
+
+def replay_step(record_json: PathLike, synthesised_output: PathLike, label_output: PathLike,
+                *, device: str = "cpu") -> dict[str, Any]:
+    """Rebuild a SuperMix sample from its JSON record (inputs and VAE read from the paths
+    it names); refuses when the VAE file is not the one that made the sample."""
+    from mschange.synthesis.supermix import replay
+
+    record = json.loads(Path(record_json).read_text())
+    model_path = record["vae_model"]["path"]
+    if file_sha256(model_path) != record["vae_model"]["sha256"]:
+        raise ValueError(f"{model_path} is not the VAE that made {record_json} (checksum "
+                         "differs; was it retrained?)")
+    torch_device = resolve_device(device)
+    vae, _ = load_vae(model_path, torch_device)
+    data, image = _load_float(record["inputs"][record["synthesised_timepoint"]])
+    brain = brain_intersection(*record["brain_masks"])
+    sample = replay(record, data, brain, image.affine, vae, device=torch_device)
+    save_nifti(sample.synthesised, image.affine, synthesised_output, header=image.header)
+    save_nifti(sample.label, image.affine, label_output, header=image.header, dtype=np.uint8)
+    return record
