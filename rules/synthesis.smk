@@ -56,7 +56,8 @@ rule train_vae:
         "../envs/synthesis.yaml"
     threads: 8
     resources:
-        mem_mb=lambda wildcards, input: 8000 + 100 * len(input.images),
+        # Every training scan is held in memory (about 75 MB per 1 mm scan with its mask).
+        mem_mb=lambda wildcards, input: 4000 + 80 * len(input.images),
         runtime=1440,
         gpu=gpu_count(),
     params:
