@@ -120,6 +120,8 @@ def main() -> None:
     parser.add_argument("--mask", type=Path, help="its brain mask")
     parser.add_argument("--config", type=Path, default=REPO / "config.yaml")
     parser.add_argument("--n-segments", type=int, nargs="+", default=[200, 1000, 5000])
+    parser.add_argument("--crop-size", type=int, nargs=3, default=[192, 192, 16],
+                        help="VAE crop and reconstruction tile (default: the paper's)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=5)
@@ -132,6 +134,7 @@ def main() -> None:
     args.mask = args.mask or folder / f"sub-{args.subject}_tp-followup_desc-brain_mask.nii.gz"
     torch.set_num_threads(args.threads)
     config = validate_config(yaml.safe_load(args.config.read_text()))
+    config["synthesis"]["vae"]["crop_size"] = args.crop_size
     cpu = torch.device("cpu")
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

@@ -54,10 +54,13 @@ class VaeArchitecture:
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    # Group normalisation: stable with mini-batches of 2, unlike batch normalisation.
     return nn.Sequential(
         nn.Conv3d(in_channels, out_channels, 3, padding=1),
+        nn.GroupNorm(min(8, out_channels), out_channels),
         nn.LeakyReLU(0.2, inplace=True),
         nn.Conv3d(out_channels, out_channels, 3, padding=1),
+        nn.GroupNorm(min(8, out_channels), out_channels),
         nn.LeakyReLU(0.2, inplace=True),
     )
 
