@@ -135,6 +135,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = validate_config(yaml.safe_load(args.config.read_text()))
     config["synthesis"]["vae"]["crop_size"] = args.crop_size
+    config["synthesis"]["supermix"]["tile_overlap"] = max(args.crop_size) // 2  # half a tile
     cpu = torch.device("cpu")
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),

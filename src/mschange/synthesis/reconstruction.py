@@ -34,7 +34,7 @@ F32 = npt.NDArray[np.float32]
 @dataclass(frozen=True)
 class TilingSettings:
     tile_size: tuple[int, int, int] = (192, 192, 16)  # voxels, RAS order (the training crop)
-    overlap: int = 8                                  # voxels shared by neighbouring tiles
+    overlap: int = 8     # voxels shared by neighbouring tiles (at most half a tile per axis)
     margin: int = 4                                   # voxels kept around the brain box
 
 
@@ -107,8 +107,10 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
 
     tile = tuple(min(_round_up(t, factor), n) for t, n in zip(tiling.tile_size, padded_shape,
                                                               strict=True))
-    overlap = _round_up(tiling.overlap, factor)
-    strides = [max(factor, t - overlap) for t in tile]
+    # Half a tile of overlap at most: then every voxel lies in a tile's inner half along
+    # each axis, away from the zero padding of the tile's faces.
+    overlaps = [min(_round_up(tiling.overlap, factor), t // 2) for t in tile]
+    strides = [max(factor, t - o) for t, o in zip(tile, overlaps, strict=True)]
     latent_shape = (model.architecture.latent_channels,
                     *(n // factor for n in padded_shape))
     epsilon, scale = latent_noise(latent_shape, seed, delta)
