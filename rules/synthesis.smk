@@ -111,7 +111,7 @@ rule supermix_subject:
     threads: 2
     resources:
         mem_mb=8000,
-        runtime=lambda wildcards: 10 + 2 * len(SAMPLES),
+        runtime=10 + 2 * len(SAMPLES),
         gpu=gpu_count(),
     params:
         seed=config["seed"],

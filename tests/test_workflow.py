@@ -112,6 +112,17 @@ TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0}
             "figures": {"n_segments": [50, 300], "deltas": [5.0]}}}
 
 
+def jobs_after_change(workdir: Path, tmp_path: Path, section: str, key: str,
+                      value: object, subkey: str | None = None) -> dict[str, int]:
+    """Jobs a dry run plans after one config value of the tiny run changes."""
+    changed = write_config(tmp_path / "changed.yaml", **TINY)
+    data = yaml.safe_load(changed.read_text())
+    target = data[section] if subkey is None else data[section][subkey]
+    target[key] = value
+    changed.write_text(yaml.safe_dump(data))
+    return planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real run of the whole workflow on a tiny demo cohort (2 pairs, 1 single scan, 2 mm)."""
@@ -177,12 +188,9 @@ def test_rerun_with_nothing_changed_runs_nothing(tiny_run):
 @pytest.mark.slow
 def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    changed = write_config(tmp_path / "changed.yaml", **TINY)
-    data = yaml.safe_load(changed.read_text())
-    data["preprocessing"]["n4"] = {"shrink_factor": 2, "iterations": [20, 20],
-                                   "convergence": 0.001}
-    changed.write_text(yaml.safe_dump(data))
-    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs = jobs_after_change(workdir, tmp_path, "preprocessing", "n4",
+                             {"shrink_factor": 2, "iterations": [20, 20],
+                              "convergence": 0.001})
     assert jobs.pop("correct_bias_n4") == 6
     assert jobs.pop("normalize_intensity") == 6
     assert jobs.pop("qc_pair") == 3
@@ -198,11 +206,8 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_changing_registration_reruns_from_registration(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    changed = write_config(tmp_path / "changed.yaml", **TINY)
-    data = yaml.safe_load(changed.read_text())
-    data["preprocessing"]["registration"] = {"transform": "DenseRigid"}
-    changed.write_text(yaml.safe_dump(data))
-    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs = jobs_after_change(workdir, tmp_path, "preprocessing", "registration",
+                             {"transform": "DenseRigid"})
     assert "skullstrip_hdbet" not in jobs and "resample_isotropic" not in jobs
     assert jobs["register_baseline_to_followup"] == 3
     # Only the baseline's N4 depends on the registration.
@@ -248,11 +253,7 @@ def test_tiny_run_synthesises_changes_into_nochange_pairs(tiny_run):
 @pytest.mark.slow
 def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    changed = write_config(tmp_path / "changed.yaml", **TINY)
-    data = yaml.safe_load(changed.read_text())
-    data["synthesis"]["supermix"]["tau"] = 0.95
-    changed.write_text(yaml.safe_dump(data))
-    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs = jobs_after_change(workdir, tmp_path, "synthesis", "tau", 0.95, subkey="supermix")
     jobs.pop("all", None)
     assert jobs == {"supermix_subject": 2, "synthesis_figures": 1}
 
@@ -260,10 +261,6 @@ def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_changing_the_vae_retrains_it_but_keeps_preprocessing(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    changed = write_config(tmp_path / "changed.yaml", **TINY)
-    data = yaml.safe_load(changed.read_text())
-    data["synthesis"]["vae"]["kl_weight"] = 0.01
-    changed.write_text(yaml.safe_dump(data))
-    jobs = planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
+    jobs = jobs_after_change(workdir, tmp_path, "synthesis", "kl_weight", 0.01, subkey="vae")
     jobs.pop("all", None)
     assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1}

@@ -42,9 +42,12 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
 
 
 @contextlib.contextmanager
-def cpu_threads(threads: int | None) -> Iterator[None]:
-    """Use ``threads`` intra-op threads (the job's Snakemake ``threads``) for a block."""
-    if not threads:
+def cpu_threads(threads: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Use ``threads`` intra-op threads (the job's Snakemake ``threads``) for a block.
+
+    Nothing changes when the work runs on a GPU (``device`` not CPU).
+    """
+    if not threads or (device is not None and device.type != "cpu"):
         yield
         return
     previous = torch.get_num_threads()

@@ -62,12 +62,15 @@ def plot_supermix_examples(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
     figure, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.6), dpi=100,
                                 squeeze=False)
     records = []
+    # Only the superpixels change between columns: one reconstruction serves them all.
+    reconstruction = reconstruct_volume(model, scan, mask, affine, seed=latent_seed,
+                                        delta=settings.delta, tiling=tiling, device=device)
     for column, n in enumerate(n_segments):
         choices = SampleChoices(synthesised_timepoint="followup", n_segments=int(n),
                                 latent_seed=latent_seed,
                                 replace_draws_seed=replace_draws_seed)
         sample = synthesise(scan, mask, affine, model, choices, settings, tiling=tiling,
-                            device=device)
+                            device=device, reconstruction=reconstruction)
         k = _busiest_axial_slice(sample.label, affine, mask)
         top, bottom = axes[0, column], axes[1, column]
         top.imshow(_axial(sample.reconstruction, affine, k), cmap="gray", vmin=0, vmax=1.2)

@@ -126,7 +126,7 @@ def train_vae_step(images: Sequence[PathLike], masks: Sequence[PathLike], *,
             log.info("step %d/%d (%.0f%%): loss %.5f", step, settings.total_steps,
                      100.0 * step / settings.total_steps, loss)
 
-    with cpu_threads(threads if torch_device.type == "cpu" else None):
+    with cpu_threads(threads, torch_device):
         summary = train_vae([str(p) for p in images], [str(p) for p in masks], settings,
                             model_path=model, loss_tsv=loss_tsv, curve_png=curve_png,
                             checkpoint_dir=checkpoint_dir, device=torch_device,
@@ -161,7 +161,7 @@ def supermix_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathLike],
     scans = {tp: _load_float(path) for tp, path in timepoints.items()}
     brain = brain_intersection(*masks)
     n_samples = len(outputs["synthesised"])
-    with cpu_threads(threads if torch_device.type == "cpu" else None):
+    with cpu_threads(threads, torch_device):
         for index in range(n_samples):
             entropy = sample_seed(seed, subject, index)
             choices = draw_choices(entropy, settings)
@@ -208,7 +208,7 @@ def figures_step(scan: PathLike, masks: Sequence[PathLike], models: Mapping[str,
     vaes = {name: load_vae(path, torch_device)[0] for name, path in models.items()}
     latent_seed = derived_seed(seed, "figures", "latent")
     draws_seed = derived_seed(seed, "figures", "replace")
-    with cpu_threads(threads if torch_device.type == "cpu" else None):
+    with cpu_threads(threads, torch_device):
         supermix = plot_supermix_examples(
             data, brain, image.affine, vaes[main_encoder], settings, n_segments,
             latent_seed=latent_seed, replace_draws_seed=draws_seed, png_path=supermix_png,

@@ -25,7 +25,12 @@ import torch
 from skimage.segmentation import slic
 
 from mschange.io import voxel_sizes
-from mschange.synthesis.reconstruction import DEFAULT_TILING, TilingSettings, reconstruct_volume
+from mschange.synthesis.reconstruction import (
+    DEFAULT_TILING,
+    TilingSettings,
+    brain_box,
+    reconstruct_volume,
+)
 from mschange.synthesis.vae import Vae3d
 
 F32 = npt.NDArray[np.float32]
@@ -88,10 +93,7 @@ def superpixels(image: npt.NDArray[Any], mask: npt.NDArray[Any],
     superpixels fall inside the brain.
     """
     brain = np.asarray(mask, dtype=bool)
-    where = np.nonzero(brain)
-    if not where[0].size:
-        raise ValueError("the brain mask is empty")
-    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+    box, _ = brain_box(brain, margin=0, factor=1)
     box_mask = brain[box]
     requested = max(1, round(n_segments * box_mask.size / int(box_mask.sum())))
     box_labels = slic(np.asarray(image[box], dtype=np.float64), n_segments=requested,
@@ -133,15 +135,22 @@ def synthesise(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
                affine: npt.NDArray[np.floating[Any]], model: Vae3d, choices: SampleChoices,
                settings: SuperMixSettings, *, tiling: TilingSettings = DEFAULT_TILING,
                device: torch.device | None = None,
-               replaced: list[int] | None = None) -> SuperMixSample:
-    """One SuperMix sample of ``scan``; ``replaced`` overrides the draws (replay)."""
+               replaced: list[int] | None = None,
+               reconstruction: F32 | None = None) -> SuperMixSample:
+    """One SuperMix sample of ``scan``; ``replaced`` overrides the draws (replay).
+
+    ``reconstruction``, when given, must be the perturbed reconstruction for
+    ``choices.latent_seed`` (callers that vary only ``n_seg`` compute it once).
+    """
     labels = superpixels(scan, mask, affine, n_segments=choices.n_segments,
                          compactness=settings.compactness, iterations=settings.slic_iterations)
     n_superpixels = int(labels.max())
     if replaced is None:
         replaced = replaced_superpixels(n_superpixels, settings.tau, choices.replace_draws_seed)
-    reconstruction = reconstruct_volume(model, scan, mask, affine, seed=choices.latent_seed,
-                                        delta=settings.delta, tiling=tiling, device=device)
+    if reconstruction is None:
+        reconstruction = reconstruct_volume(model, scan, mask, affine,
+                                            seed=choices.latent_seed, delta=settings.delta,
+                                            tiling=tiling, device=device)
     synthesised, label = mix(scan, reconstruction, labels, replaced)
     record = {
         "version": RECORD_VERSION,

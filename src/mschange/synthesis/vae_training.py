@@ -234,7 +234,8 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
             if on_step is not None:
                 on_step(step, loss.item())
             elapsed = elapsed_before + time.perf_counter() - run_started
-            if step % settings.steps_per_iteration == 0:
+            at_boundary = step % settings.steps_per_iteration == 0
+            if at_boundary:
                 seconds = time.perf_counter() - iteration_started
                 crops = int(sums["crops"])
                 rows.append({"iteration": step // settings.steps_per_iteration, "step": step,
@@ -246,7 +247,6 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
                          rows[-1]["l1"], rows[-1]["kl"], rows[-1]["crops_per_second"])
                 sums = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "crops": 0}
                 iteration_started = time.perf_counter()
-            at_boundary = step % settings.steps_per_iteration == 0
             if stop or (at_boundary and step < settings.total_steps) or \
                     step % settings.checkpoint_every == 0:
                 # A resumed run restarts the current iteration's statistics, not its steps.
