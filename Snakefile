@@ -13,6 +13,7 @@ include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/qc.smk"
 include: "rules/synthesis.smk"
+include: "rules/detection.smk"
 
 
 rule all:
@@ -22,3 +23,4 @@ rule all:
         preprocessed_pairs(),
         "results/qc/preprocessing_qc.tsv",
         synthesis_targets(),
+        detector_targets(),

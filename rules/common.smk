@@ -67,6 +67,8 @@ def demo_cohort():
 
 def load_cohort():
     """The cohort, checked before any job starts (the demo's images are checked by its jobs)."""
+    import pandas as pd
+
     cohort_config = config["cohort"]
     try:
         if cohort_config["source"] == "demo":
@@ -86,11 +88,22 @@ def load_cohort():
         )
     except CohortError as error:
         raise WorkflowError(str(error)) from None
+    if cohort_config["include_demo"]:
+        demo = demo_cohort()
+        clash = sorted(set(demo["subject"]) & set(cohort["subject"]))
+        if clash:
+            raise WorkflowError(
+                f"cohort.include_demo: subject id(s) {', '.join(clash)} are used by both "
+                "the cohort and the demo cohort"
+            )
+        cohort = pd.concat([cohort, demo], ignore_index=True)
     return cohort
 
 
 COHORT = load_cohort().set_index("subject", drop=False)
 SUBJECTS = list(COHORT["subject"])
+USES_DEMO = config["cohort"]["source"] == "demo" or config["cohort"]["include_demo"]
+DEMO_SUBJECTS = list(demo_cohort()["subject"]) if USES_DEMO else []
 # Rows without a baseline: single scans, paired with a simulated rescan of themselves.
 SINGLE_SUBJECTS = list(COHORT.loc[COHORT["baseline"] == "", "subject"])
 # The no-change training pairs: the VAE and SuperMix use these only.
@@ -143,7 +156,7 @@ def brain_on_followup_grid(wildcards):
 
 def demo_sheet():
     """The demo cohort's sheet, a target only when the demo cohort is the input."""
-    return ["results/demo/cohort.tsv"] if config["cohort"]["source"] == "demo" else []
+    return ["results/demo/cohort.tsv"] if USES_DEMO else []
 
 
 # ----------------------------------------------------------------------------- synthesis
@@ -195,4 +208,46 @@ def synthesis_targets():
             sample=SAMPLES,
         ),
         "results/synthesis/figures/supermix_examples.png",
+    ]
+
+
+# ----------------------------------------------------------------------------- detector
+
+DETECTOR = config["detector"]
+DETECTOR_DIR = f"results/detector/model-{DETECTOR['name']}"
+PREDICT_DIR = f"results/predict/model-{DETECTOR['name']}"
+# The pairs the detector is run on.
+TEST_SUBJECTS = list(COHORT.loc[COHORT["split"] == "test", "subject"])
+
+
+def supermix_files(desc):
+    """One kind of SuperMix file (e.g. ``change_mask``) of every sample, in a fixed order."""
+    return expand(
+        "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-{desc}.nii.gz",
+        subject=NOCHANGE_SUBJECTS,
+        sample=SAMPLES,
+        desc=desc,
+    )
+
+
+def prediction_outputs():
+    """Outputs of one pair's prediction, keyed like mschange.detection.steps.PREDICTION_OUTPUTS."""
+    stem = f"{PREDICT_DIR}/sub-{{subject}}/sub-{{subject}}"
+    return {
+        "probability": f"{stem}_space-followup_desc-change_probseg.nii.gz",
+        "mask": f"{stem}_space-followup_desc-change_mask.nii.gz",
+        "native_probability": f"{stem}_space-native_desc-change_probseg.nii.gz",
+        "native_mask": f"{stem}_space-native_desc-change_mask.nii.gz",
+        "lesions": f"{stem}_desc-changes_lesions.tsv",
+        "record": f"{stem}_desc-changes_prediction.json",
+    }
+
+
+def detector_targets():
+    """The trained detector and the predictions of every test pair."""
+    if not NOCHANGE_SUBJECTS:
+        return []
+    return [
+        f"{DETECTOR_DIR}/model.pt",
+        *expand(prediction_outputs()["lesions"], subject=TEST_SUBJECTS),
     ]

@@ -32,7 +32,7 @@ rule write_demo_sheet:
     input:
         expand(
             "results/demo/sub-{subject}/sub-{subject}_tp-followup_FLAIR.nii.gz",
-            subject=SUBJECTS,
+            subject=DEMO_SUBJECTS,
         ),
     output:
         "results/demo/cohort.tsv",

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
 from mschange.io import atomic_path
@@ -100,6 +101,24 @@ class CheckpointFolder:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def random_states(rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
+    """NumPy, torch and (on CUDA) GPU random states, for a checkpoint."""
+    states: dict[str, Any] = {"numpy_rng": json.dumps(rng.bit_generator.state),
+                              "torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_random_states(saved: dict[str, Any], rng: np.random.Generator,
+                          device: torch.device) -> None:
+    """Undo :func:`random_states`, so a resumed run draws what the first one would have."""
+    rng.bit_generator.state = json.loads(saved["numpy_rng"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in saved:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
 
 
 class StopRequest:

@@ -42,6 +42,24 @@ def _replay_supermix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from mschange.detection.pair import predict_pair
+
+    overrides = {key: value for key, value in (("kappa", args.kappa),
+                                               ("min_blob_voxels", args.min_blob_voxels))
+                 if value is not None}
+    record = predict_pair(args.baseline, args.followup, args.model, args.out,
+                          subject=args.subject, device=args.device, threads=args.threads,
+                          overrides=overrides)
+    print(f"{record['subject']}: {record['changes']} change(s): "
+          f"{record['brighter_at_followup']} brighter at follow-up (new or enlarging), "
+          f"{record['darker_at_followup']} darker (shrinking or resolving), "
+          f"{record['changed_volume_mm3']:.0f} mm3 in all")
+    print(f"results in {args.out}/ (lesion table: sub-{record['subject']}_desc-changes_"
+          "lesions.tsv; masks on the follow-up's own grid: *_space-native_*)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mschange", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mschange {__version__}")
@@ -68,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, required=True, help="folder for the NIfTI files")
     replay.add_argument("--device", default="cpu")
     replay.set_defaults(run=_replay_supermix)
+
+    predict = commands.add_parser(
+        "predict", help="preprocess one raw pair and detect its changes with a trained model")
+    predict.add_argument("--baseline", type=Path, required=True, help="baseline FLAIR (NIfTI)")
+    predict.add_argument("--followup", type=Path, required=True, help="follow-up FLAIR (NIfTI)")
+    predict.add_argument("--model", type=Path, required=True,
+                         help="a trained model, e.g. results/detector/model-*/model.pt")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--subject", help="id used in file names (default: from --followup)")
+    predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    predict.add_argument("--threads", type=int, help="CPU threads (default: all available)")
+    predict.add_argument("--kappa", type=float, help="probability threshold (default: model's)")
+    predict.add_argument("--min-blob-voxels", type=int,
+                         help="smallest change kept, in 1 mm voxels (default: model's)")
+    predict.set_defaults(run=_predict)
     return parser
 
 
@@ -75,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (CohortError, ValueError, OSError) as error:
+    except (CohortError, ValueError, OSError, RuntimeError) as error:
         print(f"mschange: {error}", file=sys.stderr)
         return 2
 

@@ -89,4 +89,17 @@ def _consistency_problems(config: dict[str, Any]) -> list[str]:
         problems.append(f"synthesis.vae.crop_size {vae['crop_size']}: each side must be a "
                         f"multiple of {factor} (2 to the number of VAE levels, "
                         f"len(synthesis.vae.channels) = {len(vae['channels'])})")
+    detector = config["detector"]
+    architecture = detector["architecture"]
+    factor = 2 ** (len(architecture["channels"]) - 1)
+    for key in ("training.patch_size", "inference.window"):
+        section, name = key.split(".")
+        size = detector[section][name]
+        if size is not None and any(n % factor for n in size):
+            problems.append(f"detector.{key} {size}: each side must be a multiple of {factor} "
+                            f"(2^(levels-1), len(detector.architecture.channels) = "
+                            f"{len(architecture['channels'])})")
+    if architecture["inception"] and any(c % 4 or c < 8 for c in architecture["channels"]):
+        problems.append(f"detector.architecture.channels {architecture['channels']}: Inception "
+                        "blocks need multiples of 4 that are >= 8")
     return problems

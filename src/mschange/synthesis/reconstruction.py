@@ -24,6 +24,7 @@ import torch
 
 from mschange.imagespace import from_ras_axes, to_ras_axes
 from mschange.synthesis.vae import Vae3d
+from mschange.tiling import blend_weights, brain_box, round_up, tile_starts
 from mschange.torchrun import autocast
 
 log = logging.getLogger(__name__)
@@ -39,42 +40,6 @@ class TilingSettings:
 
 
 DEFAULT_TILING = TilingSettings()
-
-
-def _round_up(value: int, factor: int) -> int:
-    return int(-(-value // factor) * factor)
-
-
-def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Starts that cover ``[0, length)`` with tiles of ``tile``; the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return sorted(set(starts))
-
-
-def _blend_weights(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
-    """Separable tent weights: 1 in the middle, small (not zero) at the tile's faces."""
-    weights = np.ones(shape, dtype=np.float32)
-    for axis, n in enumerate(shape):
-        ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, n)) * 0.9
-        view = [1] * len(shape)
-        view[axis] = n
-        weights = weights * ramp.reshape(view).astype(np.float32)
-    return weights
-
-
-def brain_box(mask: npt.NDArray[Any], margin: int, factor: int
-              ) -> tuple[tuple[slice, ...], tuple[int, ...]]:
-    """The mask's bounding box plus ``margin``, as slices, and its size padded to ``factor``."""
-    where = np.nonzero(mask)
-    if not where[0].size:
-        raise ValueError("the brain mask is empty")
-    box = tuple(slice(max(0, int(w.min()) - margin), min(n, int(w.max()) + 1 + margin))
-                for w, n in zip(where, mask.shape, strict=True))
-    padded = tuple(_round_up(s.stop - s.start, factor) for s in box)
-    return box, padded
 
 
 def latent_noise(latent_shape: tuple[int, ...], seed: int, delta: float | None
@@ -105,11 +70,11 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
     crop = ras[box]
     region[tuple(slice(0, n) for n in crop.shape)] = crop
 
-    tile = tuple(min(_round_up(t, factor), n) for t, n in zip(tiling.tile_size, padded_shape,
+    tile = tuple(min(round_up(t, factor), n) for t, n in zip(tiling.tile_size, padded_shape,
                                                               strict=True))
     # Half a tile of overlap at most: then every voxel lies in a tile's inner half along
     # each axis, away from the zero padding of the tile's faces.
-    overlaps = [min(_round_up(tiling.overlap, factor), t // 2) for t in tile]
+    overlaps = [min(round_up(tiling.overlap, factor), t // 2) for t in tile]
     strides = [max(factor, t - o) for t, o in zip(tile, overlaps, strict=True)]
     latent_shape = (model.architecture.latent_channels,
                     *(n // factor for n in padded_shape))
@@ -117,8 +82,8 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
 
     output = np.zeros(padded_shape, dtype=np.float32)
     weight_sum = np.zeros(padded_shape, dtype=np.float32)
-    weights = _blend_weights(tile)
-    starts = [_tile_starts(n, t, s) for n, t, s in zip(padded_shape, tile, strides, strict=True)]
+    weights = blend_weights(tile)
+    starts = [tile_starts(n, t, s) for n, t, s in zip(padded_shape, tile, strides, strict=True)]
     for i in starts[0]:
         for j in starts[1]:
             for k in starts[2]:

@@ -28,10 +28,10 @@ from mschange.io import voxel_sizes
 from mschange.synthesis.reconstruction import (
     DEFAULT_TILING,
     TilingSettings,
-    brain_box,
     reconstruct_volume,
 )
 from mschange.synthesis.vae import Vae3d
+from mschange.tiling import brain_box
 
 F32 = npt.NDArray[np.float32]
 RECORD_VERSION = 1

@@ -36,6 +36,8 @@ from mschange.checkpoints import (
     CheckpointFolder,
     TrainingInterrupted,
     fingerprint_of_files,
+    random_states,
+    restore_random_states,
     stop_on_signals,
 )
 from mschange.imagespace import to_ras_axes
@@ -186,10 +188,7 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
-        rng.bit_generator.state = json.loads(saved["numpy_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
+        restore_random_states(saved, rng, device)
         rows = json.loads(saved["rows"])
         start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
         log.info("resuming VAE training from the checkpoint at step %d of %d (%s)",
@@ -205,13 +204,9 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
              list(settings.crop_size))
 
     def checkpoint(step: int, elapsed: float) -> None:
-        state = {
+        checkpoints.save({
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-            "elapsed_s": elapsed, "numpy_rng": json.dumps(rng.bit_generator.state),
-            "torch_rng": torch.get_rng_state(), "rows": json.dumps(rows)}
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        checkpoints.save(state)
+            "elapsed_s": elapsed, "rows": json.dumps(rows), **random_states(rng, device)})
 
     model.train()
     run_started = time.perf_counter()

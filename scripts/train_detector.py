@@ -1,0 +1,26 @@
+"""Rule train_detector: thin adapter to mschange.detection.steps."""
+
+from mschange.detection.steps import train_detector_step, training_settings
+from mschange.detection.training import TrainingSample
+from mschange.logs import logging_to
+
+with logging_to(snakemake.log[0], "train_detector"):
+    train_detector_step(
+        [
+            TrainingSample(reference=r, synthesised=s, label=y)
+            for r, s, y in zip(
+                snakemake.input.reference,
+                snakemake.input.synthesised,
+                snakemake.input.label,
+                strict=True,
+            )
+        ],
+        model=snakemake.output.model,
+        log_tsv=snakemake.output.log,
+        curve_png=snakemake.output.curve,
+        checkpoint_dir=snakemake.params.checkpoint_dir,
+        settings=training_settings(snakemake.params.detector, seed=snakemake.params.seed),
+        metadata=snakemake.params.metadata,
+        device=snakemake.params.device,
+        threads=snakemake.threads,
+    )

@@ -1,0 +1,185 @@
+"""Running the detector on a pair, and turning its output into changes (To et al., sec. 3.2).
+
+The network slides over the brain's bounding box of the 1 mm follow-up grid (RAS
+axis order, as in training), overlapping windows blended with tent weights. The
+probability map is thresholded at ``kappa`` (``p > kappa``), split into connected
+components (26-connectivity) and components under ``min_blob_voxels`` are dropped.
+Each remaining component is one detected change, listed in a table with its size,
+place (scanner mm) and whether the follow-up is brighter there (new or enlarging
+lesion) or darker (shrinking or resolving).
+
+The results are also mapped onto the follow-up's native grid, the grid of the file
+the user gave, so that they overlay it in any viewer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from scipy import ndimage
+
+from mschange.detection.network import ChangeDetector
+from mschange.imagespace import from_ras_axes, to_ras_axes
+from mschange.io import voxel_sizes
+from mschange.preprocessing.resample import resample_to_grid
+from mschange.tiling import blend_weights, brain_box, round_up, tile_starts
+from mschange.torchrun import autocast
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+LESION_COLUMNS = ["lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
+                  "centroid_z_mm", "mean_probability", "max_probability",
+                  "mean_intensity_change", "direction"]
+BRIGHTER, DARKER = "brighter", "darker"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    window: tuple[int, int, int] | None = (128, 128, 128)  # voxels, RAS order; None: whole box
+    overlap: int = 32         # voxels shared by neighbouring windows
+    kappa: float = 0.1        # threshold on the change probability (paper 0.1)
+    min_blob_voxels: int = 20  # smaller components are dropped (paper 20 or 100)
+    margin: int = 8           # voxels of context kept around the brain box
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["window"] = None if self.window is None else list(self.window)
+        return values
+
+
+@torch.no_grad()
+def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
+                        followup: npt.NDArray[Any], brain: npt.NDArray[Any],
+                        affine: npt.NDArray[np.floating[Any]], settings: InferenceSettings,
+                        *, device: torch.device | None = None,
+                        on_window: Callable[[int, int], None] | None = None) -> F32:
+    """Change probability on the input grid; zero outside ``brain``.
+
+    ``on_window(done, total)`` is called after each window (progress display).
+    """
+    device = device or next(model.parameters()).device
+    factor = model.architecture.downsampling
+    ras_baseline, back = to_ras_axes(np.asarray(baseline, dtype=np.float32), affine)
+    ras_followup, _ = to_ras_axes(np.asarray(followup, dtype=np.float32), affine)
+    ras_brain, _ = to_ras_axes(np.asarray(brain) > 0, affine)
+    box, padded = brain_box(ras_brain, settings.margin, factor)
+    regions = []
+    for volume in (ras_baseline, ras_followup):
+        region = np.zeros(padded, dtype=np.float32)
+        part = volume[box]
+        region[tuple(slice(0, n) for n in part.shape)] = part
+        regions.append(region)
+
+    window = padded if settings.window is None else tuple(
+        min(round_up(w, factor), n) for w, n in zip(settings.window, padded, strict=True))
+    strides = [max(factor, w - min(round_up(settings.overlap, factor), w // 2))
+               for w in window]
+    starts = [tile_starts(n, w, s) for n, w, s in zip(padded, window, strides, strict=True)]
+    weights = blend_weights(tuple(window))
+    output = np.zeros(padded, dtype=np.float32)
+    weight_sum = np.zeros(padded, dtype=np.float32)
+    total = int(np.prod([len(s) for s in starts]))
+    done = 0
+    for i in starts[0]:
+        for j in starts[1]:
+            for k in starts[2]:
+                where = (slice(i, i + window[0]), slice(j, j + window[1]),
+                         slice(k, k + window[2]))
+                pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
+                        for r in regions]
+                with autocast(device):
+                    logits = model(*pair)[0]
+                output[where] += torch.sigmoid(logits.float()).cpu().numpy()[0, 0] * weights
+                weight_sum[where] += weights
+                done += 1
+                if on_window is not None:
+                    on_window(done, total)
+    log.debug("predicted %s voxels with %d windows of %s", padded, total, window)
+    probability = np.zeros(ras_brain.shape, dtype=np.float32)
+    blended = output / np.maximum(weight_sum, 1e-6)
+    probability[box] = blended[tuple(slice(0, s.stop - s.start) for s in box)]
+    probability[~ras_brain] = 0.0
+    return np.ascontiguousarray(from_ras_axes(probability, back), dtype=np.float32)
+
+
+def find_changes(probability: npt.NDArray[Any], kappa: float, min_blob_voxels: int
+                 ) -> npt.NDArray[np.int32]:
+    """Label map of the detected changes, ids 1..n from the largest to the smallest.
+
+    ``p > kappa``, 26-connected components, components under ``min_blob_voxels`` dropped.
+    """
+    components, count = ndimage.label(np.asarray(probability) > kappa,
+                                      structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return np.zeros(np.shape(probability), dtype=np.int32)
+    sizes = np.bincount(components.ravel())[1:]
+    kept = [label + 1 for label in np.argsort(-sizes, kind="stable")
+            if sizes[label] >= min_blob_voxels]
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
+    return relabel[components]
+
+
+def lesion_table(labels: npt.NDArray[Any], probability: npt.NDArray[Any],
+                 baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                 affine: npt.NDArray[np.floating[Any]]) -> pd.DataFrame:
+    """One row per detected change (see ``LESION_COLUMNS``); centroids in scanner mm."""
+    count = int(labels.max()) if labels.size else 0
+    if count == 0:
+        return pd.DataFrame(columns=LESION_COLUMNS)
+    index = np.arange(1, count + 1)
+    voxels = ndimage.sum_labels(np.ones(labels.shape), labels, index)
+    centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, index))
+    scanner = (np.asarray(affine)[:3, :3] @ centroids.T + np.asarray(affine)[:3, 3:4]).T
+    change = np.asarray(followup, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    mean_change = ndimage.mean(change, labels, index)
+    table = pd.DataFrame({
+        "lesion_id": index, "voxels": voxels.astype(int),
+        "volume_mm3": voxels * float(np.prod(voxel_sizes(affine))),
+        "centroid_x_mm": scanner[:, 0], "centroid_y_mm": scanner[:, 1],
+        "centroid_z_mm": scanner[:, 2],
+        "mean_probability": ndimage.mean(probability, labels, index),
+        "max_probability": ndimage.maximum(probability, labels, index),
+        "mean_intensity_change": mean_change,
+        "direction": np.where(np.asarray(mean_change) > 0, BRIGHTER, DARKER)})
+    return table[LESION_COLUMNS]
+
+
+def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
+                   affine: npt.NDArray[np.floating[Any]], native_shape: tuple[int, int, int],
+                   native_affine: npt.NDArray[np.floating[Any]]
+                   ) -> tuple[F32, npt.NDArray[np.uint8]]:
+    """Probability and binary change mask on another grid of the same scanner space.
+
+    The probability is interpolated (trilinear) at the native voxel centres. The mask
+    is the label map sampled at those centres (nearest neighbour); a change too thin to
+    cover any native voxel centre (e.g. between two 3 mm slices) still marks the native
+    voxel that holds its centroid, so that no detection disappears.
+    """
+    native_probability = resample_to_grid(probability, affine, native_shape, native_affine,
+                                          order=1, antialias=False)
+    native_labels = resample_to_grid(labels.astype(np.float32), affine, native_shape,
+                                     native_affine, order=0, antialias=False)
+    mask = native_labels > 0
+    present = set(np.unique(native_labels[mask]).astype(int))
+    count = int(labels.max()) if labels.size else 0
+    missing = [i for i in range(1, count + 1) if i not in present]
+    if missing:
+        centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, missing))
+        homogeneous = np.c_[centroids, np.ones(len(missing))]
+        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T
+                        )[:, :3]
+        for voxel in np.rint(native_index).astype(int):
+            if all(0 <= v < n for v, n in zip(voxel, native_shape, strict=True)):
+                mask[tuple(voxel)] = True
+        log.debug("%d change(s) thinner than the native grid kept at their centroid",
+                  len(missing))
+    return native_probability, mask.astype(np.uint8)

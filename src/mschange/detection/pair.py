@@ -1,0 +1,154 @@
+"""One pair, outside Snakemake: preprocessing and change detection with a trained model.
+
+This is what ``mschange predict`` runs. The pair goes through the same steps as in
+the workflow (resampling, HD-BET, rigid registration onto the follow-up, N4,
+intensity normalisation), with the preprocessing parameters stored in the model
+file, so that the network sees what it was trained on. Intermediates stay under
+``OUT/preproc/``; the results sit in ``OUT/`` with the workflow's file names.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mschange.detection.modelfile import load_detector
+from mschange.detection.steps import inference_settings, predict_with_network
+from mschange.io import load_checked_image, save_json
+from mschange.preprocessing import steps as preprocessing
+from mschange.torchrun import cpu_threads, job_threads, resolve_device
+
+PathLike = str | os.PathLike[str]
+
+
+def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
+    """Result files of one pair, named like the workflow's (see rules/common.smk)."""
+    stem = out_dir / f"sub-{subject}"
+    return {
+        "probability": Path(f"{stem}_space-followup_desc-change_probseg.nii.gz"),
+        "mask": Path(f"{stem}_space-followup_desc-change_mask.nii.gz"),
+        "native_probability": Path(f"{stem}_space-native_desc-change_probseg.nii.gz"),
+        "native_mask": Path(f"{stem}_space-native_desc-change_mask.nii.gz"),
+        "lesions": Path(f"{stem}_desc-changes_lesions.tsv"),
+        "record": Path(f"{stem}_desc-changes_prediction.json"),
+    }
+
+
+def subject_from_path(path: PathLike) -> str:
+    """A subject id from a file name: letters and digits of its stem, dashes between."""
+    stem = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    parts = "".join(c if c.isalnum() else " " for c in stem).split()
+    return "-".join(parts) or "pair"
+
+
+class Progress:
+    """Numbered stage lines with timings, on stderr (stdout stays for results)."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream or sys.stderr
+
+    def say(self, text: str, end: str = "\n") -> None:
+        print(text, end=end, file=self.stream, flush=True)
+
+    @contextmanager
+    def stage(self, text: str) -> Iterator[None]:
+        self.done += 1
+        started = time.perf_counter()
+        self.say(f"[{self.done}/{self.total}] {text} ...")
+        yield
+        self.say(f"[{self.done}/{self.total}] {text}: done in "
+                 f"{time.perf_counter() - started:.1f} s")
+
+    def windows(self) -> Callable[[int, int], None]:
+        def show(done: int, total: int) -> None:
+            self.say(f"\r      network window {done}/{total}",
+                     end="\n" if done == total else "")
+        return show
+
+
+def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_dir: PathLike,
+                 *, subject: str | None = None, device: str = "cpu",
+                 threads: int | None = None, overrides: dict[str, Any] | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Preprocess a raw pair and detect its changes; returns the prediction record.
+
+    ``overrides`` replaces inference settings stored in the model (e.g. ``kappa``,
+    ``min_blob_voxels``). Inputs and model are checked before anything is written.
+    """
+    subject = subject or subject_from_path(followup)
+    progress = progress or Progress(total=9)
+    threads = threads or job_threads()
+    # Fail on bad inputs before creating any output.
+    for path in (baseline, followup):
+        load_checked_image(path, subject)
+    torch_device = resolve_device(device)
+    network, metadata = load_detector(model, torch_device)
+    prep = metadata["preprocessing"]
+    settings = inference_settings({**metadata["inference"], **(overrides or {})})
+
+    out = Path(out_dir)
+    work = out / "preproc"
+    work.mkdir(parents=True, exist_ok=True)
+    files = {tp: {kind: work / f"sub-{subject}_tp-{tp}_{kind}.nii.gz"
+                  for kind in ("desc-resampled_FLAIR", "desc-brain_FLAIR", "desc-brain_mask",
+                               "space-followup_desc-brain_FLAIR",
+                               "space-followup_desc-brain_mask", "space-followup_desc-n4_FLAIR",
+                               "space-followup_desc-preproc_FLAIR")}
+             for tp in ("baseline", "followup")}
+    # The follow-up is the reference: its own brain is already "on the follow-up grid".
+    for kind in ("FLAIR", "mask"):
+        files["followup"][f"space-followup_desc-brain_{kind}"] = \
+            files["followup"][f"desc-brain_{kind}"]
+    raw = {"baseline": baseline, "followup": followup}
+
+    for tp in ("baseline", "followup"):
+        with progress.stage(f"resampling the {tp} to {prep['resolution_mm']} mm"):
+            preprocessing.resample_step(raw[tp], files[tp]["desc-resampled_FLAIR"],
+                                        subject=subject, resolution_mm=prep["resolution_mm"],
+                                        order=prep["interpolation_order"])
+        with progress.stage(f"skull stripping the {tp} (HD-BET, {prep['skullstrip']['mode']})"):
+            preprocessing.skullstrip_step(
+                files[tp]["desc-resampled_FLAIR"], files[tp]["desc-brain_FLAIR"],
+                files[tp]["desc-brain_mask"], subject=subject,
+                mode=prep["skullstrip"]["mode"], tta=prep["skullstrip"]["tta"], device=device,
+                threads=threads)
+    with progress.stage("registering the baseline onto the follow-up (ANTs rigid)"):
+        preprocessing.register_step(
+            files["followup"]["desc-brain_FLAIR"], files["baseline"]["desc-brain_FLAIR"],
+            files["baseline"]["desc-brain_mask"],
+            work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
+            files["baseline"]["space-followup_desc-brain_FLAIR"],
+            files["baseline"]["space-followup_desc-brain_mask"], subject=subject,
+            transform=prep["registration"]["transform"], seed=int(metadata.get("seed", 0)),
+            threads=threads)
+    with progress.stage("N4 bias correction and intensity normalisation"):
+        for tp in ("baseline", "followup"):
+            brain = files[tp]["space-followup_desc-brain_FLAIR"]
+            mask = files[tp]["space-followup_desc-brain_mask"]
+            preprocessing.n4_step(brain, mask, files[tp]["space-followup_desc-n4_FLAIR"],
+                                  subject=subject, threads=threads, **prep["n4"])
+            preprocessing.normalize_step(files[tp]["space-followup_desc-n4_FLAIR"], mask,
+                                         files[tp]["space-followup_desc-preproc_FLAIR"],
+                                         subject=subject, **prep["normalize"])
+    outputs = output_paths(out, subject)
+    with progress.stage(f"detecting changes on {torch_device}"), \
+            cpu_threads(threads, torch_device):
+        record = predict_with_network(
+            network, files["baseline"]["space-followup_desc-preproc_FLAIR"],
+            files["followup"]["space-followup_desc-preproc_FLAIR"],
+            [files["baseline"]["space-followup_desc-brain_mask"],
+             files["followup"]["desc-brain_mask"]],
+            followup, outputs, subject=subject, settings=settings, device=torch_device,
+            on_window=progress.windows())
+    record["model"] = {"path": str(model), "package_version": metadata.get("package_version"),
+                       "name": metadata.get("name")}
+    record["raw_inputs"] = {"baseline": str(baseline), "followup": str(followup)}
+    save_json(record, outputs["record"])
+    return record

@@ -1,0 +1,178 @@
+"""File-level detector steps (one per workflow rule): training and prediction of a pair.
+
+Paths in, paths out; every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from mschange.detection.inference import (
+    BRIGHTER,
+    InferenceSettings,
+    find_changes,
+    lesion_table,
+    predict_probability,
+    to_native_grid,
+)
+from mschange.detection.loss import LossSettings
+from mschange.detection.modelfile import load_detector
+from mschange.detection.network import ChangeDetector, DetectorArchitecture
+from mschange.detection.training import DetectorTrainingSettings, TrainingSample, train_detector
+from mschange.io import atomic_path, load_checked_image, save_json, save_nifti
+from mschange.torchrun import cpu_threads, resolve_device
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+# Keys of one prediction's outputs (see :func:`predict_pair_step`).
+PREDICTION_OUTPUTS = ("probability", "mask", "native_probability", "native_mask", "lesions",
+                      "record")
+
+
+# ------------------------------------------------------------------ settings from config
+
+
+def training_settings(detector: Mapping[str, Any], *, seed: int) -> DetectorTrainingSettings:
+    """The ``detector`` config section as training settings."""
+    architecture = dict(detector["architecture"])
+    training, loss = detector["training"], detector["loss"]
+    patch = training["patch_size"]
+    return DetectorTrainingSettings(
+        architecture=DetectorArchitecture.from_dict(architecture),
+        loss=LossSettings(kind=str(loss["kind"]),
+                          **{k: float(v) for k, v in loss.items() if k != "kind"}),
+        learning_rate=float(training["learning_rate"]),
+        learning_rate_decay=float(training["learning_rate_decay"]),
+        batch_size=int(training["batch_size"]), iterations=int(training["iterations"]),
+        pairs_per_iteration=int(training["pairs_per_iteration"]),
+        patch_size=None if patch is None else (int(patch[0]), int(patch[1]), int(patch[2])),
+        foreground_share=float(training["foreground_share"]),
+        checkpoint_every=int(training["checkpoint_every"]), seed=int(seed))
+
+
+def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
+    """The ``detector.inference`` config section (or a model file's copy of it)."""
+    window = config["window"]
+    return InferenceSettings(
+        window=None if window is None else (int(window[0]), int(window[1]), int(window[2])),
+        overlap=int(config["overlap"]), kappa=float(config["kappa"]),
+        min_blob_voxels=int(config["min_blob_voxels"]),
+        margin=int(config.get("margin", InferenceSettings.margin)))
+
+
+# ------------------------------------------------------------------ steps
+
+
+def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
+                        log_tsv: PathLike, curve_png: PathLike, checkpoint_dir: PathLike,
+                        settings: DetectorTrainingSettings, metadata: dict[str, Any],
+                        device: str, threads: int | None = None) -> None:
+    torch_device = resolve_device(device)
+    every = max(1, settings.total_steps // 20)
+
+    def progress(step: int, loss: float) -> None:
+        if step % every == 0 or step == settings.total_steps:
+            log.info("step %d/%d (%.0f%%): loss %.4f", step, settings.total_steps,
+                     100.0 * step / settings.total_steps, loss)
+
+    with cpu_threads(threads, torch_device):
+        summary = train_detector(samples, settings, model_path=model, log_tsv=log_tsv,
+                                 curve_png=curve_png, checkpoint_dir=checkpoint_dir,
+                                 device=torch_device, metadata=metadata, on_step=progress)
+    log.info("detector trained: %d steps (%d this run, resumed from %d), final loss %s, "
+             "%.0f s", summary["steps"], summary["steps_this_run"],
+             summary["resumed_from_step"], summary["final_loss"], summary["elapsed_s"])
+
+
+def _float_image(path: PathLike) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return np.asarray(image.dataobj, dtype=np.float32), image
+
+
+def predict_pair_step(baseline: PathLike, followup: PathLike, masks: Sequence[PathLike],
+                      native_followup: PathLike, model: PathLike,
+                      outputs: Mapping[str, PathLike], *, subject: str,
+                      settings: InferenceSettings, device: str, threads: int | None = None,
+                      on_window: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Predict the changes of one preprocessed pair with the model file ``model``.
+
+    ``baseline``/``followup`` are the preprocessed scans on the 1 mm follow-up grid,
+    ``masks`` their brain masks (changes are looked for where both show brain),
+    ``native_followup`` the user's follow-up file, whose grid the native outputs share.
+    ``outputs`` maps each key of ``PREDICTION_OUTPUTS`` to a path. Returns the record.
+    """
+    torch_device = resolve_device(device)
+    network, metadata = load_detector(model, torch_device)
+    with cpu_threads(threads, torch_device):
+        record = predict_with_network(
+            network, baseline, followup, masks, native_followup, outputs, subject=subject,
+            settings=settings, device=torch_device, on_window=on_window)
+    record["model"] = {"path": str(model), "package_version": metadata.get("package_version"),
+                       "name": metadata.get("name")}
+    save_json(record, outputs["record"])
+    return record
+
+
+def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: PathLike,
+                         masks: Sequence[PathLike], native_followup: PathLike,
+                         outputs: Mapping[str, PathLike], *, subject: str,
+                         settings: InferenceSettings, device: torch.device,
+                         on_window: Callable[[int, int], None] | None = None
+                         ) -> dict[str, Any]:
+    """:func:`predict_pair_step` with a network already in memory; writes every output."""
+    started = time.perf_counter()
+    baseline_data, _ = _float_image(baseline)
+    followup_data, image = _float_image(followup)
+    brain = np.ones(followup_data.shape, dtype=bool)
+    for path in masks:
+        brain &= np.asarray(nib.load(path).dataobj) > 0  # type: ignore[attr-defined]
+    native = load_checked_image(native_followup, subject)
+    native_shape = (int(native.shape[0]), int(native.shape[1]), int(native.shape[2]))
+
+    probability = predict_probability(network, baseline_data, followup_data, brain,
+                                      image.affine, settings, device=device,
+                                      on_window=on_window)
+    seconds_network = time.perf_counter() - started
+    labels = find_changes(probability, settings.kappa, settings.min_blob_voxels)
+    table = lesion_table(labels, probability, baseline_data, followup_data, image.affine)
+    native_probability, native_mask = to_native_grid(probability, labels, image.affine,
+                                                     native_shape, native.affine)
+
+    save_nifti(probability, image.affine, outputs["probability"], header=image.header)
+    save_nifti((labels > 0).astype(np.uint8), image.affine, outputs["mask"],
+               header=image.header, dtype=np.uint8)
+    save_nifti(native_probability, native.affine, outputs["native_probability"],
+               header=native.header)
+    save_nifti(native_mask, native.affine, outputs["native_mask"], header=native.header,
+               dtype=np.uint8)
+    with atomic_path(outputs["lesions"]) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    brighter = int((table["direction"] == BRIGHTER).sum()) if len(table) else 0
+    record = {
+        "subject": subject,
+        "inputs": {"baseline": str(baseline), "followup": str(followup),
+                   "brain_masks": [str(m) for m in masks],
+                   "native_followup": str(native_followup)},
+        "settings": settings.as_dict(), "device": str(device),
+        "changes": len(table), "brighter_at_followup": brighter,
+        "darker_at_followup": len(table) - brighter,
+        "changed_volume_mm3": float(table["volume_mm3"].sum()) if len(table) else 0.0,
+        "seconds_network": seconds_network,
+        "seconds_total": time.perf_counter() - started,
+    }
+    save_json(record, outputs["record"])
+    log.info("%s: %d change(s) (%d brighter, %d darker at follow-up), %.0f mm3, network "
+             "%.1f s", subject, record["changes"], brighter, record["darker_at_followup"],
+             record["changed_volume_mm3"], seconds_network)
+    return record

@@ -1,0 +1,315 @@
+"""Training the change detector on SuperMix samples (To et al., section 4).
+
+The paper trains for 60 iterations of 100 SuperMix-augmented no-change pairs,
+mini-batch 2, Adam with an initial learning rate of 2e-4 and Keras' time-based decay
+``lr / (1 + decay * step)`` with decay 1e-3. Each sample is (x', x^, y^): the
+untouched time point, the synthesised one and the change label; the network gets
+x' as the baseline and x^ as the follow-up, as at inference.
+
+Volumes are put in RAS axis order, cut to the brain's bounding box and kept in
+memory (float16). Training uses whole boxes (``patch_size: None``, the paper's
+set-up, for GPUs) or random patches, a share of them centred on a changed voxel
+so that the rare changes are seen (for CPUs and small GPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+
+from mschange.checkpoints import (
+    CheckpointFolder,
+    TrainingInterrupted,
+    fingerprint_of_files,
+    random_states,
+    restore_random_states,
+    stop_on_signals,
+)
+from mschange.detection.loss import LossSettings, detector_loss
+from mschange.detection.modelfile import save_detector
+from mschange.detection.network import ChangeDetector, DetectorArchitecture
+from mschange.imagespace import to_ras_axes
+from mschange.io import atomic_path
+from mschange.tiling import round_up
+from mschange.torchrun import autocast
+
+log = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["iteration", "step", "pairs", "loss", "loss_final", "learning_rate",
+               "pairs_per_second", "elapsed_s"]
+
+
+@dataclass(frozen=True)
+class DetectorTrainingSettings:
+    """Everything that defines a detector training run (the checkpoint fingerprint)."""
+
+    architecture: DetectorArchitecture = field(default_factory=DetectorArchitecture)
+    loss: LossSettings = field(default_factory=LossSettings)
+    learning_rate: float = 2e-4
+    learning_rate_decay: float = 1e-3
+    batch_size: int = 2
+    iterations: int = 60
+    pairs_per_iteration: int = 100
+    patch_size: tuple[int, int, int] | None = None   # None: whole brain boxes
+    foreground_share: float = 0.5   # patches centred on a changed voxel (patch training)
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        factor = self.architecture.downsampling
+        if self.patch_size is not None and (
+                len(self.patch_size) != 3 or any(p % factor or p <= 0 for p in self.patch_size)):
+            raise ValueError(f"patch_size {list(self.patch_size)} must be 3 positive multiples "
+                             f"of {factor} (2 to the number of poolings)")
+        if self.batch_size < 1 or self.iterations < 1 or self.pairs_per_iteration < 1:
+            raise ValueError("batch_size, iterations and pairs_per_iteration must be >= 1")
+        if not 0.0 <= self.foreground_share <= 1.0:
+            raise ValueError("foreground_share must be in [0, 1]")
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return math.ceil(self.pairs_per_iteration / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.iterations * self.steps_per_iteration
+
+    def learning_rate_at(self, step: int) -> float:
+        """Keras' time-based decay, ``step`` counted from 0."""
+        return self.learning_rate / (1.0 + self.learning_rate_decay * step)
+
+    def as_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["architecture"] = self.architecture.as_dict()
+        values["patch_size"] = None if self.patch_size is None else list(self.patch_size)
+        return values
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """One SuperMix sample's files: the untouched time point, the synthesised one, the label."""
+
+    reference: str
+    synthesised: str
+    label: str
+
+
+@dataclass
+class LoadedSample:
+    reference: npt.NDArray[np.float16]
+    synthesised: npt.NDArray[np.float16]
+    label: npt.NDArray[np.uint8]
+    changed: npt.NDArray[np.int32]   # (n, 3) indices of changed voxels
+
+
+def _ras(path: str, dtype: type) -> npt.NDArray[Any]:
+    image = nib.load(path)
+    data, _ = to_ras_axes(np.asarray(image.dataobj), image.affine)  # type: ignore[attr-defined]
+    return np.asarray(data, dtype=dtype)
+
+
+def load_sample(sample: TrainingSample) -> LoadedSample:
+    """A sample in RAS axis order, cut to the box where either image has brain (non-zero)."""
+    reference = _ras(sample.reference, np.float32)
+    synthesised = _ras(sample.synthesised, np.float32)
+    label = _ras(sample.label, np.uint8)
+    where = np.nonzero((reference != 0) | (synthesised != 0))
+    if not where[0].size:
+        raise ValueError(f"{sample.synthesised}: the images are empty (all zero)")
+    box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
+    label = np.ascontiguousarray(label[box] > 0, dtype=np.uint8)
+    return LoadedSample(reference=reference[box].astype(np.float16),
+                        synthesised=synthesised[box].astype(np.float16), label=label,
+                        changed=np.argwhere(label).astype(np.int32))
+
+
+class PairSampler:
+    """Mini-batches of (baseline, follow-up, label) from samples held in memory."""
+
+    def __init__(self, samples: Sequence[LoadedSample], settings: DetectorTrainingSettings,
+                 rng: np.random.Generator) -> None:
+        if not samples:
+            raise ValueError("the detector needs at least one SuperMix sample")
+        self.samples = list(samples)
+        self.settings = settings
+        self.rng = rng
+        factor = settings.architecture.downsampling
+        if settings.patch_size is None:
+            largest = np.max([s.label.shape for s in self.samples], axis=0)
+            self.shape = tuple(round_up(int(n), factor) for n in largest)
+        else:
+            self.shape = tuple(int(p) for p in settings.patch_size)
+        self.order: list[int] = []
+
+    def _next_index(self) -> int:
+        """Samples in shuffled passes, so every sample is used once per pass."""
+        if not self.order:
+            self.order = [int(i) for i in self.rng.permutation(len(self.samples))]
+        return self.order.pop()
+
+    def _region(self, sample: LoadedSample) -> tuple[slice, ...]:
+        shape = np.array(sample.label.shape)
+        size = np.array(self.shape)
+        if self.settings.patch_size is None:
+            return tuple(slice(0, int(n)) for n in shape)
+        if len(sample.changed) and self.rng.random() < self.settings.foreground_share:
+            centre = sample.changed[int(self.rng.integers(len(sample.changed)))]
+        else:
+            centre = np.array([self.rng.integers(n) for n in shape])
+        start = np.clip(centre - size // 2, 0, np.maximum(shape - size, 0))
+        return tuple(slice(int(s), int(s + n)) for s, n in zip(start, size, strict=True))
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = self.settings.batch_size
+        arrays = np.zeros((3, size, 1, *self.shape), dtype=np.float32)
+        for b in range(size):
+            sample = self.samples[self._next_index()]
+            region = self._region(sample)
+            volumes: tuple[npt.NDArray[Any], ...] = (sample.reference, sample.synthesised,
+                                                     sample.label)
+            for channel, volume in enumerate(volumes):
+                part = volume[region]
+                arrays[channel, b, 0][tuple(slice(0, n) for n in part.shape)] = part
+        baseline, followup, label = (torch.from_numpy(a) for a in arrays)
+        return baseline, followup, label
+
+
+def _write_training_log(rows: list[dict[str, Any]], log_tsv: str | os.PathLike[str],
+                        curve_png: str | os.PathLike[str], title: str) -> None:
+    table = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    with atomic_path(log_tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+    axis.plot(table["iteration"], table["loss"], marker="o", label="total")
+    axis.plot(table["iteration"], table["loss_final"], marker=".", label="final map")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("loss (mean per iteration)")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(curve_png) as tmp:
+        figure.savefig(tmp)
+    plt.close(figure)
+
+
+def train_detector(samples: Sequence[TrainingSample], settings: DetectorTrainingSettings, *,
+                   model_path: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
+                   curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
+                   device: torch.device, metadata: dict[str, Any] | None = None,
+                   on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    """Train (or resume training) and write the model file, the log and its curve.
+
+    ``metadata`` (config, preprocessing parameters) is stored in the model file.
+    ``on_step(step, loss)`` runs after every optimiser step. Returns a summary.
+    """
+    files = [path for s in samples for path in (s.reference, s.synthesised, s.label)]
+    checkpoints = CheckpointFolder(checkpoint_dir, {"settings": settings.as_dict(),
+                                                    "inputs": fingerprint_of_files(files)})
+    saved = checkpoints.load()
+
+    torch.manual_seed(settings.seed)  # before building: the initial weights come from it
+    model = ChangeDetector(settings.architecture).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    rng = np.random.default_rng(settings.seed)
+    rows: list[dict[str, Any]] = []
+    start_step, elapsed_before = 0, 0.0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        restore_random_states(saved, rng, device)
+        rows = json.loads(saved["rows"])
+        start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
+        log.info("resuming detector training from the checkpoint at step %d of %d (%s)",
+                 start_step, settings.total_steps, checkpoints.state_path)
+    else:
+        log.info("training the detector from scratch: %d steps (%d iterations x %d pairs, "
+                 "batch %d) on %s", settings.total_steps, settings.iterations,
+                 settings.pairs_per_iteration, settings.batch_size, device)
+
+    started_loading = time.perf_counter()
+    loaded = [load_sample(s) for s in samples]
+    sampler = PairSampler(loaded, settings, rng)
+    if saved is not None:
+        sampler.order = json.loads(saved["sampler_order"])
+    log.info("%d SuperMix samples loaded in %.0f s; training on %s voxels per pair",
+             len(loaded), time.perf_counter() - started_loading, list(sampler.shape))
+
+    def checkpoint(step: int, elapsed: float) -> None:
+        checkpoints.save({
+            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
+            "elapsed_s": elapsed, "rows": json.dumps(rows),
+            "sampler_order": json.dumps(sampler.order), **random_states(rng, device)})
+
+    model.train()
+    run_started = iteration_started = time.perf_counter()
+    sums = {"loss": 0.0, "final": 0.0, "pairs": 0}
+    step = start_step
+    with stop_on_signals() as stop:
+        for step in range(start_step + 1, settings.total_steps + 1):
+            learning_rate = settings.learning_rate_at(step - 1)
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate
+            baseline, followup, label = (t.to(device) for t in sampler.batch())
+            with autocast(device):
+                logits = model(baseline, followup)
+            loss, parts = detector_loss(logits, label, settings.loss, model)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            value = float(loss.detach())
+            sums["loss"] += value * settings.batch_size
+            sums["final"] += parts["final"] * settings.batch_size
+            sums["pairs"] += settings.batch_size
+            if on_step is not None:
+                on_step(step, value)
+            elapsed = elapsed_before + time.perf_counter() - run_started
+            at_boundary = step % settings.steps_per_iteration == 0
+            if at_boundary:
+                pairs = int(sums["pairs"])
+                rows.append({"iteration": step // settings.steps_per_iteration, "step": step,
+                             "pairs": pairs, "loss": sums["loss"] / pairs,
+                             "loss_final": sums["final"] / pairs,
+                             "learning_rate": learning_rate,
+                             "pairs_per_second": pairs / (time.perf_counter()
+                                                          - iteration_started),
+                             "elapsed_s": elapsed})
+                log.info("iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
+                         rows[-1]["iteration"], settings.iterations, rows[-1]["loss"],
+                         rows[-1]["loss_final"], learning_rate, rows[-1]["pairs_per_second"])
+                sums = {"loss": 0.0, "final": 0.0, "pairs": 0}
+                iteration_started = time.perf_counter()
+            if stop or (at_boundary and step < settings.total_steps) or \
+                    step % settings.checkpoint_every == 0:
+                checkpoint(step, elapsed)
+            if stop:
+                raise TrainingInterrupted(
+                    f"stopped by signal {stop.signal_number} at step {step}; the checkpoint "
+                    f"in {checkpoint_dir} resumes it on the next run")
+
+    elapsed = elapsed_before + time.perf_counter() - run_started
+    summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
+               "resumed_from_step": start_step, "steps_this_run": step - start_step,
+               "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
+               "device": str(device), "training_samples": [s.synthesised for s in samples]}
+    _write_training_log(rows, log_tsv, curve_png, title="change detector")
+    save_detector(model, model_path, training=json.loads(json.dumps(summary)),
+                  metadata=metadata or {})
+    checkpoints.clear()
+    return summary
