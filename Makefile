@@ -29,6 +29,8 @@ demo: install
 	@echo "  VAEs and loss curves results/vae/encoder-*/"
 	@echo "  SuperMix samples     results/supermix/sub-*/"
 	@echo "  synthesis figures    results/synthesis/figures/"
+	@echo "  change detector      results/detector/model-*/ (model.pt, training log and curve)"
+	@echo "  predicted changes    results/predict/model-*/sub-*/ (maps on both grids, lesion table)"
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -46,6 +48,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/preprocess_pair.py --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/synthesis.py --subject demo01 --repeats 3 --threads $(CORES)
+	$(BIN)/python benchmarks/detector.py --subject demo04 --repeats 3 --threads $(CORES)
 
 clean:
 	rm -rf results .snakemake

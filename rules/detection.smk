@@ -39,7 +39,6 @@ rule train_detector:
         metadata={
             "name": DETECTOR["name"],
             "preprocessing": config["preprocessing"],
-            "inference": DETECTOR["inference"],
             "seed": config["seed"],
         },
         seed=config["seed"],

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from .conftest import REPO
@@ -109,7 +110,11 @@ TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0}
             "vae": {"channels": [8, 16], "latent_channels": 4, "crop_size": [32, 32, 16],
                     "iterations": 2, "crops_per_iteration": 4},
             "supermix": {"samples_per_subject": 2, "n_segments": [50, 300], "tau": 0.9},
-            "figures": {"n_segments": [50, 300], "deltas": [5.0]}}}
+            "figures": {"n_segments": [50, 300], "deltas": [5.0]}},
+        "detector": {
+            "architecture": {"channels": [8, 16], "modules_per_block": 1},
+            "training": {"iterations": 2, "pairs_per_iteration": 2, "patch_size": [16, 16, 16]},
+            "inference": {"window": None, "min_blob_voxels": 3}}}
 
 
 def jobs_after_change(workdir: Path, tmp_path: Path, section: str, key: str,
@@ -199,6 +204,9 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     assert jobs.pop("train_vae") == 2
     assert jobs.pop("supermix_subject") == 2
     assert jobs.pop("synthesis_figures") == 1
+    # ...and the detector trained on it, and the test pair's prediction.
+    assert jobs.pop("train_detector") == 1
+    assert jobs.pop("predict_pair") == 1
     jobs.pop("all", None)
     assert jobs == {}, f"unexpected reruns: {jobs}"
 
@@ -255,7 +263,8 @@ def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
     workdir, _ = tiny_run
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "tau", 0.95, subkey="supermix")
     jobs.pop("all", None)
-    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1}
+    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1, "train_detector": 1,
+                    "predict_pair": 1}
 
 
 @pytest.mark.slow
@@ -263,4 +272,45 @@ def test_changing_the_vae_retrains_it_but_keeps_preprocessing(tiny_run, tmp_path
     workdir, _ = tiny_run
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "kl_weight", 0.01, subkey="vae")
     jobs.pop("all", None)
-    assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1}
+    assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1,
+                    "train_detector": 1, "predict_pair": 1}
+
+
+@pytest.mark.slow
+def test_tiny_run_trains_the_detector_and_predicts_the_test_pair(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    model_dir = results / "detector" / "model-siamese-inc-ag-ms-ds"
+    log = pd.read_csv(model_dir / "training_log.tsv", sep="\t")
+    assert list(log["iteration"]) == [1, 2] and (log["loss"] > 0).all()
+    assert not (model_dir / "checkpoints").exists()
+    metadata = torch.load(model_dir / "model.pt", weights_only=True)
+    assert metadata["preprocessing"]["resolution_mm"] == 2.0  # what `mschange predict` uses
+    assert metadata["architecture"]["channels"] == [8, 16]
+    # Only the test pair (demo02) is predicted, on its native grid and on the 1 mm one.
+    folder = results / "predict" / "model-siamese-inc-ag-ms-ds"
+    assert sorted(p.name for p in folder.iterdir()) == ["sub-demo02"]
+    raw = nib.load(results / "demo" / "sub-demo02" / "sub-demo02_tp-followup_FLAIR.nii.gz")
+    stem = folder / "sub-demo02" / "sub-demo02"
+    for kind in ("probseg", "mask"):
+        native = nib.load(f"{stem}_space-native_desc-change_{kind}.nii.gz")
+        assert native.shape == raw.shape
+        np.testing.assert_allclose(native.affine, raw.affine, atol=1e-5)
+    probability = nib.load(f"{stem}_space-followup_desc-change_probseg.nii.gz").get_fdata()
+    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
+    record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
+    assert len(table) == record["changes"]
+    assert list(table.columns)[:3] == ["lesion_id", "voxels", "volume_mm3"]
+
+
+@pytest.mark.slow
+def test_changing_the_detector_reruns_training_and_prediction_only(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    jobs = jobs_after_change(workdir, tmp_path, "detector", "gamma_final", 0.75,
+                             subkey="loss")
+    jobs.pop("all", None)
+    assert jobs == {"train_detector": 1, "predict_pair": 1}
+    jobs = jobs_after_change(workdir, tmp_path, "detector", "kappa", 0.2, subkey="inference")
+    jobs.pop("all", None)
+    assert jobs == {"predict_pair": 1}

@@ -30,6 +30,18 @@ def _bids_to_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_open_ms_data(args: argparse.Namespace) -> int:
+    from mschange.importers import open_ms_data_cohort
+
+    cohort = open_ms_data_cohort(args.data_dir)
+    with atomic_path(args.output) as tmp:
+        cohort.to_csv(tmp, sep="\t", index=False)
+    counts = cohort.groupby(["split", "change"]).size()
+    print(f"wrote {len(cohort)} rows to {args.output}: " + ", ".join(
+        f"{n} {split}/{change}" for (split, change), n in counts.items()))
+    return 0
+
+
 def _replay_supermix(args: argparse.Namespace) -> int:
     from mschange.synthesis.steps import replay_step
 
@@ -79,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     bids.add_argument("--change", choices=["yes", "no", "unknown"], default="unknown")
     bids.set_defaults(run=_bids_to_sheet)
 
+    open_ms = commands.add_parser(
+        "import-open-ms-data",
+        help="write a cohort sheet for the open_ms_data subset (pairs and single scans)")
+    open_ms.add_argument("data_dir", type=Path, help="the open_ms_data folder")
+    open_ms.add_argument("output", type=Path, help="the cohort sheet to write (TSV)")
+    open_ms.set_defaults(run=_import_open_ms_data)
+
     replay = commands.add_parser(
         "replay-supermix",
         help="rebuild a SuperMix sample from its JSON record (identical voxels)")
@@ -97,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--subject", help="id used in file names (default: from --followup)")
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     predict.add_argument("--threads", type=int, help="CPU threads (default: all available)")
-    predict.add_argument("--kappa", type=float, help="probability threshold (default: model's)")
+    predict.add_argument("--kappa", type=float,
+                         help="change where the probability exceeds this (default 0.1)")
     predict.add_argument("--min-blob-voxels", type=int,
-                         help="smallest change kept, in 1 mm voxels (default: model's)")
+                         help="smallest change kept, in 1 mm voxels (default 20)")
     predict.set_defaults(run=_predict)
     return parser
 

@@ -9,6 +9,7 @@ file, so that the network sees what it was trained on. Intermediates stay under
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -17,8 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mschange.detection.inference import InferenceSettings
 from mschange.detection.modelfile import load_detector
-from mschange.detection.steps import inference_settings, predict_with_network
+from mschange.detection.steps import predict_with_network
 from mschange.io import load_checked_image, save_json
 from mschange.preprocessing import steps as preprocessing
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
@@ -83,7 +85,7 @@ def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_di
     ``min_blob_voxels``). Inputs and model are checked before anything is written.
     """
     subject = subject or subject_from_path(followup)
-    progress = progress or Progress(total=9)
+    progress = progress or Progress(total=7)
     threads = threads or job_threads()
     # Fail on bad inputs before creating any output.
     for path in (baseline, followup):
@@ -91,7 +93,9 @@ def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_di
     torch_device = resolve_device(device)
     network, metadata = load_detector(model, torch_device)
     prep = metadata["preprocessing"]
-    settings = inference_settings({**metadata["inference"], **(overrides or {})})
+    # Inference settings are not part of the model (changing them does not retrain it):
+    # the defaults, which are the paper's, unless overridden.
+    settings = dataclasses.replace(InferenceSettings(), **(overrides or {}))
 
     out = Path(out_dir)
     work = out / "preproc"
