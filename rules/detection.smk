@@ -24,7 +24,7 @@ rule train_detector:
     benchmark:
         f"results/benchmarks/train_detector/model-{DETECTOR['name']}.tsv"
     conda:
-        "../envs/synthesis.yaml"
+        "../envs/detection.yaml"
     threads: 8
     resources:
         # Every sample's brain box is held in memory (float16, about 25 MB per sample).
@@ -62,7 +62,7 @@ rule predict_pair:
     benchmark:
         f"results/benchmarks/predict_pair/model-{DETECTOR['name']}_sub-{{subject}}.tsv"
     conda:
-        "../envs/synthesis.yaml"
+        "../envs/detection.yaml"
     threads: 2
     resources:
         mem_mb=8000,

@@ -263,6 +263,26 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert metadata["training"]["settings"]["patch_size"] == [16, 16, 16]
 
 
+def test_sigterm_saves_a_checkpoint_and_a_changed_config_is_refused(tmp_path):
+    import dataclasses
+    import os
+    import signal
+
+    from mschange.checkpoints import CheckpointMismatch, TrainingInterrupted
+
+    samples = _samples(tmp_path)
+
+    def terminate_at_step_3(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match="step 3"):
+        _train(tmp_path, samples, "run", RESUME_SETTINGS, on_step=terminate_at_step_3)
+    changed = dataclasses.replace(RESUME_SETTINGS, loss=LossSettings(l2=1e-4))
+    with pytest.raises(CheckpointMismatch, match="l2"):
+        _train(tmp_path, samples, "run", changed)
+    assert _train(tmp_path, samples, "run", RESUME_SETTINGS)["resumed_from_step"] == 3
+
+
 def test_model_file_loads_safely_and_rejects_other_files(tmp_path):
     model = ChangeDetector(TINY)
     path = save_detector(model, tmp_path / "m.pt", training={"steps": 1},

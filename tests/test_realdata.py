@@ -121,3 +121,35 @@ def test_simulated_rescan_of_a_real_scan_is_recovered_by_registration(tmp_path):
     print(f"rescan motion {moved_by.mean():.2f} mm; registration error {errors.mean():.2f} mm")
     assert moved_by.mean() > 1.0  # the rescan really moved the head
     assert errors.mean() < 0.6
+
+
+def test_open_ms_data_preset_plans_training_and_both_real_pairs(tmp_path):
+    """The real-data preset: the importer's sheet plus the demo's no-change pairs."""
+    import subprocess
+    import sys
+
+    from mschange.importers import open_ms_data_cohort
+
+    from .conftest import REPO
+
+    cohort = open_ms_data_cohort(OPEN_MS_DATA)
+    assert list(cohort.loc[cohort["split"] == "test", "subject"]) == ["patient01", "patient03"]
+    singles = cohort[cohort["baseline"] == ""]
+    assert len(singles) == 3 and set(singles["change"]) == {"no"}
+    assert all(Path(p).is_file() for p in cohort["followup"])
+    cohort.to_csv(tmp_path / "open_ms_data_cohort.tsv", sep="\t", index=False)
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+         str(REPO / "presets" / "open_ms_data.yaml"), "-n", "--quiet", "rules"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    counts = dict(line.split() for line in text.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert counts["predict_pair"] == "2"         # the two real pairs
+    assert counts["simulate_rescan"] == "3"      # the three real single scans
+    assert counts["make_demo_subject"] == "3"    # plus three demo no-change pairs
+    assert counts["supermix_subject"] == "6"
+    assert counts["train_detector"] == "1"
