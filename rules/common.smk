@@ -240,6 +240,12 @@ def prediction_outputs():
         "native_mask": f"{stem}_space-native_desc-change_mask.nii.gz",
         "lesions": f"{stem}_desc-changes_lesions.tsv",
         "record": f"{stem}_desc-changes_prediction.json",
+        "figure": report(
+            f"{stem}_desc-changes_overlay.png",
+            category="Detector",
+            subcategory="Predictions",
+            caption="../report/prediction_overlay.rst",
+        ),
     }
 
 

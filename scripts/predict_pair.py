@@ -1,10 +1,6 @@
 """Rule predict_pair: thin adapter to mschange.detection.steps."""
 
-from mschange.detection.steps import (
-    PREDICTION_OUTPUTS,
-    inference_settings,
-    predict_pair_step,
-)
+from mschange.detection.steps import inference_settings, predict_pair_step
 from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "predict_pair"):
@@ -14,7 +10,7 @@ with logging_to(snakemake.log[0], "predict_pair"):
         [snakemake.input.baseline_mask, snakemake.input.followup_mask],
         snakemake.input.native_followup,
         snakemake.input.model,
-        {key: snakemake.output[key] for key in PREDICTION_OUTPUTS},
+        dict(snakemake.output.items()),
         subject=snakemake.wildcards.subject,
         settings=inference_settings(snakemake.params.inference),
         device=snakemake.params.device,

@@ -381,6 +381,7 @@ def test_changes_are_found_at_the_right_scanner_place_on_the_native_grid(tmp_pat
                ("probability", "mask", "native_probability", "native_mask")}
     outputs["lesions"] = tmp_path / "out" / "lesions.tsv"
     outputs["record"] = tmp_path / "out" / "record.json"
+    outputs["figure"] = tmp_path / "out" / "overlay.png"
     network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16, 32)))
     settings = InferenceSettings(window=(32, 32, 32), overlap=8, kappa=0.1,
                                  min_blob_voxels=20)
@@ -409,6 +410,7 @@ def test_changes_are_found_at_the_right_scanner_place_on_the_native_grid(tmp_pat
     # A 5 mm ball is 524 mm3; trilinear edges make the detected one a little different.
     assert 350 < table.loc[0, "volume_mm3"] < 700
     assert json.loads(outputs["record"].read_text())["changes"] == 1
+    assert outputs["figure"].stat().st_size > 5_000
 
 
 def test_sliding_windows_agree_with_one_whole_volume_pass():
@@ -505,5 +507,6 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     assert record["settings"]["min_blob_voxels"] == 3
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]
+    assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000
     assert (out / "preproc" / "sub-demo02-tp-followup-FLAIR_tp-baseline_space-followup_desc-"
             "preproc_FLAIR.nii.gz").is_file()

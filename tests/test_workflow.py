@@ -297,11 +297,12 @@ def test_tiny_run_trains_the_detector_and_predicts_the_test_pair(tiny_run):
         assert native.shape == raw.shape
         np.testing.assert_allclose(native.affine, raw.affine, atol=1e-5)
     probability = nib.load(f"{stem}_space-followup_desc-change_probseg.nii.gz").get_fdata()
-    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    assert probability.min() >= 0.0 and probability.max() <= 1.0
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
     assert len(table) == record["changes"]
     assert list(table.columns)[:3] == ["lesion_id", "voxels", "volume_mm3"]
+    assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

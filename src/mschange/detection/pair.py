@@ -38,6 +38,7 @@ def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
         "native_mask": Path(f"{stem}_space-native_desc-change_mask.nii.gz"),
         "lesions": Path(f"{stem}_desc-changes_lesions.tsv"),
         "record": Path(f"{stem}_desc-changes_prediction.json"),
+        "figure": Path(f"{stem}_desc-changes_overlay.png"),
     }
 
 

@@ -34,9 +34,9 @@ from mschange.torchrun import cpu_threads, resolve_device
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-# Keys of one prediction's outputs (see :func:`predict_pair_step`).
+# Keys of one prediction's outputs (see :func:`predict_pair_step`); "figure" is optional.
 PREDICTION_OUTPUTS = ("probability", "mask", "native_probability", "native_mask", "lesions",
-                      "record")
+                      "record", "figure")
 
 
 # ------------------------------------------------------------------ settings from config
@@ -110,7 +110,8 @@ def predict_pair_step(baseline: PathLike, followup: PathLike, masks: Sequence[Pa
     ``baseline``/``followup`` are the preprocessed scans on the 1 mm follow-up grid,
     ``masks`` their brain masks (changes are looked for where both show brain),
     ``native_followup`` the user's follow-up file, whose grid the native outputs share.
-    ``outputs`` maps each key of ``PREDICTION_OUTPUTS`` to a path. Returns the record.
+    ``outputs`` maps the keys of ``PREDICTION_OUTPUTS`` to paths (``figure``, a QC
+    picture, may be left out). Returns the record.
     """
     torch_device = resolve_device(device)
     network, metadata = load_detector(model, torch_device)
@@ -158,6 +159,12 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
                dtype=np.uint8)
     with atomic_path(outputs["lesions"]) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    if "figure" in outputs:
+        from mschange.detection.figures import plot_prediction
+
+        plot_prediction(baseline_data, followup_data, labels, image.affine, table,
+                        outputs["figure"], title=f"sub-{subject}: {len(table)} change(s), "
+                        f"p > {settings.kappa}, >= {settings.min_blob_voxels} voxels")
     brighter = int((table["direction"] == BRIGHTER).sum()) if len(table) else 0
     record = {
         "subject": subject,
