@@ -133,6 +133,10 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
                          ) -> dict[str, Any]:
     """:func:`predict_pair_step` with a network already in memory; writes every output."""
     started = time.perf_counter()
+    if device.type == "cpu":
+        # Activations in the empty background can decay to denormal floats, which CPUs
+        # process very slowly (see HD-BET in the README); zero is as good an answer.
+        torch.set_flush_denormal(True)
     baseline_data, _ = _float_image(baseline)
     followup_data, image = _float_image(followup)
     brain = np.ones(followup_data.shape, dtype=bool)
