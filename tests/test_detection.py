@@ -429,6 +429,28 @@ def test_sliding_windows_agree_with_one_whole_volume_pass():
     np.testing.assert_allclose(whole, expected, atol=1e-5)
 
 
+def test_windows_without_brain_are_skipped():
+    calls = []
+
+    class Counting(DifferenceNetwork):
+        def forward(self, baseline, followup):
+            calls.append(tuple(baseline.shape[2:]))
+            return super().forward(baseline, followup)
+
+    rng = np.random.default_rng(1)
+    baseline = rng.uniform(0.2, 0.6, (48, 48, 48)).astype(np.float32)
+    followup = baseline + 0.5
+    brain = np.zeros(baseline.shape, dtype=bool)
+    brain[2:46, 2:46, 2:46] = True
+    brain[20:46, 20:46, 20:46] = False  # an L-shaped "brain": one octant of the box is empty
+    network = Counting(DetectorArchitecture(channels=(8, 16)))
+    probability = predict_probability(network, baseline, followup, brain, np.eye(4),
+                                      InferenceSettings(window=(24, 24, 24), overlap=0,
+                                                        margin=0))
+    assert len(calls) == 7  # 8 windows, the empty octant skipped
+    assert probability[brain].min() > 0.99 and probability[~brain].max() == 0.0
+
+
 def test_thin_changes_survive_on_a_thick_slice_grid():
     affine = np.eye(4)
     labels = np.zeros((10, 10, 12), dtype=np.int32)

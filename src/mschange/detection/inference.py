@@ -71,6 +71,9 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
     ras_followup, _ = to_ras_axes(np.asarray(followup, dtype=np.float32), affine)
     ras_brain, _ = to_ras_axes(np.asarray(brain) > 0, affine)
     box, padded = brain_box(ras_brain, settings.margin, factor)
+    brain_region = np.zeros(padded, dtype=bool)
+    brain_part = ras_brain[box]
+    brain_region[tuple(slice(0, n) for n in brain_part.shape)] = brain_part
     regions = []
     for volume in (ras_baseline, ras_followup):
         region = np.zeros(padded, dtype=np.float32)
@@ -93,13 +96,15 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
             for k in starts[2]:
                 where = (slice(i, i + window[0]), slice(j, j + window[1]),
                          slice(k, k + window[2]))
-                pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
-                        for r in regions]
-                with autocast(device):
-                    logits = model(*pair)[0]
-                output[where] += torch.sigmoid(logits.float()).cpu().numpy()[0, 0] * weights
-                weight_sum[where] += weights
                 done += 1
+                if brain_region[where].any():  # corners of the box may hold no brain
+                    pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
+                            for r in regions]
+                    with autocast(device):
+                        logits = model(*pair)[0]
+                    output[where] += (torch.sigmoid(logits.float()).cpu().numpy()[0, 0]
+                                      * weights)
+                    weight_sum[where] += weights
                 if on_window is not None:
                     on_window(done, total)
     log.debug("predicted %s voxels with %d windows of %s", padded, total, window)
