@@ -9,6 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mschange.torchrun import flush_denormals
+
+# Before any test runs torch: worker threads created later inherit the setting, so
+# HD-BET in a test that follows other torch tests runs at its normal speed.
+flush_denormals()
+
 REPO = Path(__file__).resolve().parents[1]
 OPEN_MS_DATA = Path(os.environ.get("MSCHANGE_OPEN_MS_DATA",
                                    REPO.parent / "shared" / "data" / "open_ms_data"))

@@ -481,6 +481,13 @@ def test_lesion_table_direction_and_volume():
 # ------------------------------------------------------------------ the one-pair command
 
 
+def test_subject_ids_from_file_names():
+    from mschange.detection.pair import subject_from_path
+
+    assert subject_from_path("/x/sub-p01_ses-2_FLAIR.nii.gz") == "p01"
+    assert subject_from_path("p7 follow_up.nii") == "p7-follow-up"
+
+
 def test_predict_cli_names_a_missing_file_and_writes_nothing(tmp_path, capsys, phantom_file):
     model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
                           metadata={"preprocessing": {}})
@@ -520,7 +527,7 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     assert "[7/7] detecting changes" in captured.err
     assert "change(s)" in captured.out
     raw = nib.load(paths.followup)
-    stem = out / "sub-demo02-tp-followup-FLAIR"
+    stem = out / "sub-demo02"  # the subject id comes from the BIDS-like file name
     for kind in ("probseg", "mask"):
         native = nib.load(f"{stem}_space-native_desc-change_{kind}.nii.gz")
         assert native.shape == raw.shape
@@ -530,5 +537,5 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]
     assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000
-    assert (out / "preproc" / "sub-demo02-tp-followup-FLAIR_tp-baseline_space-followup_desc-"
-            "preproc_FLAIR.nii.gz").is_file()
+    assert (out / "preproc" / "sub-demo02_tp-baseline_space-followup_desc-preproc_FLAIR"
+            ".nii.gz").is_file()

@@ -55,6 +55,9 @@ def _replay_supermix(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from mschange.torchrun import flush_denormals
+
+    flush_denormals()  # first: before any torch work creates CPU worker threads
     from mschange.detection.pair import predict_pair
 
     overrides = {key: value for key, value in (("kappa", args.kappa),

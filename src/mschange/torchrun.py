@@ -58,6 +58,17 @@ def cpu_threads(threads: int | None, device: torch.device | None = None) -> Iter
         torch.set_num_threads(previous)
 
 
+def flush_denormals() -> None:
+    """Treat denormal floats as zero in this process, before any parallel work starts.
+
+    Networks produce denormals in large empty backgrounds (HD-BET: 25x slower on CPU).
+    The flag is per thread and CPU worker threads copy it when they are created, so
+    it must be set before the first parallel operation: thread pools made earlier keep
+    computing with denormals.
+    """
+    torch.set_flush_denormal(True)
+
+
 def job_threads() -> int:
     """Threads granted to this process (CPU affinity), for scripts run outside Snakemake."""
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +44,12 @@ def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
 
 
 def subject_from_path(path: PathLike) -> str:
-    """A subject id from a file name: letters and digits of its stem, dashes between."""
+    """A subject id from a file name: the BIDS subject (``sub-01_ses-2_FLAIR`` -> ``01``),
+    else the letters and digits of the stem, dashes between (``p7 fu.nii`` -> ``p7-fu``)."""
     stem = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    bids = re.match(r"sub-([A-Za-z0-9]+)_", stem)
+    if bids:
+        return bids.group(1)
     parts = "".join(c if c.isalnum() else " " for c in stem).split()
     return "-".join(parts) or "pair"
 

@@ -29,7 +29,7 @@ from mschange.detection.modelfile import load_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.detection.training import DetectorTrainingSettings, TrainingSample, train_detector
 from mschange.io import atomic_path, load_checked_image, save_json, save_nifti
-from mschange.torchrun import cpu_threads, resolve_device
+from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
@@ -134,9 +134,7 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
     """:func:`predict_pair_step` with a network already in memory; writes every output."""
     started = time.perf_counter()
     if device.type == "cpu":
-        # Activations in the empty background can decay to denormal floats, which CPUs
-        # process very slowly (see HD-BET in the README); zero is as good an answer.
-        torch.set_flush_denormal(True)
+        flush_denormals()  # activations in the empty background decay to denormals
     baseline_data, _ = _float_image(baseline)
     followup_data, image = _float_image(followup)
     brain = np.ones(followup_data.shape, dtype=bool)
