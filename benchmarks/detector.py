@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -66,7 +67,9 @@ def time_inference(pair: dict[str, Any], architecture: DetectorArchitecture,
     if device.type == "cuda":
         times = times[1:]
     result: dict[str, Any] = {"seconds_median": round(statistics.median(times), 2),
-                              "seconds_all": [round(t, 2) for t in times]}
+                              "seconds_all": [round(t, 2) for t in times],
+                              "peak_process_memory_gib": round(
+                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30,
                                               2)
@@ -137,7 +140,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=3)
-    parser.add_argument("--window", type=int, nargs=3, default=[128, 128, 128])
+    parser.add_argument("--window", nargs="+", default=["none"],
+                        help="sliding window (3 sizes) or 'none' for the whole brain box")
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--cpu-patch", type=int, nargs=3, default=[48, 48, 48])
     parser.add_argument("--gpu-patch", type=int, nargs=3, default=[160, 192, 160],
@@ -150,7 +154,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     pair = load_pair(args.subject)
-    settings = InferenceSettings(window=tuple(args.window), overlap=args.overlap)  # type: ignore[arg-type]
+    window = None if args.window == ["none"] else tuple(int(w) for w in args.window)
+    settings = InferenceSettings(window=window, overlap=args.overlap)  # type: ignore[arg-type]
     report: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "threads": args.threads, "torch": torch.__version__,

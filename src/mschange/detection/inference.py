@@ -43,7 +43,7 @@ BRIGHTER, DARKER = "brighter", "darker"
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    window: tuple[int, int, int] | None = (128, 128, 128)  # voxels, RAS order; None: whole box
+    window: tuple[int, int, int] | None = None  # voxels, RAS order; None: the whole brain box
     overlap: int = 32         # voxels shared by neighbouring windows
     kappa: float = 0.1        # threshold on the change probability (paper 0.1)
     min_blob_voxels: int = 20  # smaller components are dropped (paper 20 or 100)
