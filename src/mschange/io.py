@@ -158,6 +158,25 @@ def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
     return checked
 
 
+def load_float_image(path: str | os.PathLike[str]
+                     ) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
+    """A pipeline intermediate's voxels as float32, and the image (already checked when
+    it was an input)."""
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return np.asarray(image.dataobj, dtype=np.float32), image
+
+
+def brain_intersection(*masks: str | os.PathLike[str]) -> npt.NDArray[np.bool_]:
+    """Voxels inside every mask: only tissue that both time points show may change."""
+    inside: npt.NDArray[np.bool_] | None = None
+    for path in masks:
+        current = np.asarray(nib.load(path).dataobj) > 0  # type: ignore[attr-defined]
+        inside = current if inside is None else inside & current
+    assert inside is not None
+    return inside
+
+
 def voxel_sizes(affine: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
     """Voxel edge lengths in mm from an affine."""
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))

@@ -11,9 +11,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 import torch
 
 from mschange.detection.inference import (
@@ -28,7 +26,14 @@ from mschange.detection.loss import LossSettings
 from mschange.detection.modelfile import load_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.detection.training import DetectorTrainingSettings, TrainingSample, train_detector
-from mschange.io import atomic_path, load_checked_image, save_json, save_nifti
+from mschange.io import (
+    atomic_path,
+    brain_intersection,
+    load_checked_image,
+    load_float_image,
+    save_json,
+    save_nifti,
+)
 from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 
 log = logging.getLogger(__name__)
@@ -94,12 +99,6 @@ def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
              summary["resumed_from_step"], summary["final_loss"], summary["elapsed_s"])
 
 
-def _float_image(path: PathLike) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
-    image = nib.load(path)
-    assert isinstance(image, nib.Nifti1Image)
-    return np.asarray(image.dataobj, dtype=np.float32), image
-
-
 def predict_pair_step(baseline: PathLike, followup: PathLike, masks: Sequence[PathLike],
                       native_followup: PathLike, model: PathLike,
                       outputs: Mapping[str, PathLike], *, subject: str,
@@ -135,11 +134,9 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
     started = time.perf_counter()
     if device.type == "cpu":
         flush_denormals()  # activations in the empty background decay to denormals
-    baseline_data, _ = _float_image(baseline)
-    followup_data, image = _float_image(followup)
-    brain = np.ones(followup_data.shape, dtype=bool)
-    for path in masks:
-        brain &= np.asarray(nib.load(path).dataobj) > 0  # type: ignore[attr-defined]
+    baseline_data, _ = load_float_image(baseline)
+    followup_data, image = load_float_image(followup)
+    brain = brain_intersection(*masks)
     native = load_checked_image(native_followup, subject)
     native_shape = (int(native.shape[0]), int(native.shape[1]), int(native.shape[2]))
 

@@ -12,11 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import numpy.typing as npt
 
-from mschange.io import load_checked_image, save_json, save_nifti
+from mschange.io import (
+    brain_intersection,
+    load_checked_image,
+    load_float_image,
+    save_json,
+    save_nifti,
+)
 from mschange.synthesis.reconstruction import TilingSettings
 from mschange.synthesis.rescan import RescanSettings, simulate_rescan
 from mschange.synthesis.supermix import (
@@ -91,12 +95,6 @@ def file_sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def _load_float(path: PathLike) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
-    image = nib.load(path)
-    assert isinstance(image, nib.Nifti1Image)
-    return np.asarray(image.dataobj, dtype=np.float32), image
-
-
 # ------------------------------------------------------------------ steps
 
 
@@ -136,16 +134,6 @@ def train_vae_step(images: Sequence[PathLike], masks: Sequence[PathLike], *,
              summary["final_loss"], summary["elapsed_s"])
 
 
-def brain_intersection(*masks: PathLike) -> npt.NDArray[np.bool_]:
-    """Voxels inside every mask: SuperMix changes only tissue both time points show."""
-    inside: npt.NDArray[np.bool_] | None = None
-    for path in masks:
-        current = np.asarray(nib.load(path).dataobj) > 0  # type: ignore[attr-defined]
-        inside = current if inside is None else inside & current
-    assert inside is not None
-    return inside
-
-
 def supermix_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathLike],
                   model: PathLike, outputs: Mapping[str, Sequence[PathLike]], *,
                   subject: str, seed: int, settings: SuperMixSettings,
@@ -158,7 +146,7 @@ def supermix_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathLike],
     torch_device = resolve_device(device)
     vae, metadata = load_vae(model, torch_device)
     model_digest = file_sha256(model)
-    scans = {tp: _load_float(path) for tp, path in timepoints.items()}
+    scans = {tp: load_float_image(path) for tp, path in timepoints.items()}
     brain = brain_intersection(*masks)
     n_samples = len(outputs["synthesised"])
     with cpu_threads(threads, torch_device):
@@ -203,7 +191,7 @@ def figures_step(scan: PathLike, masks: Sequence[PathLike], models: Mapping[str,
     from mschange.synthesis.figures import plot_encoder_comparison, plot_supermix_examples
 
     torch_device = resolve_device(device)
-    data, image = _load_float(scan)
+    data, image = load_float_image(scan)
     brain = brain_intersection(*masks)
     vaes = {name: load_vae(path, torch_device)[0] for name, path in models.items()}
     latent_seed = derived_seed(seed, "figures", "latent")
@@ -234,7 +222,7 @@ def replay_step(record_json: PathLike, synthesised_output: PathLike, label_outpu
                          "differs; was it retrained?)")
     torch_device = resolve_device(device)
     vae, _ = load_vae(model_path, torch_device)
-    data, image = _load_float(record["inputs"][record["synthesised_timepoint"]])
+    data, image = load_float_image(record["inputs"][record["synthesised_timepoint"]])
     brain = brain_intersection(*record["brain_masks"])
     sample = replay(record, data, brain, image.affine, vae, device=torch_device)
     save_nifti(sample.synthesised, image.affine, synthesised_output, header=image.header)
