@@ -11,6 +11,7 @@ from mschange.cohort import (
     read_cohort_sheet,
 )
 from mschange.config import ConfigError, validate_config
+from mschange.detection.outputs import prediction_paths
 
 try:
     _validated = validate_config(config)
@@ -231,22 +232,15 @@ def supermix_files(desc):
 
 
 def prediction_outputs():
-    """Outputs of one pair's prediction, keyed like mschange.detection.steps.PREDICTION_OUTPUTS."""
-    stem = f"{PREDICT_DIR}/sub-{{subject}}/sub-{{subject}}"
-    return {
-        "probability": f"{stem}_space-followup_desc-change_probseg.nii.gz",
-        "mask": f"{stem}_space-followup_desc-change_mask.nii.gz",
-        "native_probability": f"{stem}_space-native_desc-change_probseg.nii.gz",
-        "native_mask": f"{stem}_space-native_desc-change_mask.nii.gz",
-        "lesions": f"{stem}_desc-changes_lesions.tsv",
-        "record": f"{stem}_desc-changes_prediction.json",
-        "figure": report(
-            f"{stem}_desc-changes_overlay.png",
-            category="Detector",
-            subcategory="Predictions",
-            caption="../report/prediction_overlay.rst",
-        ),
-    }
+    """Outputs of one pair's prediction (names shared with `mschange predict`)."""
+    outputs = prediction_paths(f"{PREDICT_DIR}/sub-{{subject}}", "{subject}")
+    outputs["figure"] = report(
+        outputs["figure"],
+        category="Detector",
+        subcategory="Predictions",
+        caption="../report/prediction_overlay.rst",
+    )
+    return outputs
 
 
 def detector_targets():

@@ -534,6 +534,8 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
         np.testing.assert_allclose(native.affine, raw.affine, atol=1e-5)
     record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
     assert record["settings"]["min_blob_voxels"] == 3
+    assert record["model"]["path"] == str(model)
+    assert record["raw_inputs"]["followup"] == str(paths.followup)
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]
     assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000

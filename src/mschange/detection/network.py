@@ -211,7 +211,7 @@ class ChangeDetector(nn.Module):
             if arch.attention_gates:
                 self.gates.append(AttentionGate(fused[level], below))
             self.decoder_blocks.append(make_block(width + fused[level], width, arch))
-            if level == 0 or (arch.deep_supervision and level > 0):
+            if level == 0 or arch.deep_supervision:
                 self.heads.append(nn.Conv3d(width, 1, 1))
             below = width
         for head in self.heads:
@@ -249,7 +249,7 @@ class ChangeDetector(nn.Module):
                 skip = self.gates[index](skip, current)
             current = self.decoder_blocks[index](
                 torch.cat([self.upsample[index](current), skip], dim=1))
-            if level == 0 or (self.architecture.deep_supervision and level > 0):
+            if level == 0 or self.architecture.deep_supervision:
                 maps.append(next(heads)(current))
         # Collected coarse to fine; the final map goes first.
         return maps[::-1]

@@ -21,8 +21,9 @@ from typing import Any
 
 from mschange.detection.inference import InferenceSettings
 from mschange.detection.modelfile import load_detector
-from mschange.detection.steps import predict_with_network
-from mschange.io import load_checked_image, save_json
+from mschange.detection.outputs import prediction_paths
+from mschange.detection.steps import model_summary, predict_with_network
+from mschange.io import load_checked_image
 from mschange.preprocessing import steps as preprocessing
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
 
@@ -30,17 +31,8 @@ PathLike = str | os.PathLike[str]
 
 
 def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
-    """Result files of one pair, named like the workflow's (see rules/common.smk)."""
-    stem = out_dir / f"sub-{subject}"
-    return {
-        "probability": Path(f"{stem}_space-followup_desc-change_probseg.nii.gz"),
-        "mask": Path(f"{stem}_space-followup_desc-change_mask.nii.gz"),
-        "native_probability": Path(f"{stem}_space-native_desc-change_probseg.nii.gz"),
-        "native_mask": Path(f"{stem}_space-native_desc-change_mask.nii.gz"),
-        "lesions": Path(f"{stem}_desc-changes_lesions.tsv"),
-        "record": Path(f"{stem}_desc-changes_prediction.json"),
-        "figure": Path(f"{stem}_desc-changes_overlay.png"),
-    }
+    """Result files of one pair, named like the workflow's."""
+    return {key: Path(path) for key, path in prediction_paths(str(out_dir), subject).items()}
 
 
 def subject_from_path(path: PathLike) -> str:
@@ -156,9 +148,8 @@ def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_di
             [files["baseline"]["space-followup_desc-brain_mask"],
              files["followup"]["desc-brain_mask"]],
             followup, outputs, subject=subject, settings=settings, device=torch_device,
-            on_window=progress.windows())
-    record["model"] = {"path": str(model), "package_version": metadata.get("package_version"),
-                       "name": metadata.get("name")}
-    record["raw_inputs"] = {"baseline": str(baseline), "followup": str(followup)}
-    save_json(record, outputs["record"])
+            on_window=progress.windows(),
+            record_extra={"model": model_summary(model, metadata),
+                          "raw_inputs": {"baseline": str(baseline),
+                                         "followup": str(followup)}})
     return record

@@ -39,11 +39,6 @@ from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
-# Keys of one prediction's outputs (see :func:`predict_pair_step`); "figure" is optional.
-PREDICTION_OUTPUTS = ("probability", "mask", "native_probability", "native_mask", "lesions",
-                      "record", "figure")
-
-
 # ------------------------------------------------------------------ settings from config
 
 
@@ -66,7 +61,7 @@ def training_settings(detector: Mapping[str, Any], *, seed: int) -> DetectorTrai
 
 
 def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
-    """The ``detector.inference`` config section (or a model file's copy of it)."""
+    """The ``detector.inference`` config section as inference settings."""
     window = config["window"]
     return InferenceSettings(
         window=None if window is None else (int(window[0]), int(window[1]), int(window[2])),
@@ -109,28 +104,34 @@ def predict_pair_step(baseline: PathLike, followup: PathLike, masks: Sequence[Pa
     ``baseline``/``followup`` are the preprocessed scans on the 1 mm follow-up grid,
     ``masks`` their brain masks (changes are looked for where both show brain),
     ``native_followup`` the user's follow-up file, whose grid the native outputs share.
-    ``outputs`` maps the keys of ``PREDICTION_OUTPUTS`` to paths (``figure``, a QC
-    picture, may be left out). Returns the record.
+    ``outputs`` maps the keys of ``mschange.detection.outputs.PREDICTION_SUFFIXES`` to
+    paths (``figure``, a QC picture, may be left out). Returns the record.
     """
     torch_device = resolve_device(device)
     network, metadata = load_detector(model, torch_device)
     with cpu_threads(threads, torch_device):
-        record = predict_with_network(
+        return predict_with_network(
             network, baseline, followup, masks, native_followup, outputs, subject=subject,
-            settings=settings, device=torch_device, on_window=on_window)
-    record["model"] = {"path": str(model), "package_version": metadata.get("package_version"),
-                       "name": metadata.get("name")}
-    save_json(record, outputs["record"])
-    return record
+            settings=settings, device=torch_device, on_window=on_window,
+            record_extra={"model": model_summary(model, metadata)})
+
+
+def model_summary(model: PathLike, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What a prediction record says about the model file that made it."""
+    return {"path": str(model), "package_version": metadata.get("package_version"),
+            "name": metadata.get("name")}
 
 
 def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: PathLike,
                          masks: Sequence[PathLike], native_followup: PathLike,
                          outputs: Mapping[str, PathLike], *, subject: str,
                          settings: InferenceSettings, device: torch.device,
-                         on_window: Callable[[int, int], None] | None = None
-                         ) -> dict[str, Any]:
-    """:func:`predict_pair_step` with a network already in memory; writes every output."""
+                         on_window: Callable[[int, int], None] | None = None,
+                         record_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`predict_pair_step` with a network already in memory; writes every output.
+
+    ``record_extra`` is added to the JSON record (e.g. which model file was used).
+    """
     started = time.perf_counter()
     if device.type == "cpu":
         flush_denormals()  # activations in the empty background decay to denormals
@@ -176,6 +177,7 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
         "changed_volume_mm3": float(table["volume_mm3"].sum()) if len(table) else 0.0,
         "seconds_network": seconds_network,
         "seconds_total": time.perf_counter() - started,
+        **(record_extra or {}),
     }
     save_json(record, outputs["record"])
     log.info("%s: %d change(s) (%d brighter, %d darker at follow-up), %.0f mm3, network "
