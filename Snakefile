@@ -14,6 +14,7 @@ include: "rules/preprocess.smk"
 include: "rules/qc.smk"
 include: "rules/synthesis.smk"
 include: "rules/detection.smk"
+include: "rules/evaluation.smk"
 
 
 rule all:
@@ -24,3 +25,4 @@ rule all:
         "results/qc/preprocessing_qc.tsv",
         synthesis_targets(),
         detector_targets(),
+        evaluation_targets(),

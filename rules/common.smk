@@ -1,4 +1,5 @@
 # Configuration, cohort and helpers shared by every rule file.
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -10,8 +11,9 @@ from mschange.cohort import (
     cohort_from_bids,
     read_cohort_sheet,
 )
-from mschange.config import ConfigError, validate_config
+from mschange.config import BASELINE_NAME, ConfigError, model_configs, validate_config
 from mschange.detection.outputs import prediction_paths
+from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
 
 try:
     _validated = validate_config(config)
@@ -214,11 +216,18 @@ def synthesis_targets():
 
 # ----------------------------------------------------------------------------- detector
 
-DETECTOR = config["detector"]
-DETECTOR_DIR = f"results/detector/model-{DETECTOR['name']}"
-PREDICT_DIR = f"results/predict/model-{DETECTOR['name']}"
+# Every model trained and evaluated (the main `detector` first, then
+# `experiments.compare`), name -> its full detector settings.
+MODELS = model_configs(config)
+MAIN_MODEL = config["detector"]["name"]
+DETECTOR_DIR = "results/detector/model-{model}"
+PREDICT_DIR = "results/predict/model-{model}"
 # The pairs the detector is run on.
 TEST_SUBJECTS = list(COHORT.loc[COHORT["split"] == "test", "subject"])
+
+
+wildcard_constraints:
+    model="|".join(re.escape(name) for name in MODELS),
 
 
 def supermix_files(desc):
@@ -239,15 +248,103 @@ def prediction_outputs():
         category="Detector",
         subcategory="Predictions",
         caption="../report/prediction_overlay.rst",
+        labels={"model": "{model}", "pair": "{subject}"},
     )
     return outputs
 
 
 def detector_targets():
-    """The trained detector and the predictions of every test pair."""
+    """Every trained detector and its predictions of every test pair."""
     if not NOCHANGE_SUBJECTS:
         return []
     return [
-        f"{DETECTOR_DIR}/model.pt",
-        *expand(prediction_outputs()["lesions"], subject=TEST_SUBJECTS),
+        *expand(f"{DETECTOR_DIR}/model.pt", model=MODELS),
+        *expand(
+            prediction_paths(f"{PREDICT_DIR}/sub-{{subject}}", "{subject}")["lesions"],
+            model=MODELS,
+            subject=TEST_SUBJECTS,
+        ),
     ]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+EVALUATION = config["evaluation"]
+BLOB_SIZES = config["experiments"]["min_blob_voxels"]
+# Methods in every table: the learned models, then the classical baseline.
+METHODS = list(MODELS) + ([BASELINE_NAME] if EVALUATION["baseline"]["enabled"] else [])
+# Test pairs with a ground truth: a label, or none needed because nothing changed.
+EVALUATED_SUBJECTS = list(
+    COHORT.loc[
+        (COHORT["split"] == "test")
+        & ((COHORT["label"] != "") | (COHORT["change"] == "no")),
+        "subject",
+    ]
+)
+EVALUATION_DIR = "results/evaluation/model-{method}_minblob-{minblob}/sub-{subject}"
+REPORT_DIR = "results/report"
+
+
+wildcard_constraints:
+    method="|".join(re.escape(name) for name in METHODS) or "none",
+    minblob=r"\d+",
+
+
+def change_score(wildcards):
+    """The 1 mm change score a method leaves: probability, or the baseline's z-map."""
+    if wildcards.method == BASELINE_NAME:
+        return "results/baseline/sub-{subject}/sub-{subject}_space-followup_desc-subtraction_zmap.nii.gz".format(
+            subject=wildcards.subject
+        )
+    outputs = prediction_paths(f"{PREDICT_DIR}/sub-{{subject}}", "{subject}")
+    return outputs["probability"].format(
+        model=wildcards.method, subject=wildcards.subject
+    )
+
+
+def method_threshold(method):
+    """The threshold on |score|: the model's kappa, or the baseline's k."""
+    if method == BASELINE_NAME:
+        return EVALUATION["baseline"]["k"]
+    return MODELS[method]["inference"]["kappa"]
+
+
+def method_sweep(method):
+    """The thresholds of a method's LTPR-versus-PPV curve."""
+    if method == BASELINE_NAME:
+        return EVALUATION["baseline"]["k_sweep"]
+    return EVALUATION["kappa_sweep"]
+
+
+def evaluation_files(key):
+    """One kind of evaluation output of every method, blob size and evaluated pair."""
+    return expand(
+        evaluation_paths(EVALUATION_DIR, "{subject}")[key],
+        method=METHODS,
+        minblob=BLOB_SIZES,
+        subject=EVALUATED_SUBJECTS,
+    )
+
+
+def training_curves():
+    """Every model's training curve, in the order of MODELS."""
+    return expand(f"{DETECTOR_DIR}/training_curve.png", model=MODELS)
+
+
+def evaluation_targets():
+    """The report; nothing when no test pair has a ground truth or nothing is trained."""
+    if not EVALUATED_SUBJECTS or not NOCHANGE_SUBJECTS:
+        return []
+    return [f"{REPORT_DIR}/index.html"]
+
+
+def method_descriptions():
+    """The Table 1 columns (model, loss, gamma, L2) of every method."""
+    from mschange.evaluation.tables import baseline_description, model_description
+
+    descriptions = {name: model_description(model) for name, model in MODELS.items()}
+    if EVALUATION["baseline"]["enabled"]:
+        descriptions[BASELINE_NAME] = baseline_description(
+            EVALUATION["baseline"]["k"], EVALUATION["baseline"]["sigma_mm"]
+        )
+    return descriptions

@@ -20,9 +20,9 @@ rule train_detector:
             caption="../report/detector_training.rst",
         ),
     log:
-        f"results/logs/train_detector/model-{DETECTOR['name']}.log",
+        "results/logs/train_detector/model-{model}.log",
     benchmark:
-        f"results/benchmarks/train_detector/model-{DETECTOR['name']}.tsv"
+        "results/benchmarks/train_detector/model-{model}.tsv"
     conda:
         "../envs/detection.yaml"
     threads: 8
@@ -33,11 +33,17 @@ rule train_detector:
         gpu=gpu_count(),
     params:
         # Not an output: it must survive the job being killed, so a rerun resumes from it.
-        checkpoint_dir=f"{DETECTOR_DIR}/checkpoints",
-        detector={k: v for k, v in DETECTOR.items() if k not in ("inference", "name")},
+        checkpoint_dir=lambda wildcards, output: str(
+            Path(output.model).with_name("checkpoints")
+        ),
+        detector=lambda wildcards: {
+            k: v
+            for k, v in MODELS[wildcards.model].items()
+            if k not in ("inference", "name")
+        },
         # Stored in the model file: `mschange predict` preprocesses a new pair the same way.
-        metadata={
-            "name": DETECTOR["name"],
+        metadata=lambda wildcards: {
+            "name": wildcards.model,
             "preprocessing": config["preprocessing"],
             "seed": config["seed"],
         },
@@ -58,9 +64,9 @@ rule predict_pair:
     output:
         **prediction_outputs(),
     log:
-        f"results/logs/predict_pair/model-{DETECTOR['name']}_sub-{{subject}}.log",
+        "results/logs/predict_pair/model-{model}_sub-{subject}.log",
     benchmark:
-        f"results/benchmarks/predict_pair/model-{DETECTOR['name']}_sub-{{subject}}.tsv"
+        "results/benchmarks/predict_pair/model-{model}_sub-{subject}.tsv"
     conda:
         "../envs/detection.yaml"
     threads: 2
@@ -69,7 +75,7 @@ rule predict_pair:
         runtime=30,
         gpu=gpu_count(),
     params:
-        inference=DETECTOR["inference"],
+        inference=lambda wildcards: MODELS[wildcards.model]["inference"],
         device=config["device"],
     script:
         "../scripts/predict_pair.py"

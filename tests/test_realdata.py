@@ -132,8 +132,9 @@ def test_open_ms_data_preset_plans_training_and_both_real_pairs(tmp_path):
 
     from .conftest import REPO
 
-    cohort = open_ms_data_cohort(OPEN_MS_DATA)
+    cohort = open_ms_data_cohort(OPEN_MS_DATA, label_dir=tmp_path / "labels")
     assert list(cohort.loc[cohort["split"] == "test", "subject"]) == ["patient01", "patient03"]
+    assert all(Path(p).is_file() for p in cohort.loc[cohort["split"] == "test", "label"])
     singles = cohort[cohort["baseline"] == ""]
     assert len(singles) == 3 and set(singles["change"]) == {"no"}
     assert all(Path(p).is_file() for p in cohort["followup"])
@@ -153,3 +154,8 @@ def test_open_ms_data_preset_plans_training_and_both_real_pairs(tmp_path):
     assert counts["make_demo_subject"] == "3"    # plus three demo no-change pairs
     assert counts["supermix_subject"] == "6"
     assert counts["train_detector"] == "1"
+    # Both real pairs scored with their mapped ground truth: the model and the
+    # subtraction baseline, at blob sizes 20 and 100; then the report.
+    assert counts["subtraction_baseline"] == "2"
+    assert counts["evaluate_pair"] == "8"
+    assert counts["evaluation_report"] == "1"

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from mschange import __version__
 from mschange.cohort import CohortError, check_cohort_images, cohort_from_bids, read_cohort_sheet
 from mschange.io import atomic_path
@@ -30,15 +32,35 @@ def _bids_to_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_imported(cohort: pd.DataFrame, output: Path) -> None:
+    with atomic_path(output) as tmp:
+        cohort.to_csv(tmp, sep="\t", index=False)
+    counts = cohort.groupby(["split", "change"]).size()
+    labelled = int((cohort["label"] != "").sum())
+    print(f"wrote {len(cohort)} rows to {output}: " + ", ".join(
+        f"{n} {split}/{change}" for (split, change), n in counts.items())
+        + f"; {labelled} with a label")
+
+
 def _import_open_ms_data(args: argparse.Namespace) -> int:
     from mschange.importers import open_ms_data_cohort
 
-    cohort = open_ms_data_cohort(args.data_dir)
-    with atomic_path(args.output) as tmp:
-        cohort.to_csv(tmp, sep="\t", index=False)
-    counts = cohort.groupby(["split", "change"]).size()
-    print(f"wrote {len(cohort)} rows to {args.output}: " + ", ".join(
-        f"{n} {split}/{change}" for (split, change), n in counts.items()))
+    label_dir = None
+    if not args.no_labels:
+        # Beside the sheet by default, so the sheet and its labels move together.
+        label_dir = args.label_dir or args.output.parent / f"{args.output.stem}_labels"
+    cohort = open_ms_data_cohort(args.data_dir, label_dir=label_dir)
+    _write_imported(cohort, args.output)
+    if label_dir is not None:
+        print(f"labels (ground truth mapped onto each follow-up grid) in {label_dir}")
+    return 0
+
+
+def _import_msseg2(args: argparse.Namespace) -> int:
+    from mschange.importers import msseg2_cohort
+
+    cohort = msseg2_cohort(args.data_dir, ground_truth=args.ground_truth)
+    _write_imported(cohort, args.output)
     return 0
 
 
@@ -96,10 +118,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     open_ms = commands.add_parser(
         "import-open-ms-data",
-        help="write a cohort sheet for the open_ms_data subset (pairs and single scans)")
+        help="write a cohort sheet for the open_ms_data subset (pairs with their ground truth "
+             "on the follow-up grid, and single scans)")
     open_ms.add_argument("data_dir", type=Path, help="the open_ms_data folder")
     open_ms.add_argument("output", type=Path, help="the cohort sheet to write (TSV)")
+    open_ms_labels = open_ms.add_mutually_exclusive_group()
+    open_ms_labels.add_argument(
+        "--label-dir", type=Path,
+        help="where to write the ground truth mapped onto each follow-up grid "
+             "(default: beside the sheet, e.g. cohort_labels/ for cohort.tsv)")
+    open_ms_labels.add_argument("--no-labels", action="store_true",
+                                help="leave the label column empty (write no label files)")
     open_ms.set_defaults(run=_import_open_ms_data)
+
+    msseg2 = commands.add_parser(
+        "import-msseg2",
+        help="write a cohort sheet for the MSSEG-2 training data (one test pair per case)")
+    msseg2.add_argument("data_dir", type=Path, help="the folder holding one folder per case")
+    msseg2.add_argument("output", type=Path, help="the cohort sheet to write (TSV)")
+    msseg2.add_argument("--ground-truth", default="consensus",
+                        choices=["consensus", "expert1", "expert2", "expert3", "expert4"],
+                        help="which ground truth becomes the label (default: consensus)")
+    msseg2.set_defaults(run=_import_msseg2)
 
     replay = commands.add_parser(
         "replay-supermix",

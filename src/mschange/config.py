@@ -89,17 +89,80 @@ def _consistency_problems(config: dict[str, Any]) -> list[str]:
         problems.append(f"synthesis.vae.crop_size {vae['crop_size']}: each side must be a "
                         f"multiple of {factor} (2 to the number of VAE levels, "
                         f"len(synthesis.vae.channels) = {len(vae['channels'])})")
-    detector = config["detector"]
+    problems += _detector_problems(config["detector"], "detector")
+    problems += _experiment_problems(config)
+    return problems
+
+
+def _detector_problems(detector: dict[str, Any], where: str) -> list[str]:
+    problems = []
     architecture = detector["architecture"]
     factor = 2 ** (len(architecture["channels"]) - 1)
     for key in ("training.patch_size", "inference.window"):
         section, name = key.split(".")
         size = detector[section][name]
         if size is not None and any(n % factor for n in size):
-            problems.append(f"detector.{key} {size}: each side must be a multiple of {factor} "
-                            f"(2^(levels-1), len(detector.architecture.channels) = "
+            problems.append(f"{where}.{key} {size}: each side must be a multiple of {factor} "
+                            f"(2^(levels-1), len(architecture.channels) = "
                             f"{len(architecture['channels'])})")
     if architecture["inception"] and any(c % 4 or c < 8 for c in architecture["channels"]):
-        problems.append(f"detector.architecture.channels {architecture['channels']}: Inception "
+        problems.append(f"{where}.architecture.channels {architecture['channels']}: Inception "
                         "blocks need multiples of 4 that are >= 8")
     return problems
+
+
+# The classical baseline's name in every table; no detector may take it.
+BASELINE_NAME = "subtraction"
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _experiment_problems(config: dict[str, Any]) -> list[str]:
+    problems = []
+    experiments = config["experiments"]
+    main = config["detector"]["name"]
+    names = [main, *experiments["compare"]]
+    if BASELINE_NAME in names:
+        problems.append(f"model name {BASELINE_NAME!r} is the subtraction baseline's; "
+                        "choose another for detector.name or experiments.compare")
+    if main in experiments["compare"]:
+        problems.append(f"experiments.compare lists {main!r}, which is detector.name "
+                        "(the main model is always trained)")
+    schema = load_schema("config")["properties"]["detector"]
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in experiments["compare"]:
+        if name not in experiments["models"]:
+            problems.append(f"experiments.compare: {name!r} is not defined under "
+                            f"experiments.models (defined: "
+                            f"{', '.join(sorted(experiments['models'])) or 'none'})")
+            continue
+        merged = _merge(config["detector"], experiments["models"][name])
+        merged["name"] = name
+        errors = list(validator.iter_errors(merged))
+        problems += [f"experiments.models.{name}: {_describe(e)}" for e in errors]
+        if not errors:
+            problems += _detector_problems(merged, f"experiments.models.{name}")
+    return problems
+
+
+def model_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every model to train and evaluate: name -> its full ``detector`` section.
+
+    The main model is ``detector`` itself; each name in ``experiments.compare`` is
+    ``detector`` with that model's overrides applied (``config`` already validated).
+    """
+    detector = config["detector"]
+    models = {detector["name"]: copy.deepcopy(detector)}
+    for name in config["experiments"]["compare"]:
+        merged = _merge(detector, config["experiments"]["models"][name])
+        merged["name"] = name
+        models[name] = merged
+    return models

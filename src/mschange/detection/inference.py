@@ -164,13 +164,23 @@ def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
                    ) -> tuple[F32, npt.NDArray[np.uint8]]:
     """Probability and binary change mask on another grid of the same scanner space.
 
-    The probability is interpolated (trilinear) at the native voxel centres. The mask
-    is the label map sampled at those centres (nearest neighbour); a change too thin to
-    cover any native voxel centre (e.g. between two 3 mm slices) still marks the native
-    voxel that holds its centroid, so that no detection disappears.
+    The probability is interpolated (trilinear) at the native voxel centres; the mask
+    comes from :func:`changes_to_grid`.
     """
     native_probability = resample_to_grid(probability, affine, native_shape, native_affine,
                                           order=1, antialias=False)
+    return native_probability, changes_to_grid(labels, affine, native_shape, native_affine)
+
+
+def changes_to_grid(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
+                    native_shape: tuple[int, int, int],
+                    native_affine: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
+    """Binary mask of the changes in ``labels`` (ids 1..n) on another grid.
+
+    The label map is sampled at the native voxel centres (nearest neighbour); a change
+    too thin to cover any native voxel centre (e.g. between two 3 mm slices) still marks
+    the native voxel that holds its centroid, so that no detection disappears.
+    """
     native_labels = resample_to_grid(labels.astype(np.float32), affine, native_shape,
                                      native_affine, order=0, antialias=False)
     mask = native_labels > 0
@@ -187,4 +197,4 @@ def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
                 mask[tuple(voxel)] = True
         log.debug("%d change(s) thinner than the native grid kept at their centroid",
                   len(missing))
-    return native_probability, mask.astype(np.uint8)
+    return mask.astype(np.uint8)

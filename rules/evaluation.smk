@@ -1,0 +1,156 @@
+# Evaluation (../shared/specs/metrics.md) and the report: every method (each trained
+# model and the subtraction baseline) at every minimum blob size, on every test pair
+# with a ground truth. Helpers: rules/common.smk.
+
+PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
+
+
+rule subtraction_baseline:
+    input:
+        baseline=f"{PREPROC}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+        followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+        baseline_mask=f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        followup_mask=f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz",
+    output:
+        zmap="results/baseline/sub-{subject}/sub-{subject}_space-followup_desc-subtraction_zmap.nii.gz",
+        record="results/baseline/sub-{subject}/sub-{subject}_desc-subtraction.json",
+    log:
+        "results/logs/subtraction_baseline/sub-{subject}.log",
+    conda:
+        "../envs/evaluation.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        sigma_mm=EVALUATION["baseline"]["sigma_mm"],
+    script:
+        "../scripts/subtraction_baseline.py"
+
+
+rule evaluate_pair:
+    input:
+        score=change_score,
+        baseline=f"{PREPROC}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+        followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+        baseline_mask=f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        followup_mask=f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz",
+        native_followup=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
+        label=lambda wildcards: COHORT.loc[wildcards.subject, "label"] or [],
+    output:
+        **{
+            key: (
+                report(
+                    path,
+                    category="Evaluation",
+                    subcategory="Pairs",
+                    caption="../report/evaluation_overlay.rst",
+                    labels={
+                        "pair": "{subject}",
+                        "method": "{method}",
+                        "blob": "{minblob}",
+                    },
+                )
+                if key == "figure"
+                else path
+            )
+            for key, path in evaluation_paths(EVALUATION_DIR, "{subject}").items()
+        },
+    log:
+        "results/logs/evaluate_pair/model-{method}_minblob-{minblob}_sub-{subject}.log",
+    conda:
+        "../envs/evaluation.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    params:
+        threshold=lambda wildcards: method_threshold(wildcards.method),
+        sweep=lambda wildcards: method_sweep(wildcards.method),
+        metrics=EVALUATION["metrics"],
+        max_slices=EVALUATION["overlay_max_slices"],
+    script:
+        "../scripts/evaluate_pair.py"
+
+
+rule evaluation_tables:
+    input:
+        metrics=evaluation_files("metrics"),
+        sweeps=evaluation_files("sweep"),
+    output:
+        **{
+            f"{name}_{ext}": f"{REPORT_DIR}/tables/{name}.{ext}"
+            for name in REPORT_TABLES
+            for ext in ("tsv", "md")
+        },
+        **{
+            name: report(
+                f"{REPORT_DIR}/figures/{name}.png",
+                category="Evaluation",
+                caption=f"../report/{name}.rst",
+            )
+            for name in REPORT_FIGURES
+        },
+    log:
+        "results/logs/evaluation_tables/evaluation_tables.log",
+    localrule: True
+    conda:
+        "../envs/evaluation.yaml"
+    params:
+        methods=METHODS,
+        headline_blob=BLOB_SIZES[0],
+        descriptions=method_descriptions(),
+        table_dir=lambda wildcards, output: str(Path(output.summary_tsv).parent),
+    script:
+        "../scripts/evaluation_tables.py"
+
+
+rule evaluation_report:
+    input:
+        tables=expand(f"{REPORT_DIR}/tables/{{name}}.tsv", name=REPORT_TABLES),
+        boxplots=f"{REPORT_DIR}/figures/metric_boxplots.png",
+        threshold_curves=f"{REPORT_DIR}/figures/threshold_curves.png",
+        overlays=expand(
+            evaluation_paths(EVALUATION_DIR, "{subject}")["figure"],
+            subject=EVALUATED_SUBJECTS,
+            method=METHODS,
+            minblob=BLOB_SIZES[0],
+        ),
+        training_curves=training_curves(),
+        qc_table="results/qc/preprocessing_qc.tsv",
+        supermix_examples="results/synthesis/figures/supermix_examples.png",
+    output:
+        report(
+            f"{REPORT_DIR}/index.html",
+            category="Evaluation",
+            caption="../report/evaluation_report.rst",
+        ),
+    log:
+        "results/logs/evaluation_report/evaluation_report.log",
+    localrule: True
+    conda:
+        "../envs/evaluation.yaml"
+    params:
+        table_names=REPORT_TABLES,
+        # [pair, method, figure]: the overlays in the report's order.
+        overlays=[
+            [
+                subject,
+                method,
+                evaluation_paths(
+                    EVALUATION_DIR.format(
+                        method=method, minblob=BLOB_SIZES[0], subject=subject
+                    ),
+                    subject,
+                )["figure"],
+            ]
+            for subject in EVALUATED_SUBJECTS
+            for method in METHODS
+        ],
+        models=list(MODELS),
+        methods=METHODS,
+        baseline=BASELINE_NAME if EVALUATION["baseline"]["enabled"] else None,
+        headline_blob=BLOB_SIZES[0],
+        metrics=EVALUATION["metrics"],
+    script:
+        "../scripts/evaluation_report.py"

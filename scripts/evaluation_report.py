@@ -1,0 +1,26 @@
+"""Rule evaluation_report: thin adapter to mschange.evaluation.report."""
+
+from pathlib import Path
+
+from mschange.evaluation.report import ReportInputs, write_report
+from mschange.logs import logging_to
+
+with logging_to(snakemake.log[0], "evaluation_report"):
+    write_report(
+        ReportInputs(
+            tables={Path(p).stem: p for p in snakemake.input.tables},
+            boxplots=snakemake.input.boxplots,
+            threshold_curves=snakemake.input.threshold_curves,
+            overlays={(s, m): p for s, m, p in snakemake.params.overlays},
+            training_curves=dict(
+                zip(snakemake.params.models, snakemake.input.training_curves, strict=True)
+            ),
+            qc_table=snakemake.input.qc_table,
+            supermix_examples=snakemake.input.supermix_examples,
+        ),
+        snakemake.output[0],
+        methods=snakemake.params.methods,
+        baseline=snakemake.params.baseline,
+        headline_blob=snakemake.params.headline_blob,
+        metric_settings=snakemake.params.metrics,
+    )

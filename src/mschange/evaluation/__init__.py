@@ -1,0 +1,1 @@
+"""Scoring predicted lesion changes against ground truth, and the report."""
