@@ -114,7 +114,12 @@ TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0}
         "detector": {
             "architecture": {"channels": [8, 16], "modules_per_block": 1},
             "training": {"iterations": 2, "pairs_per_iteration": 2, "patch_size": [16, 16, 16]},
-            "inference": {"window": None, "min_blob_voxels": 3}}}
+            "inference": {"window": None, "min_blob_voxels": 3}},
+        # Two models (the main one and the plain U-Net), each scored at two blob sizes.
+        "experiments": {"compare": ["unet-ftl"], "min_blob_voxels": [3, 8]}}
+
+
+REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1}
 
 
 def jobs_after_change(workdir: Path, tmp_path: Path, section: str, key: str,
@@ -204,9 +209,14 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     assert jobs.pop("train_vae") == 2
     assert jobs.pop("supermix_subject") == 2
     assert jobs.pop("synthesis_figures") == 1
-    # ...and the detector trained on it, and the test pair's prediction.
-    assert jobs.pop("train_detector") == 1
-    assert jobs.pop("predict_pair") == 1
+    # ...and both detectors trained on it, the test pair's predictions, the baseline,
+    # every evaluation (3 methods x 2 blob sizes) and the report.
+    assert jobs.pop("train_detector") == 2
+    assert jobs.pop("predict_pair") == 2
+    assert jobs.pop("subtraction_baseline") == 1
+    assert jobs.pop("evaluate_pair") == 6
+    assert jobs.pop("evaluation_tables") == 1
+    assert jobs.pop("evaluation_report") == 1
     jobs.pop("all", None)
     assert jobs == {}, f"unexpected reruns: {jobs}"
 
@@ -263,8 +273,9 @@ def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
     workdir, _ = tiny_run
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "tau", 0.95, subkey="supermix")
     jobs.pop("all", None)
-    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1, "train_detector": 1,
-                    "predict_pair": 1}
+    # The baseline does not learn from synthesis: its scores stay.
+    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1, "train_detector": 2,
+                    "predict_pair": 2, "evaluate_pair": 4, **REPORT_JOBS}
 
 
 @pytest.mark.slow
@@ -273,7 +284,7 @@ def test_changing_the_vae_retrains_it_but_keeps_preprocessing(tiny_run, tmp_path
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "kl_weight", 0.01, subkey="vae")
     jobs.pop("all", None)
     assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1,
-                    "train_detector": 1, "predict_pair": 1}
+                    "train_detector": 2, "predict_pair": 2, "evaluate_pair": 4, **REPORT_JOBS}
 
 
 @pytest.mark.slow
@@ -311,7 +322,71 @@ def test_changing_the_detector_reruns_training_and_prediction_only(tiny_run, tmp
     jobs = jobs_after_change(workdir, tmp_path, "detector", "gamma_final", 0.75,
                              subkey="loss")
     jobs.pop("all", None)
-    assert jobs == {"train_detector": 1, "predict_pair": 1}
+    # The U-Net inherits gamma_final from `detector`: both models retrain and are
+    # re-evaluated; preprocessing, synthesis and the baseline stay.
+    assert jobs == {"train_detector": 2, "predict_pair": 2, "evaluate_pair": 4,
+                    **REPORT_JOBS}
+    jobs = jobs_after_change(workdir, tmp_path, "detector", "l2", 1e-4, subkey="loss")
+    jobs.pop("all", None)
+    # The U-Net sets its own L2 (none): only the main model retrains.
+    assert jobs == {"train_detector": 1, "predict_pair": 1, "evaluate_pair": 2,
+                    **REPORT_JOBS}
     jobs = jobs_after_change(workdir, tmp_path, "detector", "kappa", 0.2, subkey="inference")
     jobs.pop("all", None)
-    assert jobs == {"predict_pair": 1}
+    assert jobs == {"predict_pair": 2, "evaluate_pair": 4, **REPORT_JOBS}
+
+
+@pytest.mark.slow
+def test_tiny_run_scores_every_method_and_writes_the_report(tiny_run):
+    workdir, _ = tiny_run
+    results = workdir / "results"
+    per_pair = pd.read_csv(results / "report" / "tables" / "per_pair.tsv", sep="\t")
+    # demo02 (the test pair), 3 methods x 2 blob sizes.
+    assert sorted(set(per_pair["method"])) == ["siamese-inc-ag-ms-ds", "subtraction",
+                                               "unet-ftl"]
+    assert sorted(set(per_pair["min_blob_voxels"])) == [3, 8]
+    assert set(per_pair["subject"]) == {"demo02"} and len(per_pair) == 6
+    # The demo's truth: its change mask, with lesions in it.
+    truth = nib.load(results / "demo" / "sub-demo02" /
+                     "sub-demo02_tp-followup_desc-change_mask.nii.gz")
+    assert (per_pair["truth_lesions"] > 0).all()
+    evaluated = nib.load(results / "evaluation" / "model-subtraction_minblob-3" /
+                         "sub-demo02" / "sub-demo02_space-native_desc-evaluated_mask.nii.gz")
+    assert evaluated.shape == truth.shape
+    for column in ("msseg_dice", "to_ltpr", "krueger_sensitivity"):
+        assert per_pair[column].between(0, 1).all(), per_pair[column]
+    # The baseline finds something with a bigger blob size no more often than a smaller one.
+    baseline = per_pair[per_pair["method"] == "subtraction"].set_index("min_blob_voxels")
+    assert baseline.loc[8, "predicted_lesions"] <= baseline.loc[3, "predicted_lesions"]
+    for name in ("summary", "table1", "directions", "per_pair", "wilcoxon",
+                 "threshold_sweep"):
+        assert (results / "report" / "tables" / f"{name}.md").read_text().startswith("|")
+    html = (results / "report" / "index.html").read_text()
+    assert "Table 1 analogue" in html and "demo02" in html
+    # 2 figures + 3 overlays (one per method) + 2 training curves + SuperMix examples.
+    assert html.count("data:image/png;base64,") == 8
+
+
+@pytest.mark.slow
+def test_tiny_report_loads_every_image_in_chromium(tiny_run):
+    from mschange.evaluation.html import check_images_in_browser, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")
+    workdir, _ = tiny_run
+    loaded, total = check_images_in_browser(workdir / "results" / "report" / "index.html")
+    assert total == 8 and loaded == total
+
+
+@pytest.mark.slow
+def test_snakemake_report_has_the_evaluation_figures(tiny_run, tmp_path):
+    import zipfile
+
+    workdir, config = tiny_run
+    archive = tmp_path / "report.zip"
+    result = snakemake(workdir, "--report", str(archive), configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = zipfile.ZipFile(archive).namelist()
+    for figure in ("metric_boxplots.png", "threshold_curves.png",
+                   "sub-demo02_desc-evaluation_overlay.png", "index.html"):
+        assert any(name.endswith(figure) for name in names), (figure, names[:20])

@@ -172,17 +172,51 @@ def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
     return native_probability, changes_to_grid(labels, affine, native_shape, native_affine)
 
 
+class NearestGrid:
+    """Nearest-neighbour sampling from one grid at the voxel centres of another.
+
+    The index of the source voxel behind every target voxel is worked out once, so a
+    label map can be carried over many times (a threshold sweep) for the cost of an
+    indexing operation.
+    """
+
+    def __init__(self, source_shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]],
+                 target_shape: tuple[int, int, int],
+                 target_affine: npt.NDArray[np.floating[Any]]) -> None:
+        self.source_shape = tuple(int(n) for n in source_shape[:3])
+        self.target_shape = target_shape
+        self.affine = np.asarray(affine, dtype=np.float64)
+        self.target_affine = np.asarray(target_affine, dtype=np.float64)
+        mapping = np.linalg.solve(self.affine, self.target_affine)
+        index = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
+        source = mapping[:3, :3].astype(np.float32) @ index + mapping[:3, 3:4].astype(
+            np.float32)
+        # Round half up, as scipy's order-0 interpolation does.
+        voxel = np.floor(source + 0.5).astype(np.int64)
+        inside = np.all((voxel >= 0) & (voxel < np.array(self.source_shape)[:, None]), axis=0)
+        self.flat = np.full(voxel.shape[1], -1, dtype=np.int64)
+        self.flat[inside] = np.ravel_multi_index(tuple(voxel[:, inside]), self.source_shape)
+
+    def sample(self, data: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        values = np.asarray(data).ravel()[np.maximum(self.flat, 0)]
+        values[self.flat < 0] = 0
+        return values.reshape(self.target_shape)
+
+
 def changes_to_grid(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
                     native_shape: tuple[int, int, int],
-                    native_affine: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.uint8]:
+                    native_affine: npt.NDArray[np.floating[Any]],
+                    grid: NearestGrid | None = None) -> npt.NDArray[np.uint8]:
     """Binary mask of the changes in ``labels`` (ids 1..n) on another grid.
 
-    The label map is sampled at the native voxel centres (nearest neighbour); a change
-    too thin to cover any native voxel centre (e.g. between two 3 mm slices) still marks
-    the native voxel that holds its centroid, so that no detection disappears.
+    The label map is sampled at the native voxel centres (nearest neighbour; ``grid``
+    caches that mapping); a change too thin to cover any native voxel centre (e.g.
+    between two 3 mm slices) still marks the native voxel that holds its centroid, so
+    that no detection disappears.
     """
-    native_labels = resample_to_grid(labels.astype(np.float32), affine, native_shape,
-                                     native_affine, order=0, antialias=False)
+    if grid is None:
+        grid = NearestGrid(labels.shape, affine, native_shape, native_affine)
+    native_labels = grid.sample(labels)
     mask = native_labels > 0
     present = set(np.unique(native_labels[mask]).astype(int))
     count = int(labels.max()) if labels.size else 0

@@ -80,7 +80,7 @@ class MetricSettings:
     """The parameters of the three families; the defaults are the published ones."""
 
     # MSSEG-2 (animaSegPerfAnalyzer)
-    msseg_connectivity: int = 6          # 6 or 26
+    msseg_connectivity: int = 6          # the tool's; 26 (or 18) also accepted
     msseg_min_volume_mm3: float = 3.0    # components of <= this volume are dropped
     msseg_alpha: float = 0.10            # a lesion must be covered by more than this share
     msseg_beta: float = 0.70             # a walked component may lie this much outside
@@ -244,12 +244,13 @@ def _msseg_detected(table: Table, alpha: float, beta: float, gamma: float) -> in
         return 0
     column_sizes = table[:, 1:].sum(axis=0)
     too_far = table[0, 1:] / column_sizes > beta  # share outside every row lesion
+    coverage = table[1:, 1:].sum(axis=1)
+    # Alpha first, for all rows at once: most predicted blobs of a noisy map touch nothing.
+    candidates = np.flatnonzero(coverage / (coverage + table[1:, 0]) > alpha) + 1
     detected = 0
-    for row in table[1:]:
-        overlaps = row[1:]
-        covered = int(overlaps.sum())
-        if not covered / (covered + int(row[0])) > alpha:
-            continue
+    for index in candidates:
+        overlaps = table[index, 1:]
+        covered = int(coverage[index - 1])
         touching = np.flatnonzero(overlaps)
         # Columns are numbered by decreasing size, so a stable sort walks ties larger first.
         walk = touching[np.argsort(-overlaps[touching], kind="stable")]

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mschange.detection.inference import changes_to_grid, find_changes
+from mschange.detection.inference import NearestGrid, changes_to_grid, find_changes
 from mschange.evaluation.figures import (
     plot_change_overlay,
     plot_metric_boxplots,
@@ -69,6 +69,8 @@ class PairScorer:
         self.label_affine = np.asarray(label_affine, dtype=np.float64)
         self.voxel_volume = float(np.prod(voxel_sizes(self.label_affine)))
         self.min_blob_voxels = min_blob_voxels
+        native_shape = (int(truth.shape[0]), int(truth.shape[1]), int(truth.shape[2]))
+        self.grid = NearestGrid(self.score.shape, self.affine, native_shape, self.label_affine)
         self.settings = settings
         # Follow-up minus baseline on the label grid: the direction of every component.
         self.difference = np.asarray(difference, dtype=np.float32)
@@ -77,9 +79,8 @@ class PairScorer:
 
     def prediction(self, threshold: float) -> npt.NDArray[np.bool_]:
         changes = find_changes(self.score, threshold, self.min_blob_voxels)
-        native_shape = (int(self.truth.shape[0]), int(self.truth.shape[1]),
-                        int(self.truth.shape[2]))
-        return changes_to_grid(changes, self.affine, native_shape, self.label_affine) > 0
+        return changes_to_grid(changes, self.affine, self.grid.target_shape,
+                               self.label_affine, grid=self.grid) > 0
 
     def rows(self, prediction: npt.NDArray[np.bool_]) -> list[dict[str, float]]:
         """One row of metrics per direction for a prediction on the label grid."""

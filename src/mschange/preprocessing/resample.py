@@ -45,6 +45,8 @@ def resample_to_grid(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any
     in-plane detail do not alias into the coarser grid.
     """
     source = np.asarray(data, dtype=np.float32)
+    if source.shape == tuple(target_shape) and np.allclose(affine, target_affine, atol=1e-6):
+        return source.copy()  # the same grid: nothing to interpolate
     old_spacing = voxel_sizes(affine)
     new_spacing = voxel_sizes(target_affine)
     if antialias and order > 0:
