@@ -31,6 +31,8 @@ demo: install
 	@echo "  synthesis figures    results/synthesis/figures/"
 	@echo "  change detector      results/detector/model-*/ (model.pt, training log and curve)"
 	@echo "  predicted changes    results/predict/model-*/sub-*/ (maps on both grids, lesion table)"
+	@echo "  evaluation           results/evaluation/ (per pair, method and blob size)"
+	@echo "  report               results/report/index.html (tables also in results/report/tables/)"
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks
@@ -49,6 +51,7 @@ bench: install
 	$(BIN)/python benchmarks/preprocess_pair.py --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/synthesis.py --subject demo01 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/detector.py --subject demo04 --repeats 3 --threads $(CORES)
+	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
 
 clean:
 	rm -rf results .snakemake

@@ -83,6 +83,11 @@ def summary_text(summary: pd.DataFrame, *, methods: Sequence[str], baseline: str
     return "\n\n".join(lines)
 
 
+def _without_empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop metrics no pair has (e.g. false positives of no-change pairs when all changed)."""
+    return frame[[c for c in frame.columns if not (frame[c] == "–").all()]]
+
+
 def _pct(value: float) -> str:
     return "–" if np.isnan(value) else f"{100 * value:.0f}%"
 
@@ -103,7 +108,7 @@ def build_report(inputs: ReportInputs, *, methods: Sequence[str], baseline: str 
     with_change = int((truth_counts > 0).sum())
 
     summary = tables["summary"]
-    family_tables = [Table(readable_summary(summary, metrics),
+    family_tables = [Table(_without_empty_columns(readable_summary(summary, metrics)),
                            f"{family}: mean ± sd over pairs (n: pairs that have the value)")
                      for family, metrics in FAMILIES.items()]
 
