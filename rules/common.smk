@@ -345,6 +345,8 @@ def method_descriptions():
     descriptions = {name: model_description(model) for name, model in MODELS.items()}
     if EVALUATION["baseline"]["enabled"]:
         descriptions[BASELINE_NAME] = baseline_description(
-            EVALUATION["baseline"]["k"], EVALUATION["baseline"]["sigma_mm"]
+            EVALUATION["baseline"]["k"],
+            EVALUATION["baseline"]["sigma_mm"],
+            EVALUATION["baseline"]["erode_mm"],
         )
     return descriptions

@@ -24,6 +24,7 @@ rule subtraction_baseline:
         runtime=10,
     params:
         sigma_mm=EVALUATION["baseline"]["sigma_mm"],
+        erode_mm=EVALUATION["baseline"]["erode_mm"],
     script:
         "../scripts/subtraction_baseline.py"
 

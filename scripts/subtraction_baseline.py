@@ -12,4 +12,5 @@ with logging_to(snakemake.log[0], "subtraction_baseline"):
         snakemake.output.record,
         subject=snakemake.wildcards.subject,
         sigma_mm=snakemake.params.sigma_mm,
+        erode_mm=snakemake.params.erode_mm,
     )

@@ -56,6 +56,20 @@ def test_subtraction_zmap_is_standardised_inside_the_brain_and_signed():
     assert np.abs(zmap[quiet]).max() < 1.0
 
 
+def test_subtraction_zmap_leaves_out_the_brain_edge():
+    brain = _ball((12, 12, 12), 10)
+    baseline = np.where(brain, 0.5, 0.0)
+    followup = baseline.copy()
+    followup[_ball((12, 12, 12), 2)] += 0.5     # deep inside: kept
+    followup[_ball((12, 12, 21), 1)] += 0.5     # 1-2 voxels from the edge: left out
+    zmap = subtraction_zmap(baseline, followup, brain, (1.0, 1.0, 1.0), sigma_mm=0.0,
+                            erode_mm=3.0)
+    assert zmap[12, 12, 12] > 3.0
+    assert zmap[12, 12, 21] == 0.0
+    # Unchanged tissue 7 mm deep keeps its (small, negative) z; 2 mm deep it is zeroed.
+    assert zmap[12, 12, 15] != 0.0 and zmap[12, 12, 20] == 0.0
+
+
 # ----------------------------------------------------------------- one pair's evaluation
 
 

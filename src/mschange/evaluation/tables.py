@@ -174,6 +174,8 @@ def model_description(detector: Mapping[str, Any]) -> dict[str, str]:
             "L2": f"{loss['l2']:g}" if loss["l2"] else "–"}
 
 
-def baseline_description(k: float, sigma_mm: float) -> dict[str, str]:
-    return {"model": f"subtraction (σ {sigma_mm:g} mm, |z| > {k:g})", "loss": "–", "γ": "–",
-            "L2": "–"}
+def baseline_description(k: float, sigma_mm: float, erode_mm: float = 0.0
+                         ) -> dict[str, str]:
+    edge = f", edge {erode_mm:g} mm out" if erode_mm else ""
+    return {"model": f"subtraction (σ {sigma_mm:g} mm, |z| > {k:g}{edge})", "loss": "–",
+            "γ": "–", "L2": "–"}
