@@ -264,6 +264,7 @@ def test_report_opens_with_the_summary_and_embeds_every_figure(table_inputs, tmp
     # model-a's mean LTPR (1 + 0.5 + 0.5) / 3 = 67%; the baseline's 33%.
     assert "found 67% of the true change lesions" in report.summary
     assert "subtraction baseline, on the same preprocessing, found 33%" in report.summary
+    assert "the difference is what learning adds" in report.summary  # F1 0.5 > 0.2
     html_path = tmp_path / "index.html"
     write_report(inputs, html_path, methods=["model-a", "subtraction"],
                  baseline="subtraction", headline_blob=20,
@@ -312,3 +313,17 @@ def test_experiment_grid_errors_name_the_model():
     config["detector"]["name"] = "subtraction"
     with pytest.raises(ConfigError, match="is the subtraction baseline's"):
         validate_config(config)
+
+
+def test_summary_says_when_the_baseline_wins():
+    from mschange.evaluation.report import summary_text
+
+    summary = pd.DataFrame([
+        {"method": "model-a", "min_blob_voxels": 20, "msseg_f1_mean": 0.1, "to_ltpr_mean": 0.5,
+         "to_ppv_mean": 0.2, "msseg_dice_mean": 0.3},
+        {"method": "subtraction", "min_blob_voxels": 20, "msseg_f1_mean": 0.4,
+         "to_ltpr_mean": 0.9, "to_ppv_mean": 0.3, "msseg_dice_mean": 0.5}])
+    text = summary_text(summary, methods=["model-a", "subtraction"], baseline="subtraction",
+                        headline_blob=20, pairs_with_change=1, pairs_without=1)
+    assert "on these pairs the learned model does not beat it" in text
+    assert "2 test pair(s)" in text and "1 with lesion changes, 1 without" in text

@@ -68,11 +68,14 @@ def summary_text(summary: pd.DataFrame, *, methods: Sequence[str], baseline: str
             f"{_num(_value(row, 'msseg_f1'))}.")
         if baseline and baseline in rows.index:
             base = rows.loc[baseline]
+            learned_f1, base_f1 = _value(row, "msseg_f1"), _value(base, "msseg_f1")
+            verdict = ("the difference is what learning adds" if not base_f1 >= learned_f1
+                       else "on these pairs the learned model does not beat it")
             lines.append(
                 f"The classical subtraction baseline, on the same preprocessing, found "
                 f"{_pct(_value(base, 'to_ltpr'))} with PPV {_pct(_value(base, 'to_ppv'))}, "
                 f"Dice {_num(_value(base, 'msseg_dice'))} and lesion F1 "
-                f"{_num(_value(base, 'msseg_f1'))}: the difference is what learning adds.")
+                f"{_num(base_f1)}: {verdict}.")
     lines.append(
         "How to read: sensitivity/LTPR is the share of true change lesions found; PPV the "
         "share of detections that are true changes (LFPR = 1 - PPV); Dice the voxel overlap. "
