@@ -213,9 +213,15 @@ def plot_metric_boxplots(per_pair: pd.DataFrame, metrics: list[tuple[str, str]],
         raise ValueError("no metric to plot")
     names, keys = _groups(per_pair, method)
     jitter = np.random.default_rng(0)  # fixed: the same table gives the same picture
-    figure, axes = plt.subplots(1, len(metrics), squeeze=False, dpi=90, layout="constrained",
-                                figsize=(max(2.8, 0.9 * len(names) + 1.4) * len(metrics), 3.8))
-    for axis, (column, label) in zip(axes[0], metrics, strict=True):
+    # At most three panels a row, so that the figure reads on a page.
+    columns = min(3, len(metrics))
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, squeeze=False, dpi=90, layout="constrained",
+                                figsize=(max(2.8, 0.9 * len(names) + 1.4) * columns,
+                                         3.8 * rows))
+    for axis in axes.ravel()[len(metrics):]:
+        axis.set_visible(False)
+    for axis, (column, label) in zip(axes.ravel(), metrics, strict=False):
         axis.set_title(label, fontsize=10)
         values = (pd.to_numeric(per_pair[column], errors="coerce") if column in per_pair
                   else pd.Series(np.nan, index=per_pair.index, dtype=float))
