@@ -52,6 +52,7 @@ bench: install
 	$(BIN)/python benchmarks/synthesis.py --subject demo01 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/detector.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
+	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
 
 clean:
 	rm -rf results .snakemake

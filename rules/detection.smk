@@ -2,11 +2,26 @@
 # no-change pairs, then run on every test pair. Helpers: rules/common.smk.
 
 
-rule train_detector:
+rule list_supermix_samples:
     input:
         synthesised=lambda wildcards: supermix_files("synthesised_FLAIR"),
         reference=lambda wildcards: supermix_files("reference_FLAIR"),
         label=lambda wildcards: supermix_files("change_mask"),
+    output:
+        "results/supermix/samples.tsv",
+    log:
+        "results/logs/list_supermix_samples/list_supermix_samples.log",
+    localrule: True
+    conda:
+        "../envs/detection.yaml"
+    script:
+        "../scripts/write_file_table.py"
+
+
+rule train_detector:
+    input:
+        # One table of every SuperMix sample (see train_vae).
+        samples="results/supermix/samples.tsv",
     output:
         model=f"{DETECTOR_DIR}/model.pt",
         log=report(
@@ -28,7 +43,7 @@ rule train_detector:
     threads: 8
     resources:
         # Every sample's brain box is held in memory (float16, about 25 MB per sample).
-        mem_mb=lambda wildcards, input: 6000 + 30 * len(input.synthesised),
+        mem_mb=6000 + 30 * len(NOCHANGE_SUBJECTS) * len(SAMPLES),
         runtime=1440,
         gpu=gpu_count(),
     params:

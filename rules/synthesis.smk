@@ -32,10 +32,26 @@ rule simulate_rescan:
         "../scripts/simulate_rescan.py"
 
 
-rule train_vae:
+rule list_training_scans:
     input:
         images=lambda wildcards: nochange_scans(),
         masks=lambda wildcards: nochange_masks(),
+    output:
+        "results/vae/training_scans.tsv",
+    log:
+        "results/logs/list_training_scans/list_training_scans.log",
+    localrule: True
+    conda:
+        "../envs/synthesis.yaml"
+    script:
+        "../scripts/write_file_table.py"
+
+
+rule train_vae:
+    input:
+        # One table of the no-change scans: thousands of inputs listed here would make
+        # the job graph of a large cohort slow to build (README, "Scale").
+        scans="results/vae/training_scans.tsv",
     output:
         model="results/vae/encoder-{encoder}/vae.pt",
         loss=report(
@@ -57,7 +73,7 @@ rule train_vae:
     threads: 8
     resources:
         # Every training scan is held in memory (about 75 MB per 1 mm scan with its mask).
-        mem_mb=lambda wildcards, input: 4000 + 80 * len(input.images),
+        mem_mb=4000 + 160 * len(NOCHANGE_SUBJECTS),
         runtime=1440,
         gpu=gpu_count(),
     params:

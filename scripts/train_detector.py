@@ -2,17 +2,16 @@
 
 from mschange.detection.steps import train_detector_step, training_settings
 from mschange.detection.training import TrainingSample
+from mschange.io import read_file_table
 from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "train_detector"):
+    samples = read_file_table(snakemake.input.samples)
     train_detector_step(
         [
             TrainingSample(reference=r, synthesised=s, label=y)
             for r, s, y in zip(
-                snakemake.input.reference,
-                snakemake.input.synthesised,
-                snakemake.input.label,
-                strict=True,
+                samples["reference"], samples["synthesised"], samples["label"], strict=True
             )
         ],
         model=snakemake.output.model,

@@ -240,3 +240,13 @@ def test_bids_ambiguous_session_is_an_error(tmp_path):
                     np.ones((5, 5, 5)))
     with pytest.raises(CohortError, match=r"subject .03.*2 FLAIR images"):
         cohort_from_bids(tmp_path)
+
+
+def test_file_table_round_trip_and_length_check(tmp_path):
+    from mschange.io import read_file_table, write_file_table
+
+    path = write_file_table({"images": ["a.nii.gz", "b.nii.gz"], "masks": ["am", "bm"]},
+                            tmp_path / "table.tsv")
+    assert read_file_table(path) == {"images": ["a.nii.gz", "b.nii.gz"], "masks": ["am", "bm"]}
+    with pytest.raises(ValueError, match="different lengths"):
+        write_file_table({"images": ["a"], "masks": []}, tmp_path / "bad.tsv")

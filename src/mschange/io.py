@@ -180,3 +180,32 @@ def brain_intersection(*masks: str | os.PathLike[str]) -> npt.NDArray[np.bool_]:
 def voxel_sizes(affine: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
     """Voxel edge lengths in mm from an affine."""
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def write_file_table(columns: dict[str, list[str]], path: str | os.PathLike[str]) -> Path:
+    """A TSV of file paths, one column per kind (equal lengths), written atomically.
+
+    A training rule reads its thousands of inputs from one such table instead of
+    listing them itself: Snakemake checks a job's input list for every job that needs
+    its output, so a short list keeps the job graph of a large cohort fast to build.
+    """
+    lengths = {len(files) for files in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"file lists of different lengths: "
+                         f"{ {k: len(v) for k, v in columns.items()} }")
+    lines = ["\t".join(columns), *("\t".join(row) for row in zip(*columns.values(),
+                                                                 strict=True))]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def read_file_table(path: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """The columns of a table written by :func:`write_file_table`."""
+    header, *rows = Path(path).read_text().splitlines()
+    names = header.split("\t")
+    columns: dict[str, list[str]] = {name: [] for name in names}
+    for row in rows:
+        for name, value in zip(names, row.split("\t"), strict=True):
+            columns[name].append(value)
+    return columns
