@@ -65,7 +65,6 @@ class PairScorer:
                  settings: MetricSettings) -> None:
         self.score = np.abs(np.asarray(score, dtype=np.float32))
         self.affine = np.asarray(affine, dtype=np.float64)
-        self.truth = truth
         self.label_affine = np.asarray(label_affine, dtype=np.float64)
         self.voxel_volume = float(np.prod(voxel_sizes(self.label_affine)))
         self.min_blob_voxels = min_blob_voxels
@@ -122,13 +121,15 @@ def evaluate_pair_step(score: PathLike, baseline: PathLike, followup: PathLike,
                         min_blob_voxels=min_blob_voxels, settings=settings)
     common = {"subject": subject, "method": method, "min_blob_voxels": min_blob_voxels}
 
-    prediction = scorer.prediction(threshold)
-    metrics = pd.DataFrame([{**common, "threshold": threshold, **row}
-                            for row in scorer.rows(prediction)])[ID_COLUMNS + METRIC_COLUMNS]
-    sweep = pd.DataFrame([{**common, "threshold": t, **row}
-                          for t in sorted(set(sweep_thresholds) | {threshold})
-                          for row in scorer.rows(scorer.prediction(t))]
-                         )[ID_COLUMNS + METRIC_COLUMNS]
+    # The sweep includes the operating threshold: its rows are the pair's metrics.
+    rows = []
+    for t in sorted(set(sweep_thresholds) | {threshold}):
+        mask = scorer.prediction(t)
+        if t == threshold:
+            prediction = mask
+        rows += [{**common, "threshold": t, **row} for row in scorer.rows(mask)]
+    sweep = pd.DataFrame(rows)[ID_COLUMNS + METRIC_COLUMNS]
+    metrics = sweep.loc[sweep["threshold"] == threshold].reset_index(drop=True)
 
     save_nifti(prediction.astype(np.uint8), label_affine, outputs["mask"], dtype=np.uint8)
     for key, table in (("metrics", metrics), ("sweep", sweep)):
