@@ -340,7 +340,7 @@ def evaluation_targets():
 
 def method_descriptions():
     """The Table 1 columns (model, loss, gamma, L2) of every method."""
-    from mschange.evaluation.tables import baseline_description, model_description
+    from mschange.evaluation.methods import baseline_description, model_description
 
     descriptions = {name: model_description(model) for name, model in MODELS.items()}
     if EVALUATION["baseline"]["enabled"]:

@@ -14,11 +14,11 @@ import yaml
 
 from mschange.config import ConfigError, model_configs, validate_config
 from mschange.evaluation.baseline import subtraction_zmap
+from mschange.evaluation.methods import model_description
 from mschange.evaluation.metrics import METRIC_COLUMNS, MetricSettings
 from mschange.evaluation.outputs import evaluation_paths
 from mschange.evaluation.report import ReportInputs, build_report, write_report
 from mschange.evaluation.steps import evaluate_pair_step, tables_step
-from mschange.evaluation.tables import model_description
 
 from .conftest import REPO
 
