@@ -326,6 +326,37 @@ def evaluation_files(key):
     )
 
 
+def evaluation_outputs():
+    """Outputs of one method's evaluation of one pair at one blob size."""
+    outputs = evaluation_paths(EVALUATION_DIR, "{subject}")
+    outputs["figure"] = report(
+        outputs["figure"],
+        category="Evaluation",
+        subcategory="Pairs",
+        caption="../report/evaluation_overlay.rst",
+        labels={"pair": "{subject}", "method": "{method}", "blob": "{minblob}"},
+    )
+    return outputs
+
+
+def headline_overlays():
+    """[pair, method, figure] at the headline blob size, in the report's order."""
+    return [
+        [
+            subject,
+            method,
+            evaluation_paths(
+                EVALUATION_DIR.format(
+                    method=method, minblob=BLOB_SIZES[0], subject=subject
+                ),
+                subject,
+            )["figure"],
+        ]
+        for subject in EVALUATED_SUBJECTS
+        for method in METHODS
+    ]
+
+
 def training_curves():
     """Every model's training curve, in the order of MODELS."""
     return expand(f"{DETECTOR_DIR}/training_curve.png", model=MODELS)

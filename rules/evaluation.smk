@@ -39,24 +39,7 @@ rule evaluate_pair:
         native_followup=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
         label=lambda wildcards: COHORT.loc[wildcards.subject, "label"] or [],
     output:
-        **{
-            key: (
-                report(
-                    path,
-                    category="Evaluation",
-                    subcategory="Pairs",
-                    caption="../report/evaluation_overlay.rst",
-                    labels={
-                        "pair": "{subject}",
-                        "method": "{method}",
-                        "blob": "{minblob}",
-                    },
-                )
-                if key == "figure"
-                else path
-            )
-            for key, path in evaluation_paths(EVALUATION_DIR, "{subject}").items()
-        },
+        **evaluation_outputs(),
     log:
         "results/logs/evaluate_pair/model-{method}_minblob-{minblob}_sub-{subject}.log",
     conda:
@@ -111,12 +94,7 @@ rule evaluation_report:
         tables=expand(f"{REPORT_DIR}/tables/{{name}}.tsv", name=REPORT_TABLES),
         boxplots=f"{REPORT_DIR}/figures/metric_boxplots.png",
         threshold_curves=f"{REPORT_DIR}/figures/threshold_curves.png",
-        overlays=expand(
-            evaluation_paths(EVALUATION_DIR, "{subject}")["figure"],
-            subject=EVALUATED_SUBJECTS,
-            method=METHODS,
-            minblob=BLOB_SIZES[0],
-        ),
+        overlays=[figure for _, _, figure in headline_overlays()],
         training_curves=training_curves(),
         qc_table="results/qc/preprocessing_qc.tsv",
         supermix_examples="results/synthesis/figures/supermix_examples.png",
@@ -132,22 +110,7 @@ rule evaluation_report:
     conda:
         "../envs/evaluation.yaml"
     params:
-        table_names=REPORT_TABLES,
-        # [pair, method, figure]: the overlays in the report's order.
-        overlays=[
-            [
-                subject,
-                method,
-                evaluation_paths(
-                    EVALUATION_DIR.format(
-                        method=method, minblob=BLOB_SIZES[0], subject=subject
-                    ),
-                    subject,
-                )["figure"],
-            ]
-            for subject in EVALUATED_SUBJECTS
-            for method in METHODS
-        ],
+        overlays=headline_overlays(),
         models=list(MODELS),
         methods=METHODS,
         baseline=BASELINE_NAME if EVALUATION["baseline"]["enabled"] else None,

@@ -17,6 +17,11 @@ PREDICTION_SUFFIXES = {
 }
 
 
+def suffixed_paths(folder: str, subject: str, suffixes: dict[str, str]) -> dict[str, str]:
+    """Output key -> ``<folder>/sub-<subject><suffix>`` for every suffix."""
+    return {key: f"{folder}/sub-{subject}{suffix}" for key, suffix in suffixes.items()}
+
+
 def prediction_paths(folder: str, subject: str) -> dict[str, str]:
     """Every output of one pair's prediction, in ``folder``."""
-    return {key: f"{folder}/sub-{subject}{suffix}" for key, suffix in PREDICTION_SUFFIXES.items()}
+    return suffixed_paths(folder, subject, PREDICTION_SUFFIXES)

@@ -5,6 +5,8 @@ Kept free of heavy imports: the workflow reads it while building the job graph.
 
 from __future__ import annotations
 
+from mschange.detection.outputs import suffixed_paths
+
 # Evaluation output key -> file name after ``sub-<id>``.
 EVALUATION_SUFFIXES = {
     "metrics": "_desc-evaluation_metrics.tsv",
@@ -21,4 +23,4 @@ REPORT_FIGURES = ["metric_boxplots", "threshold_curves"]
 
 def evaluation_paths(folder: str, subject: str) -> dict[str, str]:
     """Every output of one pair's evaluation, in ``folder``."""
-    return {key: f"{folder}/sub-{subject}{suffix}" for key, suffix in EVALUATION_SUFFIXES.items()}
+    return suffixed_paths(folder, subject, EVALUATION_SUFFIXES)

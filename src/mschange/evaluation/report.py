@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,6 @@ class ReportInputs:
     training_curves: Mapping[str, PathLike]           # model -> PNG
     qc_table: PathLike | None = None
     supermix_examples: PathLike | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _read(path: PathLike) -> pd.DataFrame:
