@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from mschange import demo as mschange_demo
 from mschange.cohort import (
     CohortError,
+    check_cohort_files_exist,
     check_cohort_images,
     cohort_from_bids,
     read_cohort_sheet,
@@ -23,6 +24,9 @@ config.clear()
 config.update(_validated)
 
 SUBJECT_PATTERN = r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
+# Check each subject's images in its own job (rules/status.smk) rather than all before
+# the run, so that one broken image fails only its subject under --keep-going.
+PER_SUBJECT_CHECKS = config["cohort"]["check_inputs"] == "per_subject"
 TIMEPOINTS = ["baseline", "followup"]
 DEMO_DIR = "results/demo"
 
@@ -84,11 +88,14 @@ def load_cohort():
                 split=cohort_config["bids_split"],
                 change=cohort_config["bids_change"],
             )
-        check_cohort_images(
-            cohort,
-            check_voxels=cohort_config["check_voxels"],
-            cache_file="results/cache/input_checks.json",
-        )
+        if PER_SUBJECT_CHECKS:
+            check_cohort_files_exist(cohort)
+        else:
+            check_cohort_images(
+                cohort,
+                check_voxels=cohort_config["check_voxels"],
+                cache_file="results/cache/input_checks.json",
+            )
     except CohortError as error:
         raise WorkflowError(str(error)) from None
     if cohort_config["include_demo"]:
@@ -128,6 +135,25 @@ def raw_scan(wildcards):
             subject=wildcards.subject
         )
     return COHORT.loc[wildcards.subject, wildcards.tp]
+
+
+def cohort_images(wildcards):
+    """A subject's own images (baseline, follow-up, label; those it has), as given."""
+    row = COHORT.loc[wildcards.subject]
+    return {
+        column: row[column]
+        for column in ("baseline", "followup", "label")
+        if row[column]
+    }
+
+
+def inputs_checked(wildcards):
+    """The record of a subject's input check, when each subject is checked by a job."""
+    if not PER_SUBJECT_CHECKS:
+        return []
+    return "results/inputs/sub-{subject}/sub-{subject}_desc-checked_inputs.json".format(
+        subject=wildcards.subject
+    )
 
 
 def gpu_count():
@@ -381,3 +407,108 @@ def method_descriptions():
             EVALUATION["baseline"]["erode_mm"],
         )
     return descriptions
+
+
+# ----------------------------------------------------------------------------- status
+
+STATUS_TABLE = "results/status/cohort_status.tsv"
+
+
+def rule_plan(name, role="all"):
+    """A rule's output and log templates, for mschange.status."""
+    proxy = getattr(rules, name)
+    return {
+        "rule": name,
+        "outputs": [str(path) for path in proxy.output],
+        "log": str(proxy.log[0]),
+        "role": role,
+    }
+
+
+def status_plan():
+    """What each pair goes through, stage by stage (mschange.status reads it)."""
+    plan = []
+    if PER_SUBJECT_CHECKS:
+        plan.append({"stage": "inputs checked", "rules": [rule_plan("check_inputs")]})
+    preprocessing = [
+        "resample_isotropic",
+        "skullstrip_hdbet",
+        "register_baseline_to_followup",
+        "correct_bias_n4",
+        "normalize_intensity",
+    ]
+    plan.append(
+        {
+            "stage": "preprocessed",
+            "rules": [rule_plan("simulate_rescan", "single")]
+            + [rule_plan(name) for name in preprocessing],
+        }
+    )
+    plan.append({"stage": "quality control", "rules": [rule_plan("qc_pair")]})
+    if synthesis_targets():
+        plan.append(
+            {
+                "stage": "synthesised",
+                "rules": [rule_plan("supermix_subject", "nochange")],
+            }
+        )
+    if detector_targets():
+        plan.append(
+            {"stage": "predicted", "rules": [rule_plan("predict_pair", "test")]}
+        )
+    if evaluation_targets():
+        evaluation = [rule_plan("evaluate_pair", "evaluated")]
+        if BASELINE_NAME in METHODS:
+            evaluation.insert(0, rule_plan("subtraction_baseline", "evaluated"))
+        plan.append({"stage": "evaluated", "rules": evaluation})
+    return plan
+
+
+def status_pairs():
+    """Each pair's subject, split, change and roles (which stages apply to it)."""
+    pairs = []
+    for row in COHORT.itertuples(index=False):
+        roles = [
+            role
+            for role, members in [
+                ("single", SINGLE_SUBJECTS),
+                ("nochange", NOCHANGE_SUBJECTS),
+                ("test", TEST_SUBJECTS),
+                ("evaluated", EVALUATED_SUBJECTS),
+            ]
+            if row.subject in members
+        ]
+        pairs.append(
+            {
+                "subject": row.subject,
+                "split": row.split,
+                "change": row.change,
+                "roles": roles,
+            }
+        )
+    return pairs
+
+
+def status_request():
+    """Everything mschange.status needs, as plain data (also a rule param)."""
+    return {
+        "plan": status_plan(),
+        "pairs": status_pairs(),
+        "wildcards": {
+            "tp": TIMEPOINTS,
+            "model": list(MODELS),
+            "method": METHODS,
+            "minblob": [str(size) for size in BLOB_SIZES],
+        },
+    }
+
+
+def write_cohort_status_table():
+    """Write the status table and print which pairs failed, with their logs."""
+    import sys
+
+    from mschange.status import status_from_request, status_summary, write_cohort_status
+
+    table = status_from_request(status_request())
+    write_cohort_status(table, STATUS_TABLE)
+    print(status_summary(table, STATUS_TABLE), file=sys.stderr)

@@ -99,11 +99,12 @@ rule evaluation_report:
         qc_table="results/qc/preprocessing_qc.tsv",
         supermix_examples="results/synthesis/figures/supermix_examples.png",
     output:
-        report(
+        html=report(
             f"{REPORT_DIR}/index.html",
             category="Evaluation",
             caption="../report/evaluation_report.rst",
         ),
+        cohort_status=f"{REPORT_DIR}/tables/cohort_status.tsv",
     log:
         "results/logs/evaluation_report/evaluation_report.log",
     localrule: True
@@ -116,5 +117,8 @@ rule evaluation_report:
         baseline=BASELINE_NAME if EVALUATION["baseline"]["enabled"] else None,
         headline_blob=BLOB_SIZES[0],
         metrics=EVALUATION["metrics"],
+        # Every pair's stage (rules/status.smk); all are done when the report is built,
+        # unless a pair is outside the evaluation (e.g. a test pair without a label).
+        status=lambda wildcards: status_request(),
     script:
         "../scripts/evaluation_report.py"

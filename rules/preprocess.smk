@@ -5,7 +5,8 @@
 
 rule resample_isotropic:
     input:
-        raw_scan,
+        scan=raw_scan,
+        checked=inputs_checked,
     output:
         "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-resampled_FLAIR.nii.gz",
     log:
@@ -71,7 +72,8 @@ rule register_baseline_to_followup:
         "preprocess_{subject}"
     conda:
         "../envs/preprocessing.yaml"
-    threads: 2
+    # One thread by default: ANTs is reproducible only single-threaded.
+    threads: config["preprocessing"]["registration"]["threads"]
     resources:
         mem_mb=4000,
         runtime=20,

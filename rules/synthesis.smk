@@ -9,7 +9,8 @@ wildcard_constraints:
 
 rule simulate_rescan:
     input:
-        lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
+        scan=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
+        checked=inputs_checked,
     output:
         image="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz",
         record="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.json",

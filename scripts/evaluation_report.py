@@ -4,8 +4,11 @@ from pathlib import Path
 
 from mschange.evaluation.report import ReportInputs, write_report
 from mschange.logs import logging_to
+from mschange.status import status_from_request, write_cohort_status
 
 with logging_to(snakemake.log[0], "evaluation_report"):
+    cohort_status = status_from_request(snakemake.params.status)
+    write_cohort_status(cohort_status, snakemake.output.cohort_status)
     write_report(
         ReportInputs(
             tables={Path(p).stem: p for p in snakemake.input.tables},
@@ -17,8 +20,9 @@ with logging_to(snakemake.log[0], "evaluation_report"):
             ),
             qc_table=snakemake.input.qc_table,
             supermix_examples=snakemake.input.supermix_examples,
+            cohort_status=cohort_status,
         ),
-        snakemake.output[0],
+        snakemake.output.html,
         methods=snakemake.params.methods,
         baseline=snakemake.params.baseline,
         headline_blob=snakemake.params.headline_blob,

@@ -59,3 +59,16 @@ def phantom_file(tmp_path: Path) -> Path:
     path = tmp_path / "phantom.nii.gz"
     nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real local run of the whole workflow on a tiny demo cohort (2 pairs, 1 single
+    scan, 2 mm), shared by the workflow tests and the SLURM test (which compares)."""
+    from .workflow_runs import TINY, snakemake, write_config
+
+    workdir = tmp_path_factory.mktemp("tiny")
+    config = write_config(workdir / "config.yaml", **TINY)
+    result = snakemake(workdir, "--cores", "2", configfile=config)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, config

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -15,39 +18,8 @@ import pytest
 import torch
 import yaml
 
-from .conftest import REPO
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None
-              ) -> subprocess.CompletedProcess[str]:
-    command = [*SNAKEMAKE, "--directory", str(workdir)]
-    if configfile is not None:
-        command += ["--configfile", str(configfile)]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=1800)
-
-
-def planned_jobs(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
-    """Job counts per rule from `snakemake -n --quiet rules`."""
-    assert result.returncode == 0, result.stderr + result.stdout
-    counts = {}
-    for line in (result.stdout + result.stderr).splitlines():
-        match = re.fullmatch(r"\s*([a-z0-9_]+)\s+(\d+)\s*", line)
-        if match and match.group(1) != "total":
-            counts[match.group(1)] = int(match.group(2))
-    return counts
-
-
-def write_config(path: Path, **changes: dict) -> Path:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    for section, values in changes.items():
-        if isinstance(values, dict):
-            config.setdefault(section, {}).update(values)
-        else:
-            config[section] = values
-    path.write_text(yaml.safe_dump(config))
-    return path
+from .conftest import REPO, ellipsoid_phantom, oblique_affine
+from .workflow_runs import REPORT_JOBS, SNAKEMAKE, TINY, planned_jobs, snakemake, write_config
 
 
 def test_lint_is_clean():
@@ -104,22 +76,44 @@ def test_broken_input_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "preproc").exists()
 
 
-TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0},
-        "preprocessing": {"resolution_mm": 2.0},
-        "synthesis": {
-            "vae": {"channels": [8, 16], "latent_channels": 4, "crop_size": [32, 32, 16],
-                    "iterations": 2, "crops_per_iteration": 4},
-            "supermix": {"samples_per_subject": 2, "n_segments": [50, 300], "tau": 0.9},
-            "figures": {"n_segments": [50, 300], "deltas": [5.0]}},
-        "detector": {
-            "architecture": {"channels": [8, 16], "modules_per_block": 1},
-            "training": {"iterations": 2, "pairs_per_iteration": 2, "patch_size": [16, 16, 16]},
-            "inference": {"window": None, "min_blob_voxels": 3}},
-        # Two models (the main one and the plain U-Net), each scored at two blob sizes.
-        "experiments": {"compare": ["unet-ftl"], "min_blob_voxels": [3, 8]}}
-
-
-REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1}
+def test_broken_subject_fails_alone_under_keep_going(tmp_path):
+    """cohort.check_inputs: per_subject: a broken image fails its subject's check job."""
+    spacing = (2.0, 2.0, 2.0)
+    image, _ = ellipsoid_phantom((40, 44, 36), spacing, radii_mm=(30.0, 36.0, 28.0))
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), good)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(good.read_bytes()[:-200])
+    sheet = tmp_path / "cohort.tsv"
+    pd.DataFrame([
+        {"subject": "p1", "baseline": "good.nii.gz", "followup": "good.nii.gz",
+         "split": "test", "change": "unknown"},
+        {"subject": "p2", "baseline": "broken.nii.gz", "followup": "good.nii.gz",
+         "split": "test", "change": "unknown"},
+    ]).to_csv(sheet, sep="\t", index=False)
+    config = write_config(tmp_path / "config.yaml", cohort={
+        "source": "sheet", "sheet": str(sheet), "check_inputs": "per_subject"})
+    result = snakemake(tmp_path, "--cores", "2", "--keep-going", "--until",
+                       "resample_isotropic", configfile=config)
+    assert result.returncode != 0
+    preproc = tmp_path / "results" / "preproc"
+    # p1 went on: both time points resampled; p2 stopped at its check.
+    assert sorted(p.name for p in (preproc / "sub-p1").glob("*.nii.gz")) == [
+        "sub-p1_tp-baseline_desc-resampled_FLAIR.nii.gz",
+        "sub-p1_tp-followup_desc-resampled_FLAIR.nii.gz"]
+    assert not (preproc / "sub-p2").exists()
+    status = pd.read_csv(tmp_path / "results" / "status" / "cohort_status.tsv", sep="\t",
+                         keep_default_na=False).set_index("subject")
+    assert status.loc["p1", ["state", "stage_reached", "next_stage"]].tolist() == [
+        "pending", "inputs checked", "preprocessed"]
+    p2 = status.loc["p2"]
+    assert [p2.state, p2.stage_reached, p2.failed_rule, p2.log] == [
+        "failed", "", "check_inputs", "results/logs/check_inputs/sub-p2.log"]
+    assert re.fullmatch(r"subject 'p2', file '.*broken\.nii\.gz': the gzip stream is "
+                        r"truncated.*\(baseline scan\)", p2.error), p2.error
+    # The terminal says it too.
+    assert "p2: failed in check_inputs (inputs checked); log: " \
+           "results/logs/check_inputs/sub-p2.log" in result.stderr
 
 
 def jobs_after_change(workdir: Path, tmp_path: Path, section: str, key: str,
@@ -131,16 +125,6 @@ def jobs_after_change(workdir: Path, tmp_path: Path, section: str, key: str,
     target[key] = value
     changed.write_text(yaml.safe_dump(data))
     return planned_jobs(snakemake(workdir, "-n", "--quiet", "rules", configfile=changed))
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A real run of the whole workflow on a tiny demo cohort (2 pairs, 1 single scan, 2 mm)."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    config = write_config(workdir / "config.yaml", **TINY)
-    result = snakemake(workdir, "--cores", "2", configfile=config)
-    assert result.returncode == 0, result.stderr[-5000:]
-    return workdir, config
 
 
 @pytest.mark.slow
@@ -393,3 +377,54 @@ def test_snakemake_report_has_the_evaluation_figures(tiny_run, tmp_path):
     for figure in ("metric_boxplots.png", "threshold_curves.png",
                    "sub-demo02_desc-evaluation_overlay.png", "index.html"):
         assert any(name.endswith(figure) for name in names), (figure, names[:20])
+
+
+@pytest.mark.slow
+def test_detector_training_killed_mid_run_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    """A walltime kill (SIGKILL to Snakemake and its job) during detector training: the
+    rerun resumes from the last checkpoint and ends with the weights of an unbroken run."""
+    source, _ = tiny_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir, symlinks=True)
+    config = write_config(tmp_path / "longer.yaml", **{
+        **TINY, "detector": {**TINY["detector"], "training": {
+            **TINY["detector"]["training"], "iterations": 25}}})
+    model_dir = workdir / "results" / "detector" / "model-siamese-inc-ag-ms-ds"
+    command = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config),
+               "--cores", "2", "--rerun-incomplete", str(model_dir / "model.pt")]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    checkpoint = model_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait(timeout=60)
+    assert checkpoint.exists(), "training ended or failed before its first checkpoint"
+    assert not (model_dir / "model.pt").exists()
+
+    # The documented recovery: unlock (the killed Snakemake left its lock), run again.
+    assert snakemake(workdir, "--unlock", configfile=config).returncode == 0
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workdir / "results" / "logs" / "train_detector" /
+           "model-siamese-inc-ag-ms-ds.log").read_text()
+    resumed = re.findall(r"resuming detector training from the checkpoint at step (\d+) of "
+                         r"(\d+)", log)
+    assert len(resumed) == 1 and 0 < int(resumed[0][0]) < int(resumed[0][1]), log[-2000:]
+    training = torch.load(model_dir / "model.pt", weights_only=True)["training"]
+    assert training["resumed_from_step"] == int(resumed[0][0])
+    assert training["steps_this_run"] == training["steps"] - training["resumed_from_step"]
+    assert not checkpoint.exists()  # a finished training removes its checkpoint
+    iterations = pd.read_csv(model_dir / "training_log.tsv", sep="\t")["iteration"]
+    assert iterations.tolist() == list(range(1, 26))
+    resumed_weights = torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
+
+    # The same training without the kill gives the same weights.
+    result = snakemake(workdir, "--cores", "2", "--forcerun", "train_detector",
+                       str(model_dir / "model.pt"), configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    unbroken = torch.load(model_dir / "model.pt", weights_only=True)
+    assert unbroken["training"]["resumed_from_step"] == 0
+    for name, tensor in unbroken["state_dict"].items():
+        assert torch.equal(tensor, resumed_weights[name]), name

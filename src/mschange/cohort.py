@@ -30,9 +30,13 @@ REQUIRED_COLUMNS = ["subject", "baseline", "followup", "split", "change"]
 class CohortError(ValueError):
     """One or more problems with the cohort; the message lists each on its own line."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], *, one_line: bool = False) -> None:
         self.problems = problems
-        super().__init__("the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in problems))
+        if one_line:
+            super().__init__("; ".join(problems))
+        else:
+            super().__init__("the cohort cannot be used:\n"
+                             + "\n".join(f"  - {p}" for p in problems))
 
 
 def read_cohort_sheet(sheet: str | os.PathLike[str]) -> pd.DataFrame:
@@ -213,3 +217,50 @@ def subjects(cohort: pd.DataFrame, split: str | None = None,
     if change is not None:
         selected = selected[selected["change"].isin(list(change))]
     return list(selected["subject"])
+
+
+def check_cohort_files_exist(cohort: pd.DataFrame) -> None:
+    """Check only that every image of the cohort is a file (cheap: no file is opened).
+
+    With ``cohort.check_inputs: per_subject`` this is all that runs before the job
+    graph is built (Snakemake cannot plan jobs whose input is missing); each subject's
+    images are then opened and checked by its own job (:func:`check_pair_images_step`).
+    """
+    problems = []
+    for row in cohort.itertuples(index=False):
+        for column in IMAGE_COLUMNS:
+            value = getattr(row, column)
+            if value and not Path(value).is_file():
+                problems.append(f"subject {row.subject!r}, file {value!r}: the file does not "
+                                f"exist ({column} scan)")
+    if problems:
+        raise CohortError(problems)
+
+
+def check_pair_images_step(subject: str, files: dict[str, str], output: str | os.PathLike[str],
+                           *, check_voxels: bool = True) -> dict[str, Any]:
+    """Check one pair's images (as :func:`check_cohort_images` does) and record them.
+
+    ``files`` maps baseline/followup/label to paths (empty: absent). Raises
+    :class:`CohortError` naming the subject, file and problem; on success writes a
+    JSON record of each file's shape, voxel size and size in bytes to ``output``.
+    """
+    row = {"subject": subject, **{column: files.get(column, "") for column in IMAGE_COLUMNS}}
+    try:
+        check_cohort_images(pd.DataFrame([row]), check_voxels=check_voxels)
+    except CohortError as error:
+        # One line: the job's log and the cohort status table show it whole.
+        raise CohortError(error.problems, one_line=True) from None
+    record: dict[str, Any] = {"subject": subject, "check_voxels": check_voxels, "files": {}}
+    for column in IMAGE_COLUMNS:
+        if row[column]:
+            image: Any = nib.load(row[column])
+            record["files"][column] = {
+                "path": row[column],
+                "shape": [int(n) for n in image.shape[:3]],
+                "voxel_size_mm": [round(float(z), 4) for z in image.header.get_zooms()[:3]],
+                "bytes": Path(row[column]).stat().st_size,
+            }
+    with atomic_path(output) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return record

@@ -35,6 +35,7 @@ class ReportInputs:
     training_curves: Mapping[str, PathLike]           # model -> PNG
     qc_table: PathLike | None = None
     supermix_examples: PathLike | None = None
+    cohort_status: pd.DataFrame | None = None         # mschange.status.cohort_status
 
 
 def _read(path: PathLike) -> pd.DataFrame:
@@ -160,6 +161,8 @@ def build_report(inputs: ReportInputs, *, methods: Sequence[str], baseline: str 
                                 "pairs deserve a look before their scores are trusted.",
                                 tables=[Table(_read(inputs.qc_table), "Preprocessing QC",
                                               float_format="{:.4g}")]))
+    if inputs.cohort_status is not None:
+        sections.append(cohort_status_section(inputs.cohort_status))
     settings = pd.DataFrame([{"setting": k, "value": str(v)}
                              for k, v in metric_settings.items()])
     sections.append(Section("Metric settings",
@@ -173,6 +176,21 @@ def build_report(inputs: ReportInputs, *, methods: Sequence[str], baseline: str 
                              pairs_without=len(truth_counts) - with_change),
         summary_tables=family_tables, sections=sections,
         footer=f"mschange {__version__}")
+
+
+def cohort_status_section(status: pd.DataFrame, max_rows: int = 200) -> Section:
+    """Each pair's stage; for a large cohort only the pairs that are not complete."""
+    counts = status["state"].value_counts()
+    text = (f"{len(status)} pairs: " + ", ".join(f"{n} {state}" for state, n in counts.items())
+            + ". The stage reached is the last one whose outputs all exist; a failed or "
+            "interrupted pair names the rule and its log. The same table, for the latest "
+            "run, is in results/status/cohort_status.tsv.")
+    shown = status
+    if len(status) > max_rows:
+        shown = status[status["state"] != "complete"].head(max_rows)
+        text += f" Only the {len(shown)} pairs that are not complete are listed."
+    shown = shown[[c for c in shown.columns if (shown[c].astype(str) != "").any()]]
+    return Section("Cohort status", text, tables=[Table(shown, "Cohort status")])
 
 
 def write_report(inputs: ReportInputs, path: PathLike, **kwargs: Any) -> None:
