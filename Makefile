@@ -7,7 +7,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench check-envs clean
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,7 @@ demo: install
 	@echo "  report               results/report/index.html (tables also in results/report/tables/)"
 
 lint: install
-	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff check src tests scripts benchmarks tools
 	$(BIN)/mypy
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules
@@ -53,6 +53,11 @@ bench: install
 	$(BIN)/python benchmarks/detector.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
+
+# Whether each conda env (envs/*.yaml) resolves on PyPI for its Python, without conda
+# (needs the network; a minute or two). tests/test_envs.py checks the envs offline.
+check-envs: install
+	$(BIN)/python tools/check_envs.py
 
 clean:
 	rm -rf results .snakemake

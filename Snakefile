@@ -1,8 +1,18 @@
 # mschange: lesion-change detection between two FLAIR scans (To et al.), as a Snakemake workflow.
 # The logic lives in the `mschange` package; rules only wire files together.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+# mschange comes from this checkout's src/, also in conda envs (envs/*.yaml leave it out):
+# Snakemake appends this process's sys.path to every script job's, and re-parses this file
+# in each cluster job. (PYTHONPATH would not reach conda jobs: Snakemake strips it there.)
+MSCHANGE_SRC = str(Path(workflow.basedir) / "src")
+if MSCHANGE_SRC not in sys.path:
+    sys.path.insert(0, MSCHANGE_SRC)
 
 
 configfile: "config.yaml"
@@ -15,6 +25,7 @@ include: "rules/qc.smk"
 include: "rules/synthesis.smk"
 include: "rules/detection.smk"
 include: "rules/evaluation.smk"
+include: "rules/status.smk"
 
 
 rule all:

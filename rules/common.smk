@@ -466,16 +466,17 @@ def status_plan():
 
 def status_pairs():
     """Each pair's subject, split, change and roles (which stages apply to it)."""
+    role_members = {
+        "single": set(SINGLE_SUBJECTS),
+        "nochange": set(NOCHANGE_SUBJECTS),
+        "test": set(TEST_SUBJECTS),
+        "evaluated": set(EVALUATED_SUBJECTS),
+    }
     pairs = []
     for row in COHORT.itertuples(index=False):
         roles = [
             role
-            for role, members in [
-                ("single", SINGLE_SUBJECTS),
-                ("nochange", NOCHANGE_SUBJECTS),
-                ("test", TEST_SUBJECTS),
-                ("evaluated", EVALUATED_SUBJECTS),
-            ]
+            for role, members in role_members.items()
             if row.subject in members
         ]
         pairs.append(
