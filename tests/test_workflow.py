@@ -428,3 +428,53 @@ def test_detector_training_killed_mid_run_resumes_from_its_checkpoint(tiny_run, 
     assert unbroken["training"]["resumed_from_step"] == 0
     for name, tensor in unbroken["state_dict"].items():
         assert torch.equal(tensor, resumed_weights[name]), name
+
+
+def planned_resources(output: str) -> dict[str, tuple[int, dict[str, object]]]:
+    """Rule -> (threads, resources) of each job a dry run lists (one per rule kept)."""
+    planned: dict[str, tuple[int, dict[str, object]]] = {}
+    rule, threads = None, 1
+    for line in output.splitlines():
+        if match := re.match(r"^\s*(?:local)?rule (\w+):", line):
+            rule, threads = match.group(1), 1
+        elif rule and (match := re.match(r"^\s+threads: (\d+)", line)):
+            threads = int(match.group(1))
+        elif rule and (match := re.match(r"^\s+resources: (.*)", line)):
+            values = dict(item.split("=", 1) for item in match.group(1).split(", "))
+            planned[rule] = (threads, values)
+    return planned
+
+
+def test_slurm_profile_sends_exactly_the_gpu_jobs_to_the_gpu_partition(tmp_path):
+    """With device: cuda, the network rules ask for a GPU, and the SLURM plugin's own
+    partition choice, fed profiles/slurm/partitions.yaml, puts them (and only them) on
+    the GPU partition. (On CPU, tests/test_slurm.py runs everything on `cpu`.)"""
+    import logging
+
+    from snakemake_executor_plugin_slurm.partitions import (
+        get_best_partition,
+        read_partition_file,
+    )
+
+    config = write_config(tmp_path / "config.yaml", device="cuda")
+    result = snakemake(tmp_path, "-n", configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = planned_resources(result.stdout + result.stderr)
+    partitions = read_partition_file(REPO / "profiles" / "slurm" / "partitions.yaml")
+
+    class PlannedJob:  # what the plugin reads of a job
+        def __init__(self, name: str, threads: int, resources: dict[str, object]) -> None:
+            self.name, self.threads, self.resources = name, threads, resources
+
+    logger = logging.getLogger("test")
+    chosen = {rule: get_best_partition(partitions, PlannedJob(rule, threads, resources), logger)
+              for rule, (threads, resources) in planned.items()
+              if "runtime" in resources}  # local rules get no resources
+    network_rules = {"skullstrip_hdbet", "train_vae", "supermix_subject", "synthesis_figures",
+                     "train_detector", "predict_pair"}
+    assert {rule for rule, (_, res) in planned.items() if res.get("gpu") == "1"} == \
+        network_rules
+    assert {rule for rule, partition in chosen.items() if partition == "gpu"} == network_rules
+    assert {partition for rule, partition in chosen.items() if rule not in network_rules} == \
+        {"cpu"}
+    assert len(chosen) >= 12
