@@ -9,6 +9,7 @@ local run's. Needs root and the packages (.ci/run installs them); skipped otherw
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -28,9 +29,18 @@ pytestmark = [
         reason="needs root and Debian's munge, slurm-wlm, slurmdbd and mariadb-server "
                "(.ci/run installs them)"),
 ]
-# Local rules run in the Snakemake process itself, never as cluster jobs.
-LOCAL_RULES = {"write_demo_sheet", "list_training_scans", "list_supermix_samples",
-               "evaluation_tables", "evaluation_report", "all"}
+
+
+def local_rules() -> set[str]:
+    """Rules marked `localrule: True` (they run in the Snakemake process, never as cluster
+    jobs), and `all`."""
+    found = {"all"}
+    for path in (REPO / "rules").glob("*.smk"):
+        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(),
+                                     re.M | re.S):
+            if re.search(r"^\s+localrule: True", body, re.M):
+                found.add(name)
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +82,25 @@ def slurm_run(slurm_cluster, tiny_run, tmp_path_factory):
     return local, workdir, planned, jobs, result
 
 
+def rules_of_jobs(jobs: pd.DataFrame) -> tuple[dict[str, int], list[str]]:
+    """Jobs per rule, and the subjects of the preprocessing group jobs, from the SLURM
+    comments (`rule_<rule>[_wildcards_<values>]`, `rule_preprocess_<subject>_<rules>`)."""
+    grouped = jobs["comment"].str.startswith("rule_preprocess_")
+    rules = jobs.loc[~grouped, "comment"].str.extract(r"^rule_(\w+?)(?:_wildcards_|$)")[0]
+    subjects = jobs.loc[grouped, "comment"].str.extract(r"^rule_preprocess_([A-Za-z0-9]+)_")[0]
+    return rules.value_counts().to_dict(), sorted(subjects)
+
+
 def test_every_cluster_job_went_through_slurm_and_completed(slurm_run):
     _, _, planned, jobs, result = slurm_run
     assert (jobs["state"] == "COMPLETED").all(), jobs
-    # The plugin names each job's rule (or group) in its SLURM comment.
-    rules = jobs["comment"].str.extract(r"^rule_(\w+?)(?:_wildcards_.*)?$")[0]
-    grouped = rules.str.startswith("preprocess_")
+    per_rule, grouped_subjects = rules_of_jobs(jobs)
     preprocessing = {"resample_isotropic", "skullstrip_hdbet", "register_baseline_to_followup",
                      "correct_bias_n4", "normalize_intensity", "simulate_rescan"}
-    cluster_rules = {rule: n for rule, n in planned.items()
-                     if rule not in LOCAL_RULES | preprocessing}
-    assert rules[~grouped].value_counts().to_dict() == cluster_rules
+    assert per_rule == {rule: n for rule, n in planned.items()
+                        if rule not in local_rules() | preprocessing}
     # One job per subject for its whole preprocessing (group preprocess_<subject>).
-    assert sorted(rules[grouped].str.extract(r"^preprocess_(\w+?)_")[0]) == [
-        "demo01", "demo02", "demo03"]
+    assert grouped_subjects == ["demo01", "demo02", "demo03"]
     # device: cpu, so no job asks for a GPU: partitions.yaml sends all to `cpu`.
     assert set(jobs["partition"]) == {"cpu"}
     assert "Auto-selected partition 'cpu' for job train_detector" in result.stderr

@@ -352,6 +352,17 @@ def test_tiny_run_scores_every_method_and_writes_the_report(tiny_run):
     assert "Table 1 analogue" in html and "demo02" in html
     # 2 figures + 3 overlays (one per method) + 2 training curves + SuperMix examples.
     assert html.count("data:image/png;base64,") == 8
+    # Cohort status: every pair complete, each at its last stage (training pairs end
+    # synthesised, the test pair evaluated); the report's copy matches the run's table.
+    status = pd.read_csv(results / "status" / "cohort_status.tsv", sep="\t",
+                         keep_default_na=False)
+    assert status[["subject", "state", "stage_reached"]].values.tolist() == [
+        ["demo01", "complete", "synthesised"], ["demo02", "complete", "evaluated"],
+        ["demo03", "complete", "synthesised"]]
+    in_report = pd.read_csv(results / "report" / "tables" / "cohort_status.tsv", sep="\t",
+                            keep_default_na=False)
+    pd.testing.assert_frame_equal(in_report, status)
+    assert "Cohort status" in html and "3 pairs: 3 complete" in html
 
 
 @pytest.mark.slow

@@ -20,9 +20,10 @@ import torch
 
 # Folders of run bookkeeping, not results.
 SKIPPED_FOLDERS = ("logs", "benchmarks", "status", "cache")
-# Table columns and record keys that hold times or speeds.
+# Table columns and record keys that hold times or speeds, and checksums of model files
+# (which store their training times; the weights themselves are compared).
 TIMING = re.compile(r"(^|_)(elapsed|seconds|per_second|duration|time|started|finished)"
-                    r"(_|$)|^seconds_|_s$")
+                    r"(_|$)|^seconds_|_s$|^sha256$")
 # Pictures whose content includes times (training curves plot speed), and the report,
 # which embeds them; compared by their presence only.
 TIMED_PICTURES = re.compile(r"(training_curve|loss)\.png$|report/index\.html$")
