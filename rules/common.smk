@@ -510,6 +510,10 @@ def write_cohort_status_table():
 
     from mschange.status import status_from_request, status_summary, write_cohort_status
 
-    table = status_from_request(status_request())
-    write_cohort_status(table, STATUS_TABLE)
+    try:
+        table = status_from_request(status_request())
+        write_cohort_status(table, STATUS_TABLE)
+    except Exception as error:  # never hide the run's own outcome behind this one
+        print(f"mschange: could not write {STATUS_TABLE}: {error}", file=sys.stderr)
+        return
     print(status_summary(table, STATUS_TABLE), file=sys.stderr)
