@@ -147,13 +147,13 @@ def cohort_images(wildcards):
     }
 
 
-def inputs_checked(wildcards):
-    """The record of a subject's input check, when each subject is checked by a job."""
-    if not PER_SUBJECT_CHECKS:
-        return []
-    return "results/inputs/sub-{subject}/sub-{subject}_desc-checked_inputs.json".format(
-        subject=wildcards.subject
-    )
+# The record of a subject's input check, an input of its first steps when each subject
+# is checked by a job (a plain template: no input function to call per job).
+CHECKED_INPUTS = (
+    {"checked": "results/inputs/sub-{subject}/sub-{subject}_desc-checked_inputs.json"}
+    if PER_SUBJECT_CHECKS
+    else {}
+)
 
 
 def gpu_count():

@@ -6,7 +6,7 @@
 rule resample_isotropic:
     input:
         scan=raw_scan,
-        checked=inputs_checked,
+        **CHECKED_INPUTS,
     output:
         "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-resampled_FLAIR.nii.gz",
     log:

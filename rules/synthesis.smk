@@ -10,7 +10,7 @@ wildcard_constraints:
 rule simulate_rescan:
     input:
         scan=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
-        checked=inputs_checked,
+        **CHECKED_INPUTS,
     output:
         image="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz",
         record="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.json",
