@@ -475,9 +475,7 @@ def status_pairs():
     pairs = []
     for row in COHORT.itertuples(index=False):
         roles = [
-            role
-            for role, members in role_members.items()
-            if row.subject in members
+            role for role, members in role_members.items() if row.subject in members
         ]
         pairs.append(
             {

@@ -5,8 +5,8 @@
 
 rule resample_isotropic:
     input:
-        scan=raw_scan,
         **CHECKED_INPUTS,
+        scan=raw_scan,
     output:
         "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-resampled_FLAIR.nii.gz",
     log:

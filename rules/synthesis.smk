@@ -9,8 +9,8 @@ wildcard_constraints:
 
 rule simulate_rescan:
     input:
-        scan=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
         **CHECKED_INPUTS,
+        scan=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
     output:
         image="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz",
         record="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.json",

@@ -5,7 +5,7 @@ from mschange.preprocessing.steps import resample_step
 
 with logging_to(snakemake.log[0], "resample_isotropic"):
     resample_step(
-        snakemake.input[0],
+        snakemake.input.scan,
         snakemake.output[0],
         subject=snakemake.wildcards.subject,
         resolution_mm=snakemake.params.resolution_mm,

@@ -5,7 +5,7 @@ from mschange.synthesis.steps import rescan_settings, rescan_step
 
 with logging_to(snakemake.log[0], "simulate_rescan"):
     rescan_step(
-        snakemake.input[0],
+        snakemake.input.scan,
         snakemake.output.image,
         snakemake.output.record,
         subject=snakemake.wildcards.subject,
