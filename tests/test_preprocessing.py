@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -176,9 +179,32 @@ def test_rigid_registration_recovers_a_known_motion(tmp_path):
     assert np.corrcoef(result.moved_image[brain], fixed[brain])[0, 1] > 0.9
     assert result.moved_mask.shape == shape
     assert (result.moved_mask & brain).sum() / brain.sum() > 0.9
-    # Single-threaded (the default), a second run writes the very same transform: a
-    # cluster run and a local run of a cohort then agree voxel for voxel.
-    again = register_rigid(fixed, affine, moving, affine, moving_mask, tmp_path / "again.mat",
-                           seed=3, threads=1)
-    assert again.transform_file.read_bytes() == result.transform_file.read_bytes()
-    np.testing.assert_array_equal(again.moved_image, result.moved_image)
+
+
+def test_single_threaded_registration_reproduces_its_result_exactly(tmp_path):
+    """As a workflow job runs it (a fresh process, `threads: 1`, the default), two
+    registrations of the same pair write the very same transform and image, so a cluster
+    run and a local run of a cohort agree voxel for voxel. (ITK reads its thread count
+    once per process, so each run gets its own process, as each job does.)"""
+    spacing = (2.0, 2.0, 2.0)
+    shape = (48, 52, 44)
+    affine = oblique_affine(spacing)
+    fixed, _ = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24))
+    moving, moving_mask = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24),
+                                            centre_shift_mm=(4.0, -3.0, 2.0))
+    for name, data in (("fixed", fixed), ("moving", moving),
+                       ("moving_mask", moving_mask.astype(np.uint8))):
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
+    outputs = []
+    for run in ("a", "b"):
+        code = (
+            "from mschange.preprocessing.steps import register_step\n"
+            f"register_step('{tmp_path}/fixed.nii.gz', '{tmp_path}/moving.nii.gz', "
+            f"'{tmp_path}/moving_mask.nii.gz', '{tmp_path}/{run}.mat', "
+            f"'{tmp_path}/{run}_moved.nii.gz', '{tmp_path}/{run}_mask.nii.gz', "
+            "subject='p1', seed=3, threads=1)\n")
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+        outputs.append(((tmp_path / f"{run}.mat").read_bytes(),
+                        np.asarray(nib.load(tmp_path / f"{run}_moved.nii.gz").dataobj)))
+    assert outputs[0][0] == outputs[1][0]
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])

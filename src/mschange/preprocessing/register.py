@@ -42,7 +42,8 @@ def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floatin
     ``.mat`` readable by ``SimpleITK.ReadTransform`` and ``ants.apply_transforms``.
     """
     if threads is not None:
-        # ITK reads this when the registration starts.
+        # ITK reads this once per process, at its first use (each workflow job is a fresh
+        # process); more than one thread makes ANTs differ slightly from run to run.
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import ants
 
