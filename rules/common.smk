@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 from mschange import demo as mschange_demo
 from mschange.cohort import (
+    IMAGE_COLUMNS,
     CohortError,
     check_cohort_files_exist,
     check_cohort_images,
@@ -140,11 +141,7 @@ def raw_scan(wildcards):
 def cohort_images(wildcards):
     """A subject's own images (baseline, follow-up, label; those it has), as given."""
     row = COHORT.loc[wildcards.subject]
-    return {
-        column: row[column]
-        for column in ("baseline", "followup", "label")
-        if row[column]
-    }
+    return {column: row[column] for column in IMAGE_COLUMNS if row[column]}
 
 
 # The record of a subject's input check, an input of its first steps when each subject

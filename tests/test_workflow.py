@@ -54,18 +54,24 @@ def test_unknown_config_key_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "preproc").exists()
 
 
-def test_broken_input_stops_before_any_job(tmp_path):
-    good = tmp_path / "good.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), good)
-    broken = tmp_path / "broken.nii.gz"
-    broken.write_bytes(good.read_bytes()[:40])
-    sheet = tmp_path / "cohort.tsv"
+def sheet_with_a_broken_baseline(folder: Path) -> Path:
+    """A cohort sheet of p1 (good.nii.gz twice) and p2 (baseline broken.nii.gz), in folder."""
+    sheet = folder / "cohort.tsv"
     pd.DataFrame([
         {"subject": "p1", "baseline": "good.nii.gz", "followup": "good.nii.gz",
          "split": "test", "change": "unknown"},
         {"subject": "p2", "baseline": "broken.nii.gz", "followup": "good.nii.gz",
          "split": "test", "change": "unknown"},
     ]).to_csv(sheet, sep="\t", index=False)
+    return sheet
+
+
+def test_broken_input_stops_before_any_job(tmp_path):
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), good)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(good.read_bytes()[:40])
+    sheet = sheet_with_a_broken_baseline(tmp_path)
     config = write_config(tmp_path / "config.yaml", cohort={"source": "sheet",
                                                             "sheet": str(sheet)})
     result = snakemake(tmp_path, "--cores", "1", configfile=config)
@@ -84,13 +90,7 @@ def test_broken_subject_fails_alone_under_keep_going(tmp_path):
     nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), good)
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(good.read_bytes()[:-200])
-    sheet = tmp_path / "cohort.tsv"
-    pd.DataFrame([
-        {"subject": "p1", "baseline": "good.nii.gz", "followup": "good.nii.gz",
-         "split": "test", "change": "unknown"},
-        {"subject": "p2", "baseline": "broken.nii.gz", "followup": "good.nii.gz",
-         "split": "test", "change": "unknown"},
-    ]).to_csv(sheet, sep="\t", index=False)
+    sheet = sheet_with_a_broken_baseline(tmp_path)
     config = write_config(tmp_path / "config.yaml", cohort={
         "source": "sheet", "sheet": str(sheet), "check_inputs": "per_subject"})
     result = snakemake(tmp_path, "--cores", "2", "--keep-going", "--until",

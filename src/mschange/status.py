@@ -16,7 +16,7 @@ import os
 import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -61,7 +61,6 @@ class PairStatus:
     failed_rule: str = ""
     log: str = ""
     error: str = ""
-    roles: set[str] = field(default_factory=set, repr=False)
 
 
 def template_wildcards(template: str) -> list[str]:
@@ -111,9 +110,10 @@ def pair_status(subject: str, split: str, change: str, roles: Iterable[str],
                 plan: Sequence[StagePlan],
                 wildcard_values: Mapping[str, Sequence[str]], root: Path) -> PairStatus:
     """The stage a pair reached and, if it stopped, why (paths relative to ``root``)."""
-    status = PairStatus(subject, split, change, roles={"all", *roles})
+    status = PairStatus(subject, split, change)
+    roles = {"all", *roles}
     for stage in plan:
-        rules = [rule for rule in stage.rules if rule.role in status.roles]
+        rules = [rule for rule in stage.rules if rule.role in roles]
         if not rules:
             continue
         problems: list[tuple[int, str, str, str]] = []  # (severity, rule, log, error)
