@@ -240,6 +240,59 @@ def test_import_open_ms_data_command_writes_labels_beside_the_sheet(tmp_path: Pa
     assert not (tmp_path / "plain" / "cohort_labels").exists()
 
 
+def _single_scan(path: Path) -> Path:
+    _save(np.full((8, 8, 6), 5.0, dtype=np.float32), np.eye(4), path)
+    return path
+
+
+def test_open_ms_data_every_real_scan_as_a_single_scan(tmp_path: Path):
+    root = _fake_open_ms_data(tmp_path / "open_ms_data")
+    _single_scan(root / "single" / "long_patient09_study2_FLAIR.nii.gz")
+    _single_scan(root / "extra_single" / "cross_patient19_FLAIR_MNI.nii.gz")
+    _save(np.zeros((8, 8, 6), dtype=np.uint8), np.eye(4),
+          root / "extra_single" / "cross_patient19_lesions_MNI.nii.gz")  # not a scan
+    isbi = tmp_path / "isbi2015"
+    _single_scan(isbi / "training01_01_FLAIR.nii.gz")
+    _single_scan(isbi / "test02_01_FLAIR.nii.gz")
+
+    plain = open_ms_data_cohort(root)
+    assert list(plain["subject"]) == ["patient01", "long-patient09-study2"]
+
+    cohort = open_ms_data_cohort(root, extra_single=True, longitudinal_as_single=True,
+                                 isbi_dir=isbi, validation=["isbi2015-test02-01"])
+    rows = cohort.set_index("subject")
+    assert list(cohort["subject"]) == [
+        "patient01", "long-patient09-study2", "cross-patient19", "long-patient01-study1",
+        "long-patient01-study2", "isbi2015-test02-01", "isbi2015-training01-01"]
+    # The development pair stays a labelled test pair; its studies are unlabelled singles.
+    assert rows.loc["patient01", "split"] == "test"
+    assert rows.loc["long-patient01-study1", "followup"].endswith("patient01/study1_FLAIR.nii.gz")
+    assert rows.loc["long-patient01-study2", "followup"].endswith("patient01/study2_FLAIR.nii.gz")
+    singles = rows.drop(index="patient01")
+    assert set(singles["baseline"]) == {""} and set(singles["label"]) == {""}
+    assert set(singles["change"]) == {"no"}
+    assert list(singles.loc[singles["split"] == "validation"].index) == ["isbi2015-test02-01"]
+    assert (singles["split"] == "train").sum() == 5
+
+
+def test_open_ms_data_validation_names_must_be_single_scans(tmp_path: Path):
+    root = _fake_open_ms_data(tmp_path / "open_ms_data")
+    with pytest.raises(CohortError, match="'patient01' is not one of the single scans"):
+        open_ms_data_cohort(root, validation=["patient01"])
+
+
+def test_import_open_ms_data_command_all_single(tmp_path: Path):
+    root = _fake_open_ms_data(tmp_path / "open_ms_data")
+    _single_scan(root / "extra_single" / "long_patient04_study1_FLAIR.nii.gz")
+    sheet = tmp_path / "cohort.tsv"
+    assert main(["import-open-ms-data", str(root), str(sheet), "--no-labels", "--all-single",
+                 "--validation", "long-patient04-study1"]) == 0
+    cohort = read_cohort_sheet(sheet).set_index("subject")
+    assert list(cohort.index) == ["patient01", "long-patient04-study1",
+                                  "long-patient01-study1", "long-patient01-study2"]
+    assert list(cohort["split"]) == ["test", "validation", "train", "train"]
+
+
 # ---------------------------------------------------------- open_ms_data: the real pairs
 
 # Change components on the ground truth's own grid (the data's README).

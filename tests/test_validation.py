@@ -147,14 +147,28 @@ def test_label_with_shifted_affine(tmp_path, good_pair):
 
 
 def test_bad_values_in_sheet_are_all_reported(tmp_path, good_pair):
-    second = dict(good_pair, subject="s_2", split="validation", change="maybe")
+    second = dict(good_pair, subject="s_2", split="holdout", change="maybe")
     with pytest.raises(CohortError) as caught:
         read_cohort_sheet(write_sheet(tmp_path, [good_pair, second]))
     problems = caught.value.problems
     assert len(problems) == 3
     assert any("'s_2'" in p and "subject" in p for p in problems)
-    assert any("'validation' is not one of" in p for p in problems)
+    assert any("'holdout' is not one of" in p for p in problems)
     assert any("'maybe' is not one of" in p for p in problems)
+
+
+def test_single_scans_are_training_or_validation_scans_without_change(tmp_path, good_pair):
+    rows = [dict(good_pair, subject=f"s{k}", baseline="", split=split, change=change)
+            for k, (split, change) in enumerate([("train", "no"), ("validation", "no"),
+                                                 ("test", "no"), ("validation", "yes")])]
+    with pytest.raises(CohortError) as caught:
+        read_cohort_sheet(write_sheet(tmp_path, rows))
+    problems = caught.value.problems
+    assert [p.split("'")[1] for p in problems] == ["s2", "s3", "s3"]
+    assert "single scans can only be no-change training or validation pairs" in problems[0]
+    assert "validation scans must be without change" in problems[2]
+    cohort = read_cohort_sheet(write_sheet(tmp_path, rows[:2]))
+    assert list(cohort["split"]) == ["train", "validation"]
 
 
 def test_unknown_and_missing_columns(tmp_path, good_pair):

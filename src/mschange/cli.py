@@ -49,7 +49,10 @@ def _import_open_ms_data(args: argparse.Namespace) -> int:
     if not args.no_labels:
         # Beside the sheet by default, so the sheet and its labels move together.
         label_dir = args.label_dir or args.output.parent / f"{args.output.stem}_labels"
-    cohort = open_ms_data_cohort(args.data_dir, label_dir=label_dir)
+    cohort = open_ms_data_cohort(
+        args.data_dir, label_dir=label_dir, extra_single=args.extra_single or args.all_single,
+        longitudinal_as_single=args.longitudinal_as_single or args.all_single,
+        isbi_dir=args.isbi_dir, validation=args.validation)
     _write_imported(cohort, args.output)
     if label_dir is not None:
         print(f"labels (ground truth mapped onto each follow-up grid) in {label_dir}")
@@ -129,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
              "(default: beside the sheet, e.g. cohort_labels/ for cohort.tsv)")
     open_ms_labels.add_argument("--no-labels", action="store_true",
                                 help="leave the label column empty (write no label files)")
+    open_ms.add_argument("--extra-single", action="store_true",
+                         help="also take extra_single/*FLAIR*.nii.gz as single scans")
+    open_ms.add_argument("--longitudinal-as-single", action="store_true",
+                         help="also take both studies of every longitudinal pair as single "
+                              "scans (images only; their labels are never used for training)")
+    open_ms.add_argument("--all-single", action="store_true",
+                         help="--extra-single and --longitudinal-as-single")
+    open_ms.add_argument("--isbi-dir", type=Path,
+                         help="also take the ISBI 2015 FLAIRs in this folder as single scans")
+    open_ms.add_argument("--validation", nargs="+", default=[], metavar="SUBJECT",
+                         help="single scans held out of training for the validation set "
+                              "(split: validation)")
     open_ms.set_defaults(run=_import_open_ms_data)
 
     msseg2 = commands.add_parser(

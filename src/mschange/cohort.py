@@ -84,10 +84,16 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str) -> p
             field = ".".join(str(p) for p in error.absolute_path) or "row"
             problems.append(f"subject {subject!r} ({source}, line {line}): {field}: "
                             f"{error.message}")
-        if "baseline" not in row and (row.get("change"), row.get("split")) != ("no", "train"):
+        if "baseline" not in row and (row.get("change"), row.get("split")) not in (
+                ("no", "train"), ("no", "validation")):
             problems.append(f"subject {subject!r} ({source}, line {line}): baseline is empty, "
                             "which makes it a single scan; single scans can only be no-change "
-                            "training pairs (change: no, split: train)")
+                            "training or validation pairs (change: no, split: train or "
+                            "validation)")
+        if row.get("split") == "validation" and row.get("change") != "no":
+            problems.append(f"subject {subject!r} ({source}, line {line}): validation scans "
+                            "must be without change (change: no): the workflow paints the "
+                            "validation set's changes into them")
         for column in IMAGE_COLUMNS:
             if column in row:
                 row[column] = str(_resolve(row[column], base_dir))

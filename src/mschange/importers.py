@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,10 @@ def common_space_mask_to_followup(mask: str | os.PathLike[str],
 
 
 def open_ms_data_cohort(data_dir: str | os.PathLike[str],
-                        label_dir: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+                        label_dir: str | os.PathLike[str] | None = None, *,
+                        extra_single: bool = False, longitudinal_as_single: bool = False,
+                        isbi_dir: str | os.PathLike[str] | None = None,
+                        validation: Sequence[str] = ()) -> pd.DataFrame:
     """The open_ms_data subset (Lesjak et al.): its pairs and its single scans.
 
     ``longitudinal/patientNN/study{1,2}_FLAIR.nii.gz`` become test pairs with change.
@@ -93,6 +97,14 @@ def open_ms_data_cohort(data_dir: str | os.PathLike[str],
     written as ``<label_dir>/<patient>_space-followup_desc-change_mask.nii.gz``, its path
     in the ``label`` column. ``single/*FLAIR*.nii.gz`` become single scans (no-change
     training pairs by a simulated rescan).
+
+    Every real scan as a single scan, for training data with real anatomy:
+    ``extra_single`` adds ``extra_single/*FLAIR*.nii.gz``; ``longitudinal_as_single``
+    adds both studies of every longitudinal pair as single scans (``long-patientNN-studyY``;
+    their images only, never their labels: the pairs themselves stay test pairs);
+    ``isbi_dir`` adds the ISBI 2015 FLAIRs of that folder (``isbi2015-<name>``). Subjects
+    named in ``validation`` become ``split: validation`` single scans: held out of every
+    training run and used for the synthetic validation set.
     """
     root = Path(data_dir)
     if not root.is_dir():
@@ -104,10 +116,27 @@ def open_ms_data_cohort(data_dir: str | os.PathLike[str],
         followup = patient / "study2_FLAIR.nii.gz"
         if baseline.is_file() and followup.is_file():
             pairs.append((patient, baseline, followup))
-    singles = sorted((root / "single").glob("*FLAIR*.nii.gz"))
+    singles = [(_subject_id(scan.name), scan)
+               for scan in sorted((root / "single").glob("*FLAIR*.nii.gz"))]
     if not pairs and not singles:
         raise CohortError([f"{root}: no longitudinal/patient*/study*_FLAIR.nii.gz or "
                            "single/*FLAIR*.nii.gz found (is this the open_ms_data folder?)"])
+    if extra_single:
+        singles += [(_subject_id(scan.name), scan)
+                    for scan in sorted((root / "extra_single").glob("*FLAIR*.nii.gz"))]
+    if longitudinal_as_single:
+        singles += [(f"long-{patient.name}-{scan.name.split('_')[0]}", scan)
+                    for patient, baseline, followup in pairs for scan in (baseline, followup)]
+    if isbi_dir is not None:
+        isbi_scans = sorted(Path(isbi_dir).glob("*FLAIR*.nii.gz"))
+        if not isbi_scans:
+            raise CohortError([f"{isbi_dir}: no *FLAIR*.nii.gz found (the ISBI 2015 folder?)"])
+        singles += [(f"isbi2015-{_subject_id(scan.name)}", scan) for scan in isbi_scans]
+    unknown = sorted(set(validation) - {subject for subject, _ in singles})
+    if unknown:
+        raise CohortError([f"validation subject {name!r} is not one of the single scans "
+                           f"({', '.join(subject for subject, _ in singles)})"
+                           for name in unknown])
 
     labels: dict[str, str] = {}
     if label_dir is not None:
@@ -116,9 +145,10 @@ def open_ms_data_cohort(data_dir: str | os.PathLike[str],
              "followup": str(followup.absolute()), "split": "test", "change": "yes",
              "label": labels.get(patient.name, "")}
             for patient, baseline, followup in pairs]
-    rows += [{"subject": _subject_id(scan.name), "baseline": "",
-              "followup": str(scan.absolute()), "split": "train", "change": "no", "label": ""}
-             for scan in singles]
+    rows += [{"subject": subject, "baseline": "", "followup": str(scan.absolute()),
+              "split": "validation" if subject in validation else "train", "change": "no",
+              "label": ""}
+             for subject, scan in singles]
     return check_cohort_table(pd.DataFrame(rows), base_dir=root, source=str(root))
 
 
