@@ -23,8 +23,10 @@ include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/qc.smk"
 include: "rules/synthesis.smk"
+include: "rules/lesions.smk"
 include: "rules/detection.smk"
 include: "rules/evaluation.smk"
+include: "rules/validation.smk"
 include: "rules/status.smk"
 
 
@@ -37,3 +39,4 @@ rule all:
         synthesis_targets(),
         detector_targets(),
         evaluation_targets(),
+        validation_targets(),

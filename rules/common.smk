@@ -194,6 +194,26 @@ VAE_ENCODERS = [MAIN_ENCODER] + (
     [OTHER_ENCODER] if SYNTHESIS["vae"]["compare_encoders"] else []
 )
 SAMPLES = [f"{k:03d}" for k in range(SYNTHESIS["supermix"]["samples_per_subject"])]
+# Lesion-based samples per no-change pair (Kamraoui et al.); with SAMPLES, the mix.
+LESION_SAMPLES = [
+    f"{k:03d}" for k in range(SYNTHESIS["lesions"]["samples_per_subject"])
+]
+LESION_BANK = "results/lesions/lesion_bank.npz"
+LESION_SAMPLE = "results/lesions/sub-{subject}/sub-{subject}_sample-{sample}"
+# Held-out scans (split: validation): their no-change pairs and painted changes.
+VALIDATION_SUBJECTS = list(COHORT.loc[COHORT["split"] == "validation", "subject"])
+VALIDATION_SAMPLES = [
+    f"{k:03d}" for k in range(config["validation"]["samples_per_subject"])
+]
+VALIDATION_SAMPLE = "results/validation/sub-{subject}/sub-{subject}_sample-{sample}"
+if (LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES)) and not SYNTHESIS[
+    "lesions"
+]["bank"]:
+    raise WorkflowError(
+        "lesion-based synthesis (synthesis.lesions.samples_per_subject > 0, or a cohort "
+        "with split: validation scans) needs synthesis.lesions.bank: a folder of real "
+        "lesion masks, e.g. open_ms_data/lesion_masks/raw"
+    )
 
 
 def nochange_scans():
@@ -223,18 +243,56 @@ def nochange_masks():
 
 
 def synthesis_targets():
-    """The VAE(s), every SuperMix sample and the figures; none without no-change pairs."""
+    """The VAE(s), every SuperMix and lesion-based sample and the figures; none without
+    no-change pairs (the VAE only when SuperMix samples are asked for)."""
     if not NOCHANGE_SUBJECTS:
         return []
-    return [
-        *expand("results/vae/encoder-{encoder}/vae.pt", encoder=VAE_ENCODERS),
-        *expand(
-            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
-            subject=NOCHANGE_SUBJECTS,
-            sample=SAMPLES,
-        ),
-        "results/synthesis/figures/supermix_examples.png",
-    ]
+    targets = expand(
+        f"{LESION_SAMPLE}_desc-lesions.json",
+        subject=NOCHANGE_SUBJECTS,
+        sample=LESION_SAMPLES,
+    )
+    if SAMPLES:
+        targets += [
+            *expand("results/vae/encoder-{encoder}/vae.pt", encoder=VAE_ENCODERS),
+            *expand(
+                "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
+                subject=NOCHANGE_SUBJECTS,
+                sample=SAMPLES,
+            ),
+            "results/synthesis/figures/supermix_examples.png",
+        ]
+    if LESION_SAMPLES:
+        targets.append("results/synthesis/figures/lesion_examples.png")
+    return targets
+
+
+def preprocessed_pair_of(subject):
+    """A subject's preprocessed pair and brain masks (follow-up grid), and its raw
+    follow-up, whose slice thickness painted lesions take."""
+    folder = f"results/preproc/sub-{subject}/sub-{subject}"
+    return {
+        "baseline": f"{folder}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+        "followup": f"{folder}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+        "baseline_mask": f"{folder}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        "followup_mask": f"{folder}_tp-followup_desc-brain_mask.nii.gz",
+        "raw_followup": COHORT.loc[subject, "followup"],
+    }
+
+
+def preprocessed_pair(wildcards):
+    return preprocessed_pair_of(wildcards.subject)
+
+
+def lesion_bank_masks():
+    """The real lesion masks (NIfTI) of synthesis.lesions.bank, in a fixed order."""
+    folder = Path(SYNTHESIS["lesions"]["bank"])
+    masks = sorted(str(p) for p in folder.glob("*.nii*"))
+    if not masks:
+        raise WorkflowError(
+            f"synthesis.lesions.bank: no lesion masks (*.nii, *.nii.gz) in {folder}"
+        )
+    return masks
 
 
 # ----------------------------------------------------------------------------- detector
@@ -253,13 +311,31 @@ wildcard_constraints:
     model="|".join(re.escape(name) for name in MODELS),
 
 
-def supermix_files(desc):
-    """One kind of SuperMix file (e.g. ``change_mask``) of every sample, in a fixed order."""
+def training_sample_files(role):
+    """One file of every training sample, SuperMix then lesion-based, in a fixed order:
+    ``baseline`` (what the network gets as the baseline), ``followup`` or ``label``.
+    For SuperMix the untouched time point plays the baseline, the synthesised one the
+    follow-up (To et al.); lesion-based samples have both time points (a resolving
+    lesion is painted into the baseline)."""
+    supermix_desc = {
+        "baseline": "reference_FLAIR",
+        "followup": "synthesised_FLAIR",
+        "label": "change_mask",
+    }[role]
+    lesion_suffix = {
+        "baseline": "tp-baseline_FLAIR",
+        "followup": "tp-followup_FLAIR",
+        "label": "desc-change_mask",
+    }[role]
     return expand(
         "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-{desc}.nii.gz",
         subject=NOCHANGE_SUBJECTS,
         sample=SAMPLES,
-        desc=desc,
+        desc=supermix_desc,
+    ) + expand(
+        f"{LESION_SAMPLE}_{lesion_suffix}.nii.gz",
+        subject=NOCHANGE_SUBJECTS,
+        sample=LESION_SAMPLES,
     )
 
 
@@ -392,6 +468,66 @@ def evaluation_targets():
     return [f"{REPORT_DIR}/index.html"]
 
 
+def validation_pair_names():
+    """Every validation pair: each held-out scan's no-change pair, then its painted ones."""
+    return [f"{subject}-nochange" for subject in VALIDATION_SUBJECTS] + [
+        f"{subject}-sample{sample}"
+        for subject in VALIDATION_SUBJECTS
+        for sample in VALIDATION_SAMPLES
+    ]
+
+
+def validation_pair_files():
+    """Columns of the validation pair table (same order as validation_pair_names)."""
+    columns = {
+        key: [] for key in ("baseline", "followup", "baseline_mask", "followup_mask")
+    }
+    painted = {"baseline": [], "followup": [], "label": []}
+    for subject in VALIDATION_SUBJECTS:
+        for key, path in preprocessed_pair_of(subject).items():
+            if key in columns:
+                columns[key].append(path)
+    for subject in VALIDATION_SUBJECTS:
+        masks = preprocessed_pair_of(subject)
+        for sample in VALIDATION_SAMPLES:
+            prefix = VALIDATION_SAMPLE.format(subject=subject, sample=sample)
+            painted["baseline"].append(f"{prefix}_tp-baseline_FLAIR.nii.gz")
+            painted["followup"].append(f"{prefix}_tp-followup_FLAIR.nii.gz")
+            painted["label"].append(f"{prefix}_desc-change_mask.nii.gz")
+            columns["baseline_mask"].append(masks["baseline_mask"])
+            columns["followup_mask"].append(masks["followup_mask"])
+    columns["baseline"] += painted["baseline"]
+    columns["followup"] += painted["followup"]
+    columns["label"] = painted["label"]
+    return columns
+
+
+def validation_model(wildcards):
+    """The model file a validated method needs; none for the subtraction baseline."""
+    if wildcards.method == BASELINE_NAME:
+        return []
+    return f"{DETECTOR_DIR}/model.pt".format(model=wildcards.method)
+
+
+def validation_targets():
+    """The validation summary; nothing without validation scans or trained models."""
+    if not VALIDATION_SUBJECTS or not NOCHANGE_SUBJECTS:
+        return []
+    return [f"{REPORT_DIR}/tables/validation.tsv"]
+
+
+def report_extras():
+    """Optional report inputs: synthesis figures and the validation summary."""
+    extras = {}
+    if SAMPLES:
+        extras["supermix_examples"] = "results/synthesis/figures/supermix_examples.png"
+    if LESION_SAMPLES:
+        extras["lesion_examples"] = "results/synthesis/figures/lesion_examples.png"
+    if validation_targets():
+        extras["validation"] = f"{REPORT_DIR}/tables/validation.tsv"
+    return extras
+
+
 def method_descriptions():
     """The Table 1 columns (model, loss, gamma, L2) of every method."""
     from mschange.evaluation.methods import baseline_description, model_description
@@ -443,12 +579,14 @@ def status_plan():
     )
     plan.append({"stage": "quality control", "rules": [rule_plan("qc_pair")]})
     if synthesis_targets():
-        plan.append(
-            {
-                "stage": "synthesised",
-                "rules": [rule_plan("supermix_subject", "nochange")],
-            }
-        )
+        synthesis = []
+        if SAMPLES:
+            synthesis.append(rule_plan("supermix_subject", "nochange"))
+        if LESION_SAMPLES:
+            synthesis.append(rule_plan("paint_lesions_subject", "nochange"))
+        if VALIDATION_SUBJECTS and VALIDATION_SAMPLES:
+            synthesis.append(rule_plan("paint_validation_subject", "validation"))
+        plan.append({"stage": "synthesised", "rules": synthesis})
     if detector_targets():
         plan.append(
             {"stage": "predicted", "rules": [rule_plan("predict_pair", "test")]}
@@ -466,6 +604,7 @@ def status_pairs():
     role_members = {
         "single": set(SINGLE_SUBJECTS),
         "nochange": set(NOCHANGE_SUBJECTS),
+        "validation": set(VALIDATION_SUBJECTS),
         "test": set(TEST_SUBJECTS),
         "evaluated": set(EVALUATED_SUBJECTS),
     }

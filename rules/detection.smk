@@ -2,15 +2,15 @@
 # no-change pairs, then run on every test pair. Helpers: rules/common.smk.
 
 
-rule list_supermix_samples:
+rule list_training_samples:
     input:
-        synthesised=lambda wildcards: supermix_files("synthesised_FLAIR"),
-        reference=lambda wildcards: supermix_files("reference_FLAIR"),
-        label=lambda wildcards: supermix_files("change_mask"),
+        baseline=lambda wildcards: training_sample_files("baseline"),
+        followup=lambda wildcards: training_sample_files("followup"),
+        label=lambda wildcards: training_sample_files("label"),
     output:
-        "results/supermix/samples.tsv",
+        "results/detector/training_samples.tsv",
     log:
-        "results/logs/list_supermix_samples/list_supermix_samples.log",
+        "results/logs/list_training_samples/list_training_samples.log",
     localrule: True
     conda:
         "../envs/detection.yaml"
@@ -20,8 +20,8 @@ rule list_supermix_samples:
 
 rule train_detector:
     input:
-        # One table of every SuperMix sample (see train_vae).
-        samples="results/supermix/samples.tsv",
+        # One table of every training sample (see train_vae).
+        samples="results/detector/training_samples.tsv",
     output:
         model=f"{DETECTOR_DIR}/model.pt",
         log=report(
@@ -43,7 +43,7 @@ rule train_detector:
     threads: 8
     resources:
         # Every sample's brain box is held in memory (float16, about 25 MB per sample).
-        mem_mb=6000 + 30 * len(NOCHANGE_SUBJECTS) * len(SAMPLES),
+        mem_mb=6000 + 30 * len(NOCHANGE_SUBJECTS) * (len(SAMPLES) + len(LESION_SAMPLES)),
         runtime=1440,
         gpu=gpu_count(),
     params:

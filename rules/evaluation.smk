@@ -91,13 +91,13 @@ rule evaluation_tables:
 
 rule evaluation_report:
     input:
+        **report_extras(),
         tables=expand(f"{REPORT_DIR}/tables/{{name}}.tsv", name=REPORT_TABLES),
         boxplots=f"{REPORT_DIR}/figures/metric_boxplots.png",
         threshold_curves=f"{REPORT_DIR}/figures/threshold_curves.png",
         overlays=[figure for _, _, figure in headline_overlays()],
         training_curves=training_curves(),
         qc_table="results/qc/preprocessing_qc.tsv",
-        supermix_examples="results/synthesis/figures/supermix_examples.png",
     output:
         html=report(
             f"{REPORT_DIR}/index.html",

@@ -91,52 +91,55 @@ rule train_vae:
         "../scripts/train_vae.py"
 
 
-rule supermix_subject:
-    input:
-        baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
-        model=f"results/vae/encoder-{MAIN_ENCODER}/vae.pt",
-    output:
-        synthesised=expand(
-            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-synthesised_FLAIR.nii.gz",
-            sample=SAMPLES,
-            allow_missing=True,
-        ),
-        reference=expand(
-            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-reference_FLAIR.nii.gz",
-            sample=SAMPLES,
-            allow_missing=True,
-        ),
-        label=expand(
-            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-change_mask.nii.gz",
-            sample=SAMPLES,
-            allow_missing=True,
-        ),
-        record=expand(
-            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
-            sample=SAMPLES,
-            allow_missing=True,
-        ),
-    log:
-        "results/logs/supermix_subject/sub-{subject}.log",
-    benchmark:
-        "results/benchmarks/supermix_subject/sub-{subject}.tsv"
-    conda:
-        "../envs/synthesis.yaml"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=10 + 2 * len(SAMPLES),
-        gpu=gpu_count(),
-    params:
-        seed=config["seed"],
-        supermix=SYNTHESIS["supermix"],
-        crop_size=SYNTHESIS["vae"]["crop_size"],
-        device=config["device"],
-    script:
-        "../scripts/supermix_subject.py"
+# No SuperMix samples asked for (lesion-based synthesis only): no rule to plan.
+if SAMPLES:
+
+    rule supermix_subject:
+        input:
+            baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+            followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+            baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+            followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+            model=f"results/vae/encoder-{MAIN_ENCODER}/vae.pt",
+        output:
+            synthesised=expand(
+                "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-synthesised_FLAIR.nii.gz",
+                sample=SAMPLES,
+                allow_missing=True,
+            ),
+            reference=expand(
+                "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-reference_FLAIR.nii.gz",
+                sample=SAMPLES,
+                allow_missing=True,
+            ),
+            label=expand(
+                "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-change_mask.nii.gz",
+                sample=SAMPLES,
+                allow_missing=True,
+            ),
+            record=expand(
+                "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-supermix.json",
+                sample=SAMPLES,
+                allow_missing=True,
+            ),
+        log:
+            "results/logs/supermix_subject/sub-{subject}.log",
+        benchmark:
+            "results/benchmarks/supermix_subject/sub-{subject}.tsv"
+        conda:
+            "../envs/synthesis.yaml"
+        threads: 2
+        resources:
+            mem_mb=8000,
+            runtime=10 + 2 * len(SAMPLES),
+            gpu=gpu_count(),
+        params:
+            seed=config["seed"],
+            supermix=SYNTHESIS["supermix"],
+            crop_size=SYNTHESIS["vae"]["crop_size"],
+            device=config["device"],
+        script:
+            "../scripts/supermix_subject.py"
 
 
 rule synthesis_figures:

@@ -19,7 +19,9 @@ with logging_to(snakemake.log[0], "evaluation_report"):
                 zip(snakemake.params.models, snakemake.input.training_curves, strict=True)
             ),
             qc_table=snakemake.input.qc_table,
-            supermix_examples=snakemake.input.supermix_examples,
+            supermix_examples=snakemake.input.get("supermix_examples"),
+            lesion_examples=snakemake.input.get("lesion_examples"),
+            validation=snakemake.input.get("validation"),
             cohort_status=cohort_status,
         ),
         snakemake.output.html,

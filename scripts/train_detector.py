@@ -9,9 +9,9 @@ with logging_to(snakemake.log[0], "train_detector"):
     samples = read_file_table(snakemake.input.samples)
     train_detector_step(
         [
-            TrainingSample(reference=r, synthesised=s, label=y)
-            for r, s, y in zip(
-                samples["reference"], samples["synthesised"], samples["label"], strict=True
+            TrainingSample(reference=b, synthesised=f, label=y)
+            for b, f, y in zip(
+                samples["baseline"], samples["followup"], samples["label"], strict=True
             )
         ],
         model=snakemake.output.model,

@@ -192,7 +192,7 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     # New preprocessed scans: synthesis follows.
     assert jobs.pop("list_training_scans") == 1
     assert jobs.pop("train_vae") == 2
-    assert jobs.pop("list_supermix_samples") == 1
+    assert jobs.pop("list_training_samples") == 1
     assert jobs.pop("supermix_subject") == 2
     assert jobs.pop("synthesis_figures") == 1
     # ...and both detectors trained on it, the test pair's predictions, the baseline,
@@ -260,7 +260,7 @@ def test_changing_supermix_reruns_only_synthesis(tiny_run, tmp_path):
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "tau", 0.95, subkey="supermix")
     jobs.pop("all", None)
     # The baseline does not learn from synthesis: its scores stay.
-    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1, "list_supermix_samples": 1,
+    assert jobs == {"supermix_subject": 2, "synthesis_figures": 1, "list_training_samples": 1,
                     "train_detector": 2, "predict_pair": 2, "evaluate_pair": 4, **REPORT_JOBS}
 
 
@@ -270,7 +270,7 @@ def test_changing_the_vae_retrains_it_but_keeps_preprocessing(tiny_run, tmp_path
     jobs = jobs_after_change(workdir, tmp_path, "synthesis", "kl_weight", 0.01, subkey="vae")
     jobs.pop("all", None)
     assert jobs == {"train_vae": 2, "supermix_subject": 2, "synthesis_figures": 1,
-                    "list_supermix_samples": 1, "train_detector": 2, "predict_pair": 2,
+                    "list_training_samples": 1, "train_detector": 2, "predict_pair": 2,
                     "evaluate_pair": 4, **REPORT_JOBS}
 
 

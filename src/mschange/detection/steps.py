@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mschange.detection.augment import augmentation_settings
 from mschange.detection.inference import (
     BRIGHTER,
     InferenceSettings,
@@ -57,7 +58,8 @@ def training_settings(detector: Mapping[str, Any], *, seed: int) -> DetectorTrai
         pairs_per_iteration=int(training["pairs_per_iteration"]),
         patch_size=None if patch is None else (int(patch[0]), int(patch[1]), int(patch[2])),
         foreground_share=float(training["foreground_share"]),
-        checkpoint_every=int(training["checkpoint_every"]), seed=int(seed))
+        checkpoint_every=int(training["checkpoint_every"]), seed=int(seed),
+        augmentation=augmentation_settings(training.get("augmentation")))
 
 
 def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:

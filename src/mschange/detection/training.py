@@ -42,6 +42,7 @@ from mschange.checkpoints import (
     restore_random_states,
     stop_on_signals,
 )
+from mschange.detection.augment import AugmentationSettings, augment_patch
 from mschange.detection.loss import LossSettings, detector_loss
 from mschange.detection.modelfile import save_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
@@ -71,6 +72,8 @@ class DetectorTrainingSettings:
     foreground_share: float = 0.5   # patches centred on a changed voxel (patch training)
     checkpoint_every: int = 100
     seed: int = 0
+    # on-the-fly MR-artefact augmentation of the patches (off: the paper trains without)
+    augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
 
     def __post_init__(self) -> None:
         factor = self.architecture.downsampling
@@ -98,6 +101,7 @@ class DetectorTrainingSettings:
     def as_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["architecture"] = self.architecture.as_dict()
+        values["augmentation"] = self.augmentation.as_dict()
         values["patch_size"] = None if self.patch_size is None else list(self.patch_size)
         return values
 
@@ -184,8 +188,12 @@ class PairSampler:
             region = self._region(sample)
             volumes: tuple[npt.NDArray[Any], ...] = (sample.reference, sample.synthesised,
                                                      sample.label)
-            for channel, volume in enumerate(volumes):
-                part = volume[region]
+            parts = tuple(volume[region] for volume in volumes)
+            if self.settings.augmentation.enabled:
+                # from self.rng, which is checkpointed: a resumed run draws the same
+                parts = augment_patch(parts[0], parts[1], parts[2],
+                                      self.settings.augmentation, self.rng)
+            for channel, part in enumerate(parts):
                 arrays[channel, b, 0][tuple(slice(0, n) for n in part.shape)] = part
         baseline, followup, label = (torch.from_numpy(a) for a in arrays)
         return baseline, followup, label

@@ -1,0 +1,74 @@
+# Lesion-based change synthesis (Kamraoui et al., section 2.3): real lesion shapes painted
+# into one time point of the no-change pairs (training samples) and of the held-out
+# validation scans (the validation set). Helpers: rules/common.smk.
+
+
+def lesion_sample_outputs(template, samples):
+    """Baseline, follow-up, label and record of every sample of one subject."""
+    files = {
+        "baseline": "tp-baseline_FLAIR.nii.gz",
+        "followup": "tp-followup_FLAIR.nii.gz",
+        "label": "desc-change_mask.nii.gz",
+        "record": "desc-lesions.json",
+    }
+    return {
+        key: expand(f"{template}_{suffix}", sample=samples, allow_missing=True)
+        for key, suffix in files.items()
+    }
+
+
+LESION_PAINT_SETTINGS = {
+    k: v
+    for k, v in SYNTHESIS["lesions"].items()
+    if k not in ("samples_per_subject", "bank", "min_volume_mm3", "max_volume_mm3")
+}
+
+
+if LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES):
+
+    rule build_lesion_bank:
+        input:
+            masks=lambda wildcards: lesion_bank_masks(),
+        output:
+            bank=LESION_BANK,
+            summary="results/lesions/lesion_bank.json",
+        log:
+            "results/logs/build_lesion_bank/build_lesion_bank.log",
+        benchmark:
+            "results/benchmarks/build_lesion_bank/build_lesion_bank.tsv"
+        conda:
+            "../envs/synthesis.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        params:
+            min_volume_mm3=SYNTHESIS["lesions"]["min_volume_mm3"],
+            max_volume_mm3=SYNTHESIS["lesions"]["max_volume_mm3"],
+        script:
+            "../scripts/build_lesion_bank.py"
+
+
+if LESION_SAMPLES:
+
+    rule paint_lesions_subject:
+        input:
+            unpack(preprocessed_pair),
+            bank=LESION_BANK,
+        output:
+            **lesion_sample_outputs(LESION_SAMPLE, LESION_SAMPLES),
+        log:
+            "results/logs/paint_lesions_subject/sub-{subject}.log",
+        benchmark:
+            "results/benchmarks/paint_lesions_subject/sub-{subject}.tsv"
+        conda:
+            "../envs/synthesis.yaml"
+        threads: 1
+        resources:
+            mem_mb=6000,
+            runtime=10 + len(LESION_SAMPLES),
+        params:
+            seed=config["seed"],
+            settings=LESION_PAINT_SETTINGS,
+        script:
+            "../scripts/paint_lesions.py"

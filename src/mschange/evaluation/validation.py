@@ -1,0 +1,194 @@
+"""The validation set: synthetic lesion changes painted into real scans no training uses.
+
+Every ``split: validation`` scan of the cohort gives (a) its no-change pair (the scan and
+its simulated rescan, preprocessed like any pair) and (b) ``validation.samples_per_subject``
+pairs with lesion-based changes painted in with fixed seeds
+(:mod:`mschange.synthesis.lesions`). Each method (a trained detector, or the
+subtraction baseline) is scored on all of them on the 1 mm follow-up grid with the same
+code as the test pairs (:class:`mschange.evaluation.steps.PairScorer`: all three metric
+families, for all, brighter and darker changes), at the method's operating threshold
+and every blob size. The no-change pairs count false positives on real acquisition
+differences; the painted ones measure what is found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from mschange.evaluation.baseline import subtraction_zmap
+from mschange.evaluation.metrics import METRIC_COLUMNS, MetricSettings
+from mschange.evaluation.steps import PairScorer
+from mschange.io import atomic_path, brain_intersection, load_float_image, voxel_sizes
+
+log = logging.getLogger(__name__)
+PathLike = str | os.PathLike[str]
+
+PAINTED, NO_CHANGE = "painted", "no-change"
+ID_COLUMNS = ["pair", "subject", "kind", "method", "min_blob_voxels", "threshold", "direction"]
+# The headline columns of the validation summary, by direction.
+SUMMARY_METRICS = {"to_ltpr": "LTPR", "to_ppv": "PPV", "to_f1": "lesion F1 (To)",
+                   "msseg_f1": "lesion F1 (MSSEG-2)", "msseg_dice": "Dice",
+                   "predicted_lesions": "detections"}
+
+
+@dataclass(frozen=True)
+class ValidationPair:
+    """One validation pair on the 1 mm follow-up grid; ``label`` None: nothing changed."""
+
+    pair: str
+    subject: str
+    baseline: str
+    followup: str
+    masks: tuple[str, ...]
+    label: str | None
+
+    @property
+    def kind(self) -> str:
+        return NO_CHANGE if self.label is None else PAINTED
+
+
+def validation_pairs(columns: Mapping[str, Sequence[str]]) -> list[ValidationPair]:
+    """Pairs from a file table (:func:`mschange.io.read_file_table`) with columns pair,
+    subject, baseline, followup, baseline_mask, followup_mask and label (empty for the
+    no-change pairs)."""
+    return [ValidationPair(pair=pair, subject=subject, baseline=baseline, followup=followup,
+                           masks=(baseline_mask, followup_mask), label=label or None)
+            for pair, subject, baseline, followup, baseline_mask, followup_mask, label in zip(
+                columns["pair"], columns["subject"], columns["baseline"], columns["followup"],
+                columns["baseline_mask"], columns["followup_mask"], columns["label"],
+                strict=True)]
+
+
+def score_map_rows(score: npt.NDArray[Any], baseline: npt.NDArray[Any],
+                   followup: npt.NDArray[Any], truth: npt.NDArray[np.bool_],
+                   affine: npt.NDArray[np.floating[Any]], *, threshold: float,
+                   blob_sizes: Sequence[int], settings: MetricSettings
+                   ) -> list[dict[str, Any]]:
+    """Metric rows (per blob size and direction) of one score map on its own grid."""
+    difference = np.asarray(followup, np.float32) - np.asarray(baseline, np.float32)
+    rows = []
+    for blob in blob_sizes:
+        scorer = PairScorer(score, affine, truth, affine, difference, min_blob_voxels=int(blob),
+                            settings=settings)
+        rows += [{"min_blob_voxels": int(blob), "threshold": threshold, **row}
+                 for row in scorer.rows(scorer.prediction(threshold))]
+    return rows
+
+
+def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method: str,
+                    threshold: float, blob_sizes: Sequence[int], settings: MetricSettings,
+                    model: PathLike | None = None, inference: Mapping[str, Any] | None = None,
+                    baseline_settings: Mapping[str, Any] | None = None, device: str = "cpu",
+                    threads: int | None = None) -> pd.DataFrame:
+    """Score one method on every validation pair; writes one TSV row per pair, blob size
+    and direction. A detector needs ``model`` and ``inference`` (its config section);
+    the subtraction baseline ``baseline_settings`` (sigma_mm, erode_mm)."""
+    network = None
+    if model is not None:
+        from mschange.detection.modelfile import load_detector
+        from mschange.detection.steps import inference_settings
+        from mschange.torchrun import cpu_threads, resolve_device
+
+        torch_device = resolve_device(device)
+        network, _ = load_detector(model, torch_device)
+        infer = inference_settings(inference or {})
+    rows: list[dict[str, Any]] = []
+    for pair in pairs:
+        baseline, _ = load_float_image(pair.baseline)
+        followup, image = load_float_image(pair.followup)
+        brain = brain_intersection(*pair.masks)
+        truth = (load_float_image(pair.label)[0] > 0 if pair.label is not None
+                 else np.zeros(brain.shape, dtype=bool))
+        if network is not None:
+            from mschange.detection.inference import predict_probability
+            from mschange.torchrun import flush_denormals
+
+            if torch_device.type == "cpu":
+                flush_denormals()
+            with cpu_threads(threads, torch_device):
+                score = predict_probability(network, baseline, followup, brain, image.affine,
+                                            infer, device=torch_device)
+        else:
+            options = baseline_settings or {}
+            score = subtraction_zmap(baseline, followup, brain, voxel_sizes(image.affine),
+                                     float(options.get("sigma_mm", 1.0)),
+                                     float(options.get("erode_mm", 0.0)))
+        score = np.where(brain, score, 0.0)
+        pair_rows = score_map_rows(score, baseline, followup, truth, image.affine,
+                                   threshold=threshold, blob_sizes=blob_sizes,
+                                   settings=settings)
+        rows += [{"pair": pair.pair, "subject": pair.subject, "kind": pair.kind,
+                  "method": method, **row} for row in pair_rows]
+        headline = pair_rows[0]
+        log.info("%s (%s), %s: %d true and %d predicted lesions, LTPR %.2f, PPV %.2f",
+                 pair.pair, pair.kind, method, int(headline["truth_lesions"]),
+                 int(headline["predicted_lesions"]), headline["to_ltpr"], headline["to_ppv"])
+    table = pd.DataFrame(rows)[ID_COLUMNS + METRIC_COLUMNS]
+    with atomic_path(output) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
+    return table
+
+
+def lesion_f1(ltpr: Any, ppv: Any) -> float:
+    """Harmonic mean of To et al.'s LTPR and PPV (0 when both are 0, NaN when undefined)."""
+    ltpr, ppv = float(ltpr), float(ppv)
+    if not (np.isfinite(ltpr) and np.isfinite(ppv)):
+        return float("nan")
+    return 0.0 if ltpr + ppv == 0 else 2 * ltpr * ppv / (ltpr + ppv)
+
+
+def validation_summary(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Per method, blob size and direction: means over the painted pairs (LTPR, PPV,
+    their F1, MSSEG-2 F1, Dice, detections) and false positives per no-change pair."""
+    scores = scores.copy()
+    scores["to_f1"] = [lesion_f1(a, b) for a, b in zip(scores["to_ltpr"], scores["to_ppv"],
+                                                       strict=True)]
+    keys = ["method", "min_blob_voxels", "direction"]
+    painted = scores.loc[scores["kind"] == PAINTED]
+    summary = painted.groupby(keys, sort=False)[list(SUMMARY_METRICS)].mean()
+    summary["painted_pairs"] = painted.groupby(keys, sort=False)["pair"].nunique()
+    nochange = scores.loc[scores["kind"] == NO_CHANGE]
+    summary["fp_per_nochange_pair"] = nochange.groupby(keys, sort=False)[
+        "predicted_lesions"].mean()
+    summary["nochange_pairs"] = nochange.groupby(keys, sort=False)["pair"].nunique()
+    summary = summary.reset_index()
+    order = {name: k for k, name in enumerate(methods)}
+    directions = {"all": 0, "brighter": 1, "darker": 2}
+    summary = summary.sort_values(
+        keys, key=lambda column: column.map(order) if column.name == "method" else (
+            column.map(directions) if column.name == "direction" else column))
+    return summary.reset_index(drop=True)
+
+
+def validation_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table (3 decimals)."""
+    columns = ["method", "min_blob_voxels", "direction", *SUMMARY_METRICS,
+               "fp_per_nochange_pair"]
+    names = ["method", "blob", "direction", *SUMMARY_METRICS.values(),
+             "FP per no-change pair"]
+    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
+    for row in summary[columns].itertuples(index=False):
+        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells).replace("nan", "–") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def validation_tables_step(score_files: Sequence[PathLike], *, methods: Sequence[str],
+                           summary_tsv: PathLike, summary_md: PathLike) -> pd.DataFrame:
+    """Rule validation_tables: the validation summary of every method."""
+    scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files],
+                       ignore_index=True)
+    summary = validation_summary(scores, methods)
+    with atomic_path(summary_tsv) as tmp:
+        summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
+    with atomic_path(summary_md) as tmp:
+        tmp.write_text(validation_markdown(summary))
+    return summary
