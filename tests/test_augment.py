@@ -17,6 +17,7 @@ from mschange.detection.augment import (
     augmentation_settings,
     rigid_patch,
 )
+from mschange.detection.modelfile import load_detector
 from mschange.detection.training import DetectorTrainingSettings, LoadedSample, PairSampler
 
 SHAPE = (24, 24, 24)
@@ -187,3 +188,26 @@ def test_sampler_with_augmentation_batches_and_reproducibility():
             assert torch.equal(a, b)
         assert set(torch.unique(batch[2]).tolist()) <= {0.0, 1.0}
         assert not torch.equal(batch[0], batch_plain[0])
+
+
+def test_interrupted_augmented_training_resumes_to_the_same_weights(tmp_path):
+    # The augmentation draws from the sampler's checkpointed generator, so a resumed run
+    # sees the same augmented patches as an uninterrupted one.
+    from .test_detection import RESUME_SETTINGS, Killed, _samples, _train
+
+    settings = dataclasses.replace(RESUME_SETTINGS, iterations=2, augmentation=every_effect())
+    samples = _samples(tmp_path)
+    _train(tmp_path, samples, "straight", settings)
+
+    def kill_at_step_3(step, loss):
+        if step == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        _train(tmp_path, samples, "resumed", settings, on_step=kill_at_step_3)
+    resumed = _train(tmp_path, samples, "resumed", settings)
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["settings"]["augmentation"]["enabled"] is True
+    first, _ = load_detector(tmp_path / "straight" / "model.pt")
+    again, _ = load_detector(tmp_path / "resumed" / "model.pt")
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key

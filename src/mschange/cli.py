@@ -79,6 +79,15 @@ def _replay_supermix(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_lesions(args: argparse.Namespace) -> int:
+    from mschange.synthesis.lesions import replay_lesions_step
+
+    record = replay_lesions_step(args.record, args.out)
+    print(f"replayed {record['subject']} sample {record['sample']}: "
+          + ", ".join(record["written"].values()))
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mschange.torchrun import flush_denormals
 
@@ -163,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, required=True, help="folder for the NIfTI files")
     replay.add_argument("--device", default="cpu")
     replay.set_defaults(run=_replay_supermix)
+
+    replay_lesions = commands.add_parser(
+        "replay-lesions",
+        help="rebuild a lesion-painted sample from its JSON record (identical voxels)")
+    replay_lesions.add_argument("record", type=Path, help="a painted sample's *_desc-lesions.json")
+    replay_lesions.add_argument("--out", type=Path, required=True,
+                                help="folder for the NIfTI files")
+    replay_lesions.set_defaults(run=_replay_lesions)
 
     predict = commands.add_parser(
         "predict", help="preprocess one raw pair and detect its changes with a trained model")
