@@ -49,7 +49,7 @@ if LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES):
             "../scripts/build_lesion_bank.py"
 
 
-if LESION_SAMPLES:
+if LESION_SAMPLES and NOCHANGE_SUBJECTS:
 
     rule paint_lesions_subject:
         input:
@@ -72,3 +72,43 @@ if LESION_SAMPLES:
             settings=LESION_PAINT_SETTINGS,
         script:
             "../scripts/paint_lesions.py"
+
+    rule lesion_figures:
+        input:
+            **{
+                key: path
+                for key, path in preprocessed_pair_of(NOCHANGE_SUBJECTS[0]).items()
+                if key != "raw_followup"
+            },
+            painted_baseline=expand(
+                f"{LESION_SAMPLE}_tp-baseline_FLAIR.nii.gz",
+                subject=NOCHANGE_SUBJECTS[0],
+                sample=LESION_SAMPLES,
+            ),
+            painted_followup=expand(
+                f"{LESION_SAMPLE}_tp-followup_FLAIR.nii.gz",
+                subject=NOCHANGE_SUBJECTS[0],
+                sample=LESION_SAMPLES,
+            ),
+            painted_label=expand(
+                f"{LESION_SAMPLE}_desc-change_mask.nii.gz",
+                subject=NOCHANGE_SUBJECTS[0],
+                sample=LESION_SAMPLES,
+            ),
+        output:
+            figure=report(
+                "results/synthesis/figures/lesion_examples.png",
+                category="Synthesis",
+                caption="../report/lesion_examples.rst",
+            ),
+            record="results/synthesis/figures/lesion_examples.json",
+        log:
+            "results/logs/lesion_figures/lesion_figures.log",
+        conda:
+            "../envs/synthesis.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=10,
+        script:
+            "../scripts/lesion_figures.py"

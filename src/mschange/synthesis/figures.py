@@ -126,3 +126,83 @@ def plot_encoder_comparison(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
     _save(figure, png_path)
     return {"latent_seed": latent_seed, "deltas": list(deltas), "axial_slice_ras": k,
             "encoders": list(models)}
+
+
+def _component_crops(image: npt.NDArray[Any], components: npt.NDArray[Any], ids: Sequence[int],
+                     half: int) -> list[tuple[npt.NDArray[Any], npt.NDArray[Any]]]:
+    """Axial crops (RAS arrays) through each component's centre: image and its outline."""
+    from scipy import ndimage
+
+    crops = []
+    for index in ids:
+        centre = [int(round(c)) for c in ndimage.center_of_mass(components == index)]
+        i, j, k = centre
+        window = (slice(max(i - half, 0), i + half), slice(max(j - half, 0), j + half), k)
+        crops.append((np.flipud(image[window].T), np.flipud((components[window] == index).T)))
+    return crops
+
+
+def plot_lesion_examples(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                         painted: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any],
+                                                 npt.NDArray[Any]]],
+                         brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
+                         png_path: str | os.PathLike[str], *, n_examples: int = 4,
+                         crop_mm: int = 48) -> dict[str, Any]:
+    """Real lesions of a scan (its largest hyperintensities, top row) beside lesions
+    painted into the same scan (bottom row: the time point they were painted into, the
+    label outlined), on axial crops at the same scale and intensity window.
+
+    ``painted`` holds (baseline, follow-up, label) of painted samples of this pair.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import ndimage
+
+    half = crop_mm // 2
+    ras_fu, _ = to_ras_axes(np.asarray(followup, np.float32), affine)
+    ras_brain, _ = to_ras_axes(np.asarray(brain) > 0, affine)
+    interior = ndimage.binary_erosion(ras_brain, iterations=6)
+    bright = interior & (ras_fu > np.percentile(ras_fu[ras_brain], 99.0))
+    components, n = ndimage.label(bright, np.ones((3, 3, 3), bool))
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    real_ids = [int(i) + 1 for i in np.argsort(sizes)[::-1][:n_examples] if sizes[i] >= 10]
+    real = _component_crops(ras_fu, components, real_ids, half)
+
+    painted_crops: list[tuple[npt.NDArray[Any], npt.NDArray[Any], str]] = []
+    for sample_baseline, sample_followup, label in painted:
+        ras_label, _ = to_ras_axes(np.asarray(label) > 0, affine)
+        ras_bl, _ = to_ras_axes(np.asarray(sample_baseline, np.float32), affine)
+        ras_pfu, _ = to_ras_axes(np.asarray(sample_followup, np.float32), affine)
+        lesions, count = ndimage.label(ras_label, np.ones((3, 3, 3), bool))
+        for index in range(1, count + 1):
+            where = lesions == index
+            darker = float((ras_pfu[where] - ras_bl[where]).mean()) < 0
+            image = ras_bl if darker else ras_pfu
+            crop = _component_crops(image, lesions, [index], half)[0]
+            painted_crops.append((*crop, "painted at baseline (resolving)" if darker
+                                  else "painted at follow-up (new/enlarging)"))
+            if len(painted_crops) == n_examples:
+                break
+        if len(painted_crops) == n_examples:
+            break
+
+    low, high = np.percentile(ras_fu[ras_brain], [1, 99.8])
+    columns = max(len(real), len(painted_crops), 1)
+    figure, axes = plt.subplots(2, columns, figsize=(2.3 * columns, 5.0), dpi=110,
+                                squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, (crop, outline) in zip(axes[0], real, strict=False):
+        axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
+        axis.set_title("real lesion", fontsize=8)
+    for axis, (crop, outline, title) in zip(axes[1], painted_crops, strict=False):
+        axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
+        axis.contour(outline, levels=[0.5], colors="red", linewidths=0.6)
+        axis.set_title(title, fontsize=7)
+    figure.suptitle(f"Real lesions of one scan (top) and lesions painted into it (bottom, "
+                    f"label in red); axial crops of {crop_mm} mm", fontsize=8)
+    _save(figure, png_path)
+    return {"real_lesions": len(real), "painted_lesions": len(painted_crops),
+            "intensity_window": [float(low), float(high)]}

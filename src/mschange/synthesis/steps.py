@@ -228,3 +228,22 @@ def replay_step(record_json: PathLike, synthesised_output: PathLike, label_outpu
     save_nifti(sample.synthesised, image.affine, synthesised_output, header=image.header)
     save_nifti(sample.label, image.affine, label_output, header=image.header, dtype=np.uint8)
     return record
+
+
+def lesion_figures_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathLike],
+                        samples: Mapping[str, Sequence[PathLike]], *, png: PathLike,
+                        record_json: PathLike) -> dict[str, Any]:
+    """Rule lesion_figures: real lesions of one training scan beside painted ones."""
+    from mschange.synthesis.figures import plot_lesion_examples
+
+    baseline, _ = load_float_image(timepoints["baseline"])
+    followup, image = load_float_image(timepoints["followup"])
+    painted = [(load_float_image(b)[0], load_float_image(f)[0], load_float_image(y)[0])
+               for b, f, y in zip(samples["baseline"], samples["followup"], samples["label"],
+                                  strict=True)]
+    record = plot_lesion_examples(baseline, followup, painted, brain_intersection(*masks),
+                                  image.affine, png)
+    record.update({"inputs": {tp: str(path) for tp, path in timepoints.items()},
+                   "samples": {key: [str(p) for p in paths] for key, paths in samples.items()}})
+    save_json(record, record_json)
+    return record
