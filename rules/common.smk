@@ -12,6 +12,7 @@ from mschange.cohort import (
     check_cohort_images,
     cohort_from_bids,
     read_cohort_sheet,
+    training_data_record,
 )
 from mschange.config import BASELINE_NAME, ConfigError, model_configs, validate_config
 from mschange.detection.outputs import prediction_paths

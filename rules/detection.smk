@@ -61,6 +61,8 @@ rule train_detector:
             "name": wildcards.model,
             "preprocessing": config["preprocessing"],
             "seed": config["seed"],
+            # The scans it learned from, and any that are images of a test pair.
+            "training_data": training_data_record(COHORT, NOCHANGE_SUBJECTS),
         },
         seed=config["seed"],
         device=config["device"],

@@ -17,7 +17,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from mschange.cli import main
-from mschange.cohort import CohortError, check_cohort_images, read_cohort_sheet
+from mschange.cohort import (
+    CohortError,
+    check_cohort_images,
+    read_cohort_sheet,
+    training_data_record,
+)
 from mschange.imagespace import RAS_TO_LPS, from_sitk, to_sitk, voxel_centres_mm
 from mschange.importers import (
     OPEN_MS_LABEL_SUFFIX,
@@ -273,6 +278,20 @@ def test_open_ms_data_every_real_scan_as_a_single_scan(tmp_path: Path):
     assert set(singles["change"]) == {"no"}
     assert list(singles.loc[singles["split"] == "validation"].index) == ["isbi2015-test02-01"]
     assert (singles["split"] == "train").sum() == 5
+
+
+def test_training_record_names_test_pair_images_used_as_single_scans(tmp_path: Path):
+    root = _fake_open_ms_data(tmp_path / "open_ms_data")
+    _single_scan(root / "single" / "long_patient09_study2_FLAIR.nii.gz")
+    cohort = open_ms_data_cohort(root, longitudinal_as_single=True)
+    training = ["long-patient09-study2", "long-patient01-study1", "long-patient01-study2"]
+    record = training_data_record(cohort, training)
+    assert list(record["training_pairs"]) == training
+    assert record["training_pairs"]["long-patient01-study2"] == {
+        "followup": str((root / "longitudinal" / "patient01" / "study2_FLAIR.nii.gz").absolute())}
+    assert record["test_pair_images_used"] == {"long-patient01-study1": "patient01",
+                                               "long-patient01-study2": "patient01"}
+    assert training_data_record(cohort, training[:1])["test_pair_images_used"] == {}
 
 
 def test_open_ms_data_validation_names_must_be_single_scans(tmp_path: Path):

@@ -270,3 +270,28 @@ def check_pair_images_step(subject: str, files: dict[str, str], output: str | os
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return record
+
+
+def training_data_record(cohort: pd.DataFrame, subjects: Iterable[str]) -> dict[str, Any]:
+    """What a model trained on ``subjects`` saw, for its model file: each training pair's
+    scans, and which of them are images of the cohort's test pairs (allowed as unlabelled
+    single scans, but a reader of its scores on those pairs must know)."""
+    rows = cohort.set_index("subject", drop=False)
+    test_images = {}
+    for row in cohort.loc[cohort["split"] == "test"].itertuples(index=False):
+        for column in ("baseline", "followup"):
+            if getattr(row, column):
+                test_images[os.path.realpath(getattr(row, column))] = row.subject
+    scans: dict[str, dict[str, str]] = {}
+    shared: dict[str, str] = {}
+    for subject in subjects:
+        row = rows.loc[subject]
+        scans[subject] = {column: str(row[column]) for column in ("baseline", "followup")
+                          if row[column]}
+        for path in scans[subject].values():
+            test_pair = test_images.get(os.path.realpath(path))
+            if test_pair is not None:
+                shared[subject] = test_pair
+    return {"training_pairs": scans, "test_pair_images_used": shared,
+            "labels_used": "none: training pairs have no change labels (synthetic changes "
+                           "only)"}

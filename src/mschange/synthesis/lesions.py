@@ -30,12 +30,15 @@ Painting one lesion (on the 1 mm grid of the pair):
   voxel of an existing hyperintensity of the follow-up.
 
 Label rule (exact, from what was painted): a voxel is 1 where the final alpha of a
-painted lesion is >= 0.5 and the painted time point was not already hyperintense
-there (so an enlargement labels only its grown part). Painted lesions never overlap
-(their supports are at least one voxel apart), so the label is the union of the
-lesions' labels. Lesion centres lie in the brain eroded by ``edge_margin_mm`` and in
-the normal-appearing white-matter band (smoothed intensity between two brain
-percentiles: FLAIR has dark CSF, grey matter a little brighter than white matter).
+painted lesion is >= 0.5, the painted time point was not already hyperintense there
+(so an enlargement labels only its grown part), and painting made it brighter by at
+least ``min_label_increase`` x (target - NAWM median) (a voxel whose surroundings are
+already about as bright as the target hardly changes, and is not a change). Painted
+lesions never overlap (their supports are at least one voxel apart), so the label is
+the union of the lesions' labels. Lesion centres lie in the brain eroded by
+``edge_margin_mm`` and in the normal-appearing white-matter band (smoothed intensity
+between two brain percentiles: FLAIR has dark CSF, grey matter a little brighter than
+white matter).
 
 Every random choice is drawn from ``np.random.default_rng`` seeded with the sample's
 entropy and written to a JSON-serialisable record; :func:`replay_painted` rebuilds
@@ -75,8 +78,9 @@ PAINTED_TIMEPOINT = {"new": "followup", "enlarging": "followup", "shrinking": "b
 TIMEPOINTS = ("baseline", "followup")
 SEED_TAG = zlib.crc32(b"lesion-paint")  # keeps these streams apart from SuperMix's
 LABEL_RULE = ("label = 1 where a painted lesion's final alpha (after border smoothing, "
-              "slice profile and brain mask) >= 0.5 and the painted time point was not "
-              "already hyperintense there")
+              "slice profile and brain mask) >= 0.5, the painted time point was not already "
+              "hyperintense there, and the voxel got brighter by at least min_label_increase "
+              "x (target - NAWM median)")
 RAS = nib.orientations.axcodes2ornt(("R", "A", "S"))
 
 
@@ -291,6 +295,7 @@ class LesionPaintSettings:
     hyperintense_min_voxels: int = 10
     augment: bool = True                               # random flips and axial quarter turns
     min_labelled_voxels: int = 3                       # redraw lesions that label fewer
+    min_label_increase: float = 0.25                   # x (target - NAWM median), see LABEL_RULE
     max_attempts: int = 50                             # draws per lesion before giving up
 
     def __post_init__(self) -> None:
@@ -314,6 +319,9 @@ class LesionPaintSettings:
         for name in ("contrast_cap_percentile", "hyperintense_percentile"):
             if not 0 <= getattr(self, name) <= 100:
                 raise ValueError(f"{name} must be in [0, 100], got {getattr(self, name)}")
+        if not 0.0 <= self.min_label_increase <= 1.0:
+            raise ValueError(f"min_label_increase must be in [0, 1], got "
+                             f"{self.min_label_increase}")
         if self.max_attempts < 1 or self.min_labelled_voxels < 1:
             raise ValueError("max_attempts and min_labelled_voxels must be >= 1")
 
@@ -481,12 +489,11 @@ def lesion_alpha(bank: LesionBank, choice: LesionChoice, brain: Bool,
     return region, alpha.astype(np.float32)
 
 
-def paint(image: F32, region: tuple[slice, ...], alpha: F32, target: float,
-          stats: ScanStatistics) -> None:
-    """Paint in place: target intensity with the scan's texture, never darker."""
-    current = image[region]
-    painted = (1.0 - alpha) * current + alpha * (np.float32(target) + stats.texture[region])
-    image[region] = np.clip(np.maximum(current, painted), None, np.float32(stats.ceiling))
+def painted_values(current: F32, alpha: F32, target: float, texture: F32,
+                   ceiling: float) -> F32:
+    """Target intensity with the scan's own texture, blended by alpha; never darker."""
+    painted = (1.0 - alpha) * current + alpha * (np.float32(target) + texture)
+    return np.clip(np.maximum(current, painted), None, np.float32(ceiling)).astype(np.float32)
 
 
 # ------------------------------------------------------------------ a painted pair
@@ -533,21 +540,27 @@ class _Painter:
         self.label = np.zeros(self.brain.shape, dtype=np.uint8)
         self.occupied = np.zeros(self.brain.shape, dtype=bool)
 
-    def evaluate(self, choice: LesionChoice
-                 ) -> tuple[tuple[slice, ...], F32, npt.NDArray[np.bool_], bool]:
-        """(box, alpha, label on the box, overlaps an earlier lesion)."""
+    def evaluate(self, choice: LesionChoice) -> tuple[tuple[slice, ...], F32, F32, Bool, bool]:
+        """(box, alpha, painted values and label on the box, overlaps an earlier lesion)."""
         region, alpha = lesion_alpha(self.bank, choice, self.brain, self.image_axes,
                                      slice_thickness_mm=self.thickness,
                                      through_plane_axis=self.axis)
-        stats = self.stats[PAINTED_TIMEPOINT[choice.kind]]
-        label = (alpha >= 0.5) & ~stats.hyperintense[region]
-        overlaps = bool((alpha > 0).any() and self.occupied[region][alpha > 0].any())
-        return region, alpha, label, overlaps
-
-    def apply(self, choice: LesionChoice, region: tuple[slice, ...], alpha: F32,
-              label: npt.NDArray[np.bool_]) -> dict[str, Any]:
         timepoint = PAINTED_TIMEPOINT[choice.kind]
-        paint(self.images[timepoint], region, alpha, choice.target, self.stats[timepoint])
+        stats, current = self.stats[timepoint], self.images[timepoint][region]
+        values = painted_values(current, alpha, choice.target, stats.texture[region],
+                                stats.ceiling)
+        # Voxels whose surroundings are already about as bright as the target barely
+        # change (painting never darkens): they are not labelled.
+        least = self.settings.min_label_increase * (choice.target - stats.nawm_median)
+        label = ((alpha >= 0.5) & ~stats.hyperintense[region]
+                 & (values - current >= np.float32(least)))
+        overlaps = bool((alpha > 0).any() and self.occupied[region][alpha > 0].any())
+        return region, alpha, values, label, overlaps
+
+    def apply(self, choice: LesionChoice, region: tuple[slice, ...], alpha: F32, values: F32,
+              label: Bool) -> dict[str, Any]:
+        timepoint = PAINTED_TIMEPOINT[choice.kind]
+        self.images[timepoint][region] = values
         self.label[region] |= label.astype(np.uint8)
         # One voxel of clearance around every lesion: supports never touch.
         self.occupied[region] |= ndimage.binary_dilation(
@@ -663,10 +676,10 @@ def paint_pair(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
             choice = LesionChoice(kind=kind, bank_index=index, centre=centre, flips=flips,
                                   quarter_turns=turns, border_sigma_mm=sigma, contrast=contrast,
                                   target=contrast * stats.nawm_median)
-            region, alpha, label, overlaps = painter.evaluate(choice)
+            region, alpha, values, label, overlaps = painter.evaluate(choice)
             if overlaps or int(label.sum()) < settings.min_labelled_voxels:
                 continue
-            outcome = painter.apply(choice, region, alpha, label)
+            outcome = painter.apply(choice, region, alpha, values, label)
             lesions.append({**_choice_dict(choice), "source": bank.source(index),
                             "component_id": int(bank.component_ids[index]),
                             "bank_volume_mm3": float(bank.volumes_mm3[index]),
@@ -731,8 +744,8 @@ def replay_painted(record: Mapping[str, Any], baseline: npt.NDArray[Any],
                               border_sigma_mm=float(lesion["border_sigma_mm"]),
                               contrast=float(lesion["contrast"]),
                               target=float(lesion["target"]))
-        region, alpha, label, _ = painter.evaluate(choice)
-        painter.apply(choice, region, alpha, label)
+        region, alpha, values, label, _ = painter.evaluate(choice)
+        painter.apply(choice, region, alpha, values, label)
     return PaintedPair(painter.images["baseline"], painter.images["followup"], painter.label,
                        dict(record))
 
