@@ -20,7 +20,8 @@ def lesion_sample_outputs(template, samples):
 LESION_PAINT_SETTINGS = {
     k: v
     for k, v in SYNTHESIS["lesions"].items()
-    if k not in ("samples_per_subject", "bank", "min_volume_mm3", "max_volume_mm3")
+    if k
+    not in ("samples_per_subject", "bank", "bank_min_volume_mm3", "bank_max_volume_mm3")
 }
 
 
@@ -43,8 +44,8 @@ if LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES):
             mem_mb=4000,
             runtime=30,
         params:
-            min_volume_mm3=SYNTHESIS["lesions"]["min_volume_mm3"],
-            max_volume_mm3=SYNTHESIS["lesions"]["max_volume_mm3"],
+            min_volume_mm3=SYNTHESIS["lesions"]["bank_min_volume_mm3"],
+            max_volume_mm3=SYNTHESIS["lesions"]["bank_max_volume_mm3"],
         script:
             "../scripts/build_lesion_bank.py"
 

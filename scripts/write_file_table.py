@@ -1,4 +1,4 @@
-"""Rules list_training_scans and list_training_samples and list_validation_pairs: the input files as one table."""
+"""Rules list_training_scans and list_training_samples: the input files as one table."""
 
 from mschange.io import write_file_table
 from mschange.logs import logging_to

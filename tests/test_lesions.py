@@ -162,6 +162,9 @@ def test_enlarging_labels_only_the_grown_part_next_to_the_existing_lesion(bank):
     assert label.any() and not (label & existing).any()
     # Grown from the blob's border: the label touches the existing lesion.
     assert (ndimage.binary_dilation(existing) & label).any()
+    # Every labelled voxel visibly brightened (min_label_increase of the lesion contrast).
+    least = 0.25 * (lesion["target"] - pair.record["derived"]["followup"]["nawm_median"])
+    assert ((pair.followup - followup)[label] >= least - 1e-6).all()
     assert lesion["grown_from"]["component_voxels"] == int(existing.sum())
     assert np.array_equal(pair.baseline, baseline)
     # Painting never darkens: the existing lesion keeps its intensity.

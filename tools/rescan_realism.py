@@ -26,19 +26,15 @@ from mschange.synthesis.realism import (
 )
 
 
-def pair_files(run: Path, subject: str) -> dict[str, Path]:
-    folder = run / "results" / "preproc" / f"sub-{subject}"
-    return {"baseline": folder / f"sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-            "followup": folder / f"sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-            "masks": [folder / f"sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-                      folder / f"sub-{subject}_tp-followup_desc-brain_mask.nii.gz"]}
-
-
 def load_pair(run: Path, subject: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    files = pair_files(run, subject)
-    baseline, _ = load_float_image(files["baseline"])
-    followup, image = load_float_image(files["followup"])
-    return baseline, followup, brain_intersection(*files["masks"]), np.asarray(image.affine)
+    """A preprocessed pair of the run, the intersection of its brain masks, its affine."""
+    prefix = run / "results" / "preproc" / f"sub-{subject}" / f"sub-{subject}"
+    baseline, _ = load_float_image(f"{prefix}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz")
+    followup, image = load_float_image(
+        f"{prefix}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz")
+    brain = brain_intersection(f"{prefix}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+                               f"{prefix}_tp-followup_desc-brain_mask.nii.gz")
+    return baseline, followup, brain, np.asarray(image.affine)
 
 
 def main() -> None:

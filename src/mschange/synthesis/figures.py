@@ -135,7 +135,7 @@ def _component_crops(image: npt.NDArray[Any], components: npt.NDArray[Any], ids:
 
     crops = []
     for index in ids:
-        centre = [int(round(c)) for c in ndimage.center_of_mass(components == index)]
+        centre = [round(float(c)) for c in ndimage.center_of_mass(components == index)]
         i, j, k = centre
         window = (slice(max(i - half, 0), i + half), slice(max(j - half, 0), j + half), k)
         crops.append((np.flipud(image[window].T), np.flipud((components[window] == index).T)))
@@ -180,8 +180,8 @@ def plot_lesion_examples(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
             where = lesions == index
             darker = float((ras_pfu[where] - ras_bl[where]).mean()) < 0
             image = ras_bl if darker else ras_pfu
-            crop = _component_crops(image, lesions, [index], half)[0]
-            painted_crops.append((*crop, "painted at baseline (resolving)" if darker
+            pieces = _component_crops(image, lesions, [index], half)[0]
+            painted_crops.append((*pieces, "painted at baseline (resolving)" if darker
                                   else "painted at follow-up (new/enlarging)"))
             if len(painted_crops) == n_examples:
                 break
@@ -194,7 +194,7 @@ def plot_lesion_examples(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
                                 squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for axis, (crop, outline) in zip(axes[0], real, strict=False):
+    for axis, (crop, _) in zip(axes[0], real, strict=False):
         axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
         axis.set_title("real lesion", fontsize=8)
     for axis, (crop, outline, title) in zip(axes[1], painted_crops, strict=False):

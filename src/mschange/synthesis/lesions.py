@@ -777,6 +777,24 @@ def slice_profile_from_raw(raw_affine: npt.NDArray[np.floating[Any]],
     return float(raw_sizes[raw_axis]), int(np.argmax(cosines))
 
 
+def build_lesion_bank_step(masks: Sequence[PathLike], npz_path: PathLike,
+                           summary_json: PathLike, *, min_volume_mm3: float,
+                           max_volume_mm3: float) -> LesionBank:
+    """Rule build_lesion_bank: the bank of real lesion shapes, and its summary (JSON)."""
+    import logging
+
+    from mschange.io import save_json
+
+    bank = build_lesion_bank(masks, LesionBankSettings(min_volume_mm3=float(min_volume_mm3),
+                                                       max_volume_mm3=float(max_volume_mm3)))
+    save_lesion_bank(bank, npz_path)
+    save_json({**bank.summary(), "masks": [str(m) for m in masks],
+               "fingerprint": bank.fingerprint()}, summary_json)
+    logging.getLogger(__name__).info("lesion bank: %d lesions from %d masks", len(bank),
+                                     len(masks))
+    return bank
+
+
 def paint_lesions_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathLike],
                        bank_npz: PathLike, outputs: Mapping[str, Sequence[PathLike]], *,
                        subject: str, seed: int, settings: LesionPaintSettings,
