@@ -215,6 +215,13 @@ if (LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES)) and not SYNT
         "with split: validation scans) needs synthesis.lesions.bank: a folder of real "
         "lesion masks, e.g. open_ms_data/lesion_masks/raw"
     )
+if (LESION_SAMPLES or VALIDATION_SUBJECTS) and config["preprocessing"][
+    "resolution_mm"
+] != 1.0:
+    raise WorkflowError(
+        "lesion-based synthesis paints the lesion bank's 1 mm shapes and needs "
+        f"preprocessing.resolution_mm: 1.0 (got {config['preprocessing']['resolution_mm']})"
+    )
 
 
 def nochange_scans():
