@@ -272,6 +272,10 @@ def synthesis_targets():
         ]
     if LESION_SAMPLES:
         targets.append("results/synthesis/figures/lesion_examples.png")
+    if MAIN_AUGMENTATION.get("enabled"):
+        targets.append("results/synthesis/figures/augmentations.png")
+    if realism_pairs():
+        targets.append("results/synthesis/figures/rescan_realism.png")
     return targets
 
 
@@ -524,6 +528,49 @@ def validation_targets():
     return [f"{REPORT_DIR}/tables/validation.tsv"]
 
 
+def realism_pairs():
+    """Each labelled test pair whose follow-up is also a single-scan row, beside that
+    row's simulated-rescan pair: the real and simulated no-change differences of one
+    scan (rule rescan_realism)."""
+    import os
+
+    singles = {os.path.realpath(COHORT.loc[s, "followup"]): s for s in SINGLE_SUBJECTS}
+    pairs = []
+    for subject in EVALUATED_SUBJECTS:
+        simulated = singles.get(os.path.realpath(COHORT.loc[subject, "followup"]))
+        if simulated is None or not COHORT.loc[subject, "label"]:
+            continue
+        for name, source, label in (
+            (f"real {subject}", subject, COHORT.loc[subject, "label"]),
+            (f"simulated {simulated}", simulated, ""),
+        ):
+            files = preprocessed_pair_of(source)
+            pairs.append(
+                {
+                    "name": name,
+                    "baseline": files["baseline"],
+                    "followup": files["followup"],
+                    "masks": [files["baseline_mask"], files["followup_mask"]],
+                    "label": label,
+                }
+            )
+    return pairs
+
+
+def realism_inputs():
+    """The files rule rescan_realism reads."""
+    return [
+        path
+        for pair in realism_pairs()
+        for path in [pair["baseline"], pair["followup"], *pair["masks"]]
+        + ([pair["label"]] if pair["label"] else [])
+    ]
+
+
+# The main model's augmentation (the gallery shows it when it is on).
+MAIN_AUGMENTATION = MODELS[MAIN_MODEL]["training"].get("augmentation") or {}
+
+
 def report_extras():
     """Optional report inputs: synthesis figures and the validation summary."""
     extras = {}
@@ -533,6 +580,10 @@ def report_extras():
         extras["lesion_examples"] = "results/synthesis/figures/lesion_examples.png"
     if validation_targets():
         extras["validation"] = f"{REPORT_DIR}/tables/validation.tsv"
+    if realism_pairs():
+        extras["rescan_realism"] = "results/synthesis/figures/rescan_realism.png"
+    if MAIN_AUGMENTATION.get("enabled") and NOCHANGE_SUBJECTS:
+        extras["augmentations"] = "results/synthesis/figures/augmentations.png"
     return extras
 
 

@@ -180,3 +180,59 @@ rule synthesis_figures:
         device=config["device"],
     script:
         "../scripts/synthesis_figures.py"
+
+
+rule rescan_realism:
+    input:
+        realism_inputs(),
+    output:
+        figure=report(
+            "results/synthesis/figures/rescan_realism.png",
+            category="Synthesis",
+            caption="../report/rescan_realism.rst",
+        ),
+        table="results/synthesis/figures/rescan_realism.tsv",
+    log:
+        "results/logs/rescan_realism/rescan_realism.log",
+    conda:
+        "../envs/synthesis.yaml"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=10,
+    params:
+        pairs=realism_pairs(),
+    script:
+        "../scripts/rescan_realism.py"
+
+
+rule augmentation_figure:
+    input:
+        **(
+            {
+                key: path
+                for key, path in preprocessed_pair_of(NOCHANGE_SUBJECTS[0]).items()
+                if key != "raw_followup"
+            }
+            if NOCHANGE_SUBJECTS
+            else {}
+        ),
+    output:
+        figure=report(
+            "results/synthesis/figures/augmentations.png",
+            category="Synthesis",
+            caption="../report/augmentations.rst",
+        ),
+    log:
+        "results/logs/augmentation_figure/augmentation_figure.log",
+    conda:
+        "../envs/detection.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        settings=MAIN_AUGMENTATION,
+        seed=config["seed"],
+    script:
+        "../scripts/augmentation_figure.py"

@@ -22,6 +22,8 @@ with logging_to(snakemake.log[0], "evaluation_report"):
             supermix_examples=snakemake.input.get("supermix_examples"),
             lesion_examples=snakemake.input.get("lesion_examples"),
             validation=snakemake.input.get("validation"),
+            augmentations=snakemake.input.get("augmentations"),
+            rescan_realism=snakemake.input.get("rescan_realism"),
             cohort_status=cohort_status,
         ),
         snakemake.output.html,

@@ -211,3 +211,30 @@ def test_interrupted_augmented_training_resumes_to_the_same_weights(tmp_path):
     again, _ = load_detector(tmp_path / "resumed" / "model.pt")
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_gallery_shows_each_effect_alone_and_leaves_the_input_alone(tmp_path):
+    from mschange.detection.augment import (
+        GALLERY_EFFECTS,
+        gallery_patches,
+        plot_augmentation_gallery,
+    )
+
+    rng = np.random.default_rng(2)
+    brain = np.zeros((32, 32, 16), dtype=bool)
+    brain[4:28, 4:28, 2:14] = True
+    followup = np.where(brain, 0.5 + 0.05 * rng.standard_normal(brain.shape), 0.0)
+    followup = followup.astype(np.float32)
+    untouched = followup.copy()
+    names = plot_augmentation_gallery(followup, followup, AugmentationSettings(),
+                                      tmp_path / "gallery.png", seed=3)
+    assert names == ["original", *GALLERY_EFFECTS]
+    assert np.array_equal(followup, untouched)
+    patches = gallery_patches(followup, followup, AugmentationSettings(), seed=3)
+    assert np.array_equal(patches["original"], followup)
+    for name in GALLERY_EFFECTS:
+        if "misalignment" in name:   # |BL - FU| of two copies: zero only without a shift
+            assert patches[name].max() > 0.05
+        else:
+            assert not np.allclose(patches[name], followup, atol=1e-4), name
+    assert (tmp_path / "gallery.png").stat().st_size > 10_000

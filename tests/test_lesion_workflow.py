@@ -25,7 +25,8 @@ from .workflow_runs import snakemake, write_config
 SHAPE = (48, 56, 48)
 AFTER_PREPROCESSING = ["build_lesion_bank", "paint_lesions_subject", "paint_validation_subject",
                        "lesion_figures", "list_training_samples", "train_detector",
-                       "list_validation_pairs", "validate_method", "validation_tables"]
+                       "list_validation_pairs", "validate_method", "validation_tables",
+                       "augmentation_figure"]
 
 
 def _save(data: np.ndarray, path: Path, affine: np.ndarray | None = None) -> str:
@@ -95,12 +96,14 @@ def lesion_run(tmp_path_factory) -> Path:
         validation={"samples_per_subject": 1, "seed": 7},
         detector={"architecture": {"channels": [8, 16], "modules_per_block": 1},
                   "training": {"iterations": 1, "pairs_per_iteration": 2,
-                               "patch_size": [16, 16, 16]},
+                               "patch_size": [16, 16, 16],
+                               "augmentation": {"enabled": True}},
                   "inference": {"min_blob_voxels": 3}},
         experiments={"compare": [], "min_blob_voxels": [3]})
     # Options that take several values last, so that none swallows the targets.
     result = snakemake(workdir, "--cores", "2", "results/report/tables/validation.tsv",
                        "results/synthesis/figures/lesion_examples.png",
+                       "results/synthesis/figures/augmentations.png",
                        "--allowed-rules", *AFTER_PREPROCESSING, configfile=config)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir
@@ -151,6 +154,7 @@ def test_detector_trains_on_lesion_samples_and_records_its_data(lesion_run: Path
         "sub-s1_sample-000_tp-baseline_FLAIR.nii.gz", "sub-s1_sample-001_tp-baseline_FLAIR.nii.gz"]
     model = torch.load(lesion_run / "results" / "detector" / "model-siamese-inc-ag-ms-ds"
                        / "model.pt", weights_only=True)
+    assert model["training"]["settings"]["augmentation"]["enabled"] is True
     training_data = model["training_data"]
     assert list(training_data["training_pairs"]) == ["s1"]   # never the validation scan
     assert training_data["test_pair_images_used"] == {}
@@ -175,5 +179,6 @@ def test_validation_set_is_scored_for_the_model_and_the_baseline(lesion_run: Pat
     record = json.loads((lesion_run / "results" / "validation" / "sub-v1"
                          / "sub-v1_sample-000_desc-lesions.json").read_text())
     assert record["config_seed"] == 7   # the validation seed, not the training seed
-    assert (lesion_run / "results" / "synthesis" / "figures" / "lesion_examples.png").stat(
-        ).st_size > 10_000
+    figures = lesion_run / "results" / "synthesis" / "figures"
+    assert (figures / "lesion_examples.png").stat().st_size > 10_000
+    assert (figures / "augmentations.png").stat().st_size > 10_000

@@ -38,3 +38,37 @@ def test_differences_split_rim_and_interior_and_leave_out_changes():
     assert table.loc["interior", "q99"] == 0.0
     assert table.loc["brain", "share_above_0.1"] == pytest.approx(
         shell / regions["brain"].size)
+
+
+def test_realism_step_compares_a_real_pair_with_a_simulated_one(tmp_path):
+    import nibabel as nib
+    import pandas as pd
+
+    from mschange.synthesis.realism import realism_step
+
+    def save(data, name):
+        nib.save(nib.Nifti1Image(np.asarray(data), np.eye(4)), tmp_path / name)
+        return str(tmp_path / name)
+
+    brain = _ball(12)
+    rng = np.random.default_rng(1)
+    tissue = np.where(brain, 0.5, 0.0).astype(np.float32)
+    real = np.where(brain, tissue + 0.05 * rng.standard_normal(SHAPE), 0.0)
+    real[_ball(3)] += 0.6                         # a true change: left out through its label
+    simulated = np.where(brain, tissue + 0.01 * rng.standard_normal(SHAPE), 0.0)
+    mask = save(brain.astype(np.uint8), "mask.nii.gz")
+    pairs = [{"name": "real p1", "baseline": save(tissue, "bl.nii.gz"),
+              "followup": save(real.astype(np.float32), "fu.nii.gz"), "masks": [mask, mask],
+              "label": save(_ball(3).astype(np.uint8), "label.nii.gz")},
+             {"name": "simulated s1", "baseline": save(tissue, "bl.nii.gz"),
+              "followup": save(simulated.astype(np.float32), "sim.nii.gz"),
+              "masks": [mask, mask], "label": ""}]
+    table = realism_step(pairs, png=tmp_path / "realism.png", tsv=tmp_path / "realism.tsv")
+    written = pd.read_csv(tmp_path / "realism.tsv", sep="\t").set_index(["pair", "region"])
+    assert list(table["pair"].unique()) == ["real p1", "simulated s1"]
+    # The real pair's noise (sd 0.05) differs more than the simulation's (0.01), and the
+    # change itself (+0.6) is left out.
+    assert written.loc[("real p1", "brain"), "q99"] < 0.3
+    assert written.loc[("real p1", "brain"), "mean"] > 3 * written.loc[
+        ("simulated s1", "brain"), "mean"]
+    assert (tmp_path / "realism.png").stat().st_size > 10_000

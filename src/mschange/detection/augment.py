@@ -269,3 +269,71 @@ def augment_patch(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
         altered.append(np.ascontiguousarray(out, dtype=np.float32))
     label_out = np.ascontiguousarray(mask > 0.5).astype(np.asarray(label).dtype)
     return altered[0], altered[1], label_out
+
+
+# --- the report's gallery ---------------------------------------------------------------
+
+# One panel per effect: the probability switched on alone (the others at 0).
+GALLERY_EFFECTS = {
+    "flips and rotation": ("flip_probability", "rotation_probability"),
+    "residual misalignment (|BL - FU|)": ("misalignment_probability",),
+    "bias field": ("bias_field_probability",), "gamma": ("gamma_probability",),
+    "thick slices": ("slice_thickness_probability",),
+    "anisotropic down/upsampling": ("anisotropy_probability",),
+    "blur": ("blur_probability",), "edge enhancement": ("edge_probability",),
+    "motion (k-space)": ("motion_probability",), "ghosting": ("ghosting_probability",),
+    "spike": ("spike_probability",), "Rician noise": ("noise_probability",)}
+
+
+def gallery_patches(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                    settings: AugmentationSettings, seed: int) -> dict[str, F32]:
+    """Each effect of :data:`GALLERY_EFFECTS` alone on one patch (RAS axis order): the
+    augmented follow-up, or for the misalignment |baseline - follow-up| after it."""
+    off: dict[str, Any] = {item.name: 0.0 for item in dataclasses.fields(settings)
+                           if item.name.endswith("_probability")}
+    label = np.zeros(np.shape(followup), dtype=np.uint8)
+    patches = {"original": np.asarray(followup, dtype=np.float32)}
+    for name, switches in GALLERY_EFFECTS.items():
+        alone = dataclasses.replace(settings, enabled=True, **{**off, **dict.fromkeys(
+            switches, 1.0)})
+        rng = np.random.default_rng([seed, len(patches)])
+        moved_baseline, moved_followup, _ = augment_patch(baseline, followup, label, alone,
+                                                          rng)
+        patches[name] = (np.abs(moved_baseline - moved_followup) if "misalignment" in name
+                         else moved_followup)
+    return patches
+
+
+def plot_augmentation_gallery(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                              settings: AugmentationSettings, png_path: Any, *,
+                              seed: int) -> list[str]:
+    """The gallery as a figure: the middle axial slice of each patch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    patches = gallery_patches(baseline, followup, settings, seed)
+    columns = 5
+    rows = -(-len(patches) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), dpi=100,
+                                squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    middle = np.shape(followup)[2] // 2
+    for axis, (name, patch) in zip(axes.ravel(), patches.items(), strict=False):
+        view = np.flipud(patch[:, :, middle].T)
+        if "misalignment" in name:
+            axis.imshow(view, cmap="magma", vmin=0.0, vmax=0.3)
+        else:
+            axis.imshow(view, cmap="gray", vmin=0.0, vmax=1.0)
+        axis.set_title(name, fontsize=8)
+    figure.suptitle("On-the-fly augmentation of the detector's training patches, each "
+                    "effect alone (axial slice)", fontsize=9)
+    figure.tight_layout()
+    from mschange.io import atomic_path
+
+    with atomic_path(png_path) as tmp:
+        figure.savefig(tmp)
+    plt.close(figure)
+    return list(patches)

@@ -186,3 +186,23 @@ def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: 
              "%.1f s", subject, record["changes"], brighter, record["darker_at_followup"],
              record["changed_volume_mm3"], seconds_network)
     return record
+
+
+def augmentation_figure_step(baseline: PathLike, followup: PathLike, masks: Sequence[PathLike],
+                             *, settings: Mapping[str, Any], seed: int, png: PathLike,
+                             patch_size: Sequence[int] = (144, 176, 48)) -> list[str]:
+    """Rule augmentation_figure: each augmentation alone on a patch of one training pair
+    (RAS axis order, centred on the brain)."""
+    from mschange.detection.augment import plot_augmentation_gallery
+    from mschange.imagespace import to_ras_axes
+
+    baseline_data, _ = load_float_image(baseline)
+    followup_data, image = load_float_image(followup)
+    brain, _ = to_ras_axes(brain_intersection(*masks), image.affine)
+    centre = np.round(np.argwhere(brain).mean(axis=0)).astype(int)
+    region = tuple(slice(max(int(c) - n // 2, 0), max(int(c) - n // 2, 0) + n)
+                   for c, n in zip(centre, patch_size, strict=True))
+    pair = [to_ras_axes(data, image.affine)[0][region]
+            for data in (baseline_data, followup_data)]
+    return plot_augmentation_gallery(pair[0], pair[1], augmentation_settings(settings), png,
+                                     seed=seed)

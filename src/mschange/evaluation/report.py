@@ -36,6 +36,8 @@ class ReportInputs:
     qc_table: PathLike | None = None
     supermix_examples: PathLike | None = None
     lesion_examples: PathLike | None = None
+    augmentations: PathLike | None = None
+    rescan_realism: PathLike | None = None
     validation: PathLike | None = None                # mschange.evaluation.validation summary
     cohort_status: pd.DataFrame | None = None         # mschange.status.cohort_status
 
@@ -159,6 +161,19 @@ def build_report(inputs: ReportInputs, *, methods: Sequence[str], baseline: str 
                                 "al.): real lesions of the scan beside painted ones.",
                                 figures=[Figure(inputs.lesion_examples, "Real and painted "
                                                 "lesions")]))
+    if inputs.augmentations:
+        sections.append(Section("Augmentation",
+                                "The MRI artefacts and misalignment the detector's sampler "
+                                "adds to its training patches (Kamraoui et al.).",
+                                figures=[Figure(inputs.augmentations, "Each augmentation "
+                                                "alone")]))
+    if inputs.rescan_realism:
+        sections.append(Section("Real versus simulated no-change differences",
+                                "|follow-up - baseline| outside the true changes of a real "
+                                "pair, and of its follow-up with a simulated rescan: what "
+                                "the training pairs teach the detector to ignore.",
+                                figures=[Figure(inputs.rescan_realism, "Share of brain "
+                                                "voxels above each difference")]))
     if inputs.supermix_examples:
         sections.append(Section("Synthetic training changes (SuperMix)",
                                 "Examples of the synthesised lesion changes the detector "

@@ -28,7 +28,7 @@ QUANTILES = (0.5, 0.9, 0.99)
 def absolute_differences(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
                          brain: npt.NDArray[np.bool_], *, exclude: npt.NDArray[Any] | None = None,
                          rim_mm: float = 6.0, exclude_margin_mm: float = 3.0,
-                         zooms: Sequence[float] = (1.0, 1.0, 1.0)
+                         zooms: Sequence[float] | npt.NDArray[Any] = (1.0, 1.0, 1.0)
                          ) -> dict[str, npt.NDArray[np.float32]]:
     """|FU - BL| inside ``brain``, outside ``exclude`` grown by ``exclude_margin_mm``,
     for the whole brain, its outer ``rim_mm`` and the interior."""
@@ -91,5 +91,39 @@ def plot_difference_distributions(pairs: Mapping[str, Mapping[str, npt.NDArray[A
     np.atleast_1d(axes)[-1].legend(fontsize=7)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(png_path)
+    from mschange.io import atomic_path
+
+    with atomic_path(png_path) as tmp:
+        figure.savefig(tmp)
     plt.close(figure)
+
+
+def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any) -> pd.DataFrame:
+    """Rule rescan_realism: the real and simulated pairs' difference distributions.
+
+    Each of ``pairs`` has name, baseline, followup, masks (preprocessed files) and
+    label: a change mask on the raw follow-up's grid for a real pair, empty for a
+    simulated one (nothing changed).
+    """
+    from mschange.io import atomic_path, brain_intersection, load_float_image, voxel_sizes
+    from mschange.preprocessing.resample import resample_to_grid
+
+    regions = {}
+    for pair in pairs:
+        baseline, _ = load_float_image(pair["baseline"])
+        followup, image = load_float_image(pair["followup"])
+        exclude = None
+        if pair.get("label"):
+            label, label_image = load_float_image(pair["label"])
+            exclude = resample_to_grid(label, label_image.affine, baseline.shape,
+                                       image.affine, order=0, antialias=False) > 0
+        regions[pair["name"]] = absolute_differences(
+            baseline, followup, brain_intersection(*pair["masks"]), exclude=exclude,
+            zooms=voxel_sizes(image.affine))
+    table = difference_table(regions)
+    with atomic_path(tsv) as tmp:
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.5g")
+    plot_difference_distributions(regions, png, title="|FU - BL| where nothing changed: "
+                                  "real pairs (solid) and simulated rescans of their "
+                                  "follow-ups (dashed)")
+    return table
