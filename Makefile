@@ -53,6 +53,7 @@ bench: install
 	$(BIN)/python benchmarks/detector.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
+	$(BIN)/python benchmarks/sampler.py --threads $(CORES)
 
 # Whether each conda env (envs/*.yaml) resolves on PyPI for its Python, without conda
 # (needs the network; a minute or two). tests/test_envs.py checks the envs offline.
