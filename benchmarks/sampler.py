@@ -45,8 +45,8 @@ def synthetic_sample(seed: int) -> LoadedSample:
         corner = [int(rng.integers(40, n - 50)) for n in SHAPE]
         label[tuple(slice(c, c + 6) for c in corner)] = 1
     synthesised = np.where(label > 0, 0.95, reference).astype(np.float32)
-    return LoadedSample(reference=reference.astype(np.float16),
-                        synthesised=synthesised.astype(np.float16), label=label,
+    return LoadedSample(baseline=reference.astype(np.float16),
+                        followup=synthesised.astype(np.float16), label=label,
                         changed=np.argwhere(label).astype(np.int32))
 
 

@@ -9,7 +9,7 @@ with logging_to(snakemake.log[0], "train_detector"):
     samples = read_file_table(snakemake.input.samples)
     train_detector_step(
         [
-            TrainingSample(reference=b, synthesised=f, label=y)
+            TrainingSample(baseline=b, followup=f, label=y)
             for b, f, y in zip(
                 samples["baseline"], samples["followup"], samples["label"], strict=True
             )

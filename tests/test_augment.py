@@ -169,8 +169,8 @@ def sampler(seed: int, enabled: bool) -> PairSampler:
     samples = []
     for k in range(2):
         baseline, followup, label = brain_patch(seed=k)
-        samples.append(LoadedSample(reference=baseline.astype(np.float16),
-                                    synthesised=followup.astype(np.float16), label=label,
+        samples.append(LoadedSample(baseline=baseline.astype(np.float16),
+                                    followup=followup.astype(np.float16), label=label,
                                     changed=np.argwhere(label).astype(np.int32)))
     settings = DetectorTrainingSettings(
         patch_size=(16, 16, 16), batch_size=2,

@@ -1,10 +1,12 @@
-"""Training the change detector on SuperMix samples (To et al., section 4).
+"""Training the change detector on synthetic changes (To et al., section 4).
 
 The paper trains for 60 iterations of 100 SuperMix-augmented no-change pairs,
 mini-batch 2, Adam with an initial learning rate of 2e-4 and Keras' time-based decay
-``lr / (1 + decay * step)`` with decay 1e-3. Each sample is (x', x^, y^): the
+``lr / (1 + decay * step)`` with decay 1e-3. A SuperMix sample is (x', x^, y^): the
 untouched time point, the synthesised one and the change label; the network gets
-x' as the baseline and x^ as the follow-up, as at inference.
+x' as the baseline and x^ as the follow-up, as at inference. A lesion-based sample
+(:mod:`mschange.synthesis.lesions`) has its own baseline and follow-up, since a
+resolving lesion is painted into the baseline.
 
 Volumes are put in RAS axis order, cut to the brain's bounding box and kept in
 memory (float16). Training uses whole boxes (``patch_size: None``, the paper's
@@ -108,17 +110,19 @@ class DetectorTrainingSettings:
 
 @dataclass(frozen=True)
 class TrainingSample:
-    """One SuperMix sample's files: the untouched time point, the synthesised one, the label."""
+    """One training sample's files: what the network gets as baseline and follow-up, and
+    the change label. For SuperMix the untouched time point is the baseline and the
+    synthesised one the follow-up (To et al.); a lesion-based sample has both."""
 
-    reference: str
-    synthesised: str
+    baseline: str
+    followup: str
     label: str
 
 
 @dataclass
 class LoadedSample:
-    reference: npt.NDArray[np.float16]
-    synthesised: npt.NDArray[np.float16]
+    baseline: npt.NDArray[np.float16]
+    followup: npt.NDArray[np.float16]
     label: npt.NDArray[np.uint8]
     changed: npt.NDArray[np.int32]   # (n, 3) indices of changed voxels
 
@@ -131,16 +135,16 @@ def _ras(path: str, dtype: type) -> npt.NDArray[Any]:
 
 def load_sample(sample: TrainingSample) -> LoadedSample:
     """A sample in RAS axis order, cut to the box where either image has brain (non-zero)."""
-    reference = _ras(sample.reference, np.float32)
-    synthesised = _ras(sample.synthesised, np.float32)
+    baseline = _ras(sample.baseline, np.float32)
+    followup = _ras(sample.followup, np.float32)
     label = _ras(sample.label, np.uint8)
-    where = np.nonzero((reference != 0) | (synthesised != 0))
+    where = np.nonzero((baseline != 0) | (followup != 0))
     if not where[0].size:
-        raise ValueError(f"{sample.synthesised}: the images are empty (all zero)")
+        raise ValueError(f"{sample.followup}: the images are empty (all zero)")
     box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
     label = np.ascontiguousarray(label[box] > 0, dtype=np.uint8)
-    return LoadedSample(reference=reference[box].astype(np.float16),
-                        synthesised=synthesised[box].astype(np.float16), label=label,
+    return LoadedSample(baseline=baseline[box].astype(np.float16),
+                        followup=followup[box].astype(np.float16), label=label,
                         changed=np.argwhere(label).astype(np.int32))
 
 
@@ -186,7 +190,7 @@ class PairSampler:
         for b in range(size):
             sample = self.samples[self._next_index()]
             region = self._region(sample)
-            volumes: tuple[npt.NDArray[Any], ...] = (sample.reference, sample.synthesised,
+            volumes: tuple[npt.NDArray[Any], ...] = (sample.baseline, sample.followup,
                                                      sample.label)
             parts = tuple(volume[region] for volume in volumes)
             if self.settings.augmentation.enabled:
@@ -227,7 +231,7 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     ``metadata`` (config, preprocessing parameters) is stored in the model file.
     ``on_step(step, loss)`` runs after every optimiser step. Returns a summary.
     """
-    files = [path for s in samples for path in (s.reference, s.synthesised, s.label)]
+    files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
     checkpoints = CheckpointFolder(checkpoint_dir, {"settings": settings.as_dict(),
                                                     "inputs": fingerprint_of_files(files)})
     saved = checkpoints.load()
@@ -315,7 +319,7 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
                "resumed_from_step": start_step, "steps_this_run": step - start_step,
                "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
-               "device": str(device), "training_samples": [s.synthesised for s in samples]}
+               "device": str(device), "training_samples": [s.followup for s in samples]}
     _write_training_log(rows, log_tsv, curve_png, title="change detector")
     save_detector(model, model_path, training=json.loads(json.dumps(summary)),
                   metadata=metadata or {})
