@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
 import zlib
@@ -209,3 +210,12 @@ def read_file_table(path: str | os.PathLike[str]) -> dict[str, list[str]]:
         for name, value in zip(names, row.split("\t"), strict=True):
             columns[name].append(value)
     return columns
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 1 MB chunks (model files, lesion banks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

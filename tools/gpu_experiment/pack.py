@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         infos.append(info)
         print(json.dumps(info), flush=True)
     meta = {"paint_settings": paint, "loss": config["detector"]["loss"],
+            "augmentation": config["detector"]["training"]["augmentation"],
             "seed": int(config.get("seed", 0)), "margin": args.margin,
             "subjects": infos, "source": str(args.realrun)}
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))

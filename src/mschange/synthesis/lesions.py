@@ -64,7 +64,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from mschange.imagespace import to_ras_axes
-from mschange.io import atomic_path, voxel_sizes
+from mschange.io import atomic_path, file_sha256, voxel_sizes
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -753,15 +753,6 @@ def replay_painted(record: Mapping[str, Any], baseline: npt.NDArray[Any],
 # ------------------------------------------------------------------ file-level steps
 
 
-def _file_sha256(path: PathLike) -> str:
-    # Not steps.file_sha256: importing the steps module loads torch.
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def slice_profile_from_raw(raw_affine: npt.NDArray[np.floating[Any]],
                            affine: npt.NDArray[np.floating[Any]]) -> tuple[float, int]:
     """(raw slice thickness in mm, the preprocessed axis most parallel to the raw
@@ -811,7 +802,7 @@ def paint_lesions_step(timepoints: Mapping[str, PathLike], masks: Sequence[PathL
 
     log = logging.getLogger(__name__)
     bank = load_lesion_bank(bank_npz)
-    bank_digest = _file_sha256(bank_npz)
+    bank_digest = file_sha256(bank_npz)
     (base, base_image), (follow, image) = (load_float_image(timepoints[tp])
                                            for tp in TIMEPOINTS)
     if not np.allclose(base_image.affine, image.affine, atol=1e-3):
@@ -850,7 +841,7 @@ def replay_lesions_step(record_json: PathLike, out_dir: PathLike) -> dict[str, A
 
     record = json.loads(Path(record_json).read_text())
     bank_path = record["lesion_bank"]["path"]
-    if _file_sha256(bank_path) != record["lesion_bank"]["sha256"]:
+    if file_sha256(bank_path) != record["lesion_bank"]["sha256"]:
         raise ValueError(f"{bank_path} is not the lesion bank that made {record_json} "
                          "(checksum differs; was it rebuilt?)")
     (base, _), (follow, image) = (load_float_image(record["inputs"][tp]) for tp in TIMEPOINTS)

@@ -3,7 +3,6 @@ SuperMix samples and the synthesis figures. Paths in, paths out; outputs atomic.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import numpy as np
 
 from mschange.io import (
     brain_intersection,
+    file_sha256,
     load_checked_image,
     load_float_image,
     save_json,
@@ -85,14 +85,6 @@ def derived_seed(seed: int, *keys: str | int) -> int:
     """A 32-bit seed for one job, from the config seed and the job's identity."""
     entropy = [int(seed)] + [zlib.crc32(str(k).encode()) for k in keys]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-def file_sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ steps
