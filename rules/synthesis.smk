@@ -202,6 +202,9 @@ rule rescan_realism:
         runtime=10,
     params:
         pairs=realism_pairs(),
+        # The simulated pairs are also shown as the detector sees them, augmented.
+        augmentation=MAIN_AUGMENTATION,
+        seed=config["seed"],
     script:
         "../scripts/rescan_realism.py"
 

@@ -63,9 +63,19 @@ def test_realism_step_compares_a_real_pair_with_a_simulated_one(tmp_path):
              {"name": "simulated s1", "baseline": save(tissue, "bl.nii.gz"),
               "followup": save(simulated.astype(np.float32), "sim.nii.gz"),
               "masks": [mask, mask], "label": ""}]
-    table = realism_step(pairs, png=tmp_path / "realism.png", tsv=tmp_path / "realism.tsv")
+    only_noise = {"enabled": True, "misalignment_probability": 0.0, "flip_probability": 0.0,
+                  "rotation_probability": 0.0, "noise_probability": 1.0, "noise_std": [0.2, 0.2],
+                  **{f"{name}_probability": 0.0 for name in (
+                      "bias_field", "gamma", "slice_thickness", "anisotropy", "blur", "edge",
+                      "motion", "ghosting", "spike")}}
+    table = realism_step(pairs, png=tmp_path / "realism.png", tsv=tmp_path / "realism.tsv",
+                         augmentation=only_noise, seed=4)
     written = pd.read_csv(tmp_path / "realism.tsv", sep="\t").set_index(["pair", "region"])
-    assert list(table["pair"].unique()) == ["real p1", "simulated s1"]
+    assert list(table["pair"].unique()) == ["real p1", "simulated s1",
+                                            "simulated s1 + augmentation"]
+    # Noise of sd 0.2 on both time points widens the simulated differences.
+    assert written.loc[("simulated s1 + augmentation", "brain"), "mean"] > 5 * written.loc[
+        ("simulated s1", "brain"), "mean"]
     # The real pair's noise (sd 0.05) differs more than the simulation's (0.01), and the
     # change itself (+0.6) is left out.
     assert written.loc[("real p1", "brain"), "q99"] < 0.3

@@ -98,12 +98,16 @@ def plot_difference_distributions(pairs: Mapping[str, Mapping[str, npt.NDArray[A
     plt.close(figure)
 
 
-def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any) -> pd.DataFrame:
+def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any,
+                 augmentation: Mapping[str, Any] | None = None, seed: int = 0
+                 ) -> pd.DataFrame:
     """Rule rescan_realism: the real and simulated pairs' difference distributions.
 
     Each of ``pairs`` has name, baseline, followup, masks (preprocessed files) and
     label: a change mask on the raw follow-up's grid for a real pair, empty for a
-    simulated one (nothing changed).
+    simulated one (nothing changed). With ``augmentation`` (the detector's settings,
+    enabled), each simulated pair is also shown after it, drawn once from ``seed``:
+    the differences the detector is trained to ignore.
     """
     from mschange.io import atomic_path, brain_intersection, load_float_image, voxel_sizes
     from mschange.preprocessing.resample import resample_to_grid
@@ -117,9 +121,18 @@ def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any) -> p
             label, label_image = load_float_image(pair["label"])
             exclude = resample_to_grid(label, label_image.affine, baseline.shape,
                                        image.affine, order=0, antialias=False) > 0
-        regions[pair["name"]] = absolute_differences(
-            baseline, followup, brain_intersection(*pair["masks"]), exclude=exclude,
-            zooms=voxel_sizes(image.affine))
+        brain = brain_intersection(*pair["masks"])
+        zooms = voxel_sizes(image.affine)
+        regions[pair["name"]] = absolute_differences(baseline, followup, brain,
+                                                     exclude=exclude, zooms=zooms)
+        if exclude is None and augmentation and augmentation.get("enabled"):
+            from mschange.detection.augment import augment_patch, augmentation_settings
+
+            augmented = augment_patch(baseline, followup, np.zeros(brain.shape, np.uint8),
+                                      augmentation_settings(augmentation),
+                                      np.random.default_rng(seed))
+            regions[f"{pair['name']} + augmentation"] = absolute_differences(
+                augmented[0], augmented[1], brain, zooms=zooms)
     table = difference_table(regions)
     with atomic_path(tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.5g")
