@@ -279,6 +279,29 @@ def synthesis_targets():
     return targets
 
 
+def lesion_sample_outputs(template, samples):
+    """Baseline, follow-up, label and record of every sample of one subject."""
+    files = {
+        "baseline": "tp-baseline_FLAIR.nii.gz",
+        "followup": "tp-followup_FLAIR.nii.gz",
+        "label": "desc-change_mask.nii.gz",
+        "record": "desc-lesions.json",
+    }
+    return {
+        key: expand(f"{template}_{suffix}", sample=samples, allow_missing=True)
+        for key, suffix in files.items()
+    }
+
+
+# The painting settings (the keys of synthesis.lesions that are not the workflow's).
+LESION_PAINT_SETTINGS = {
+    k: v
+    for k, v in SYNTHESIS["lesions"].items()
+    if k
+    not in ("samples_per_subject", "bank", "bank_min_volume_mm3", "bank_max_volume_mm3")
+}
+
+
 def preprocessed_pair_of(subject):
     """A subject's preprocessed pair and brain masks (follow-up grid), and its raw
     follow-up, whose slice thickness painted lesions take."""

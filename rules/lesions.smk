@@ -3,28 +3,6 @@
 # validation scans (the validation set). Helpers: rules/common.smk.
 
 
-def lesion_sample_outputs(template, samples):
-    """Baseline, follow-up, label and record of every sample of one subject."""
-    files = {
-        "baseline": "tp-baseline_FLAIR.nii.gz",
-        "followup": "tp-followup_FLAIR.nii.gz",
-        "label": "desc-change_mask.nii.gz",
-        "record": "desc-lesions.json",
-    }
-    return {
-        key: expand(f"{template}_{suffix}", sample=samples, allow_missing=True)
-        for key, suffix in files.items()
-    }
-
-
-LESION_PAINT_SETTINGS = {
-    k: v
-    for k, v in SYNTHESIS["lesions"].items()
-    if k
-    not in ("samples_per_subject", "bank", "bank_min_volume_mm3", "bank_max_volume_mm3")
-}
-
-
 if LESION_SAMPLES or (VALIDATION_SUBJECTS and VALIDATION_SAMPLES):
 
     rule build_lesion_bank:

@@ -88,6 +88,13 @@ def _subject_arrays(subject: str) -> dict[str, Any]:
 
 
 def _paint_task(task: tuple[str, int, int]) -> dict[str, Any]:
+    try:
+        return _paint(task)
+    except Exception as error:  # one bad draw must not end the run
+        return {"error": f"{task}: {type(error).__name__}: {error}"}
+
+
+def _paint(task: tuple[str, int, int]) -> dict[str, Any]:
     subject, seed, index = task
     arrays = _subject_arrays(subject)
     bank: LesionBank = _WORKER["bank"]
@@ -109,6 +116,7 @@ def paint_pool(data: Path, subjects: list[str], paint: dict[str, Any], seed: int
     tasks = [(subjects[i % len(subjects)], seed, i // len(subjects))
              for i in range(pool_size)]
     samples: list[dict[str, Any]] = []
+    failures = 0
     deadline = time.monotonic() + seconds
     context = mp.get_context("fork")
     pool = context.Pool(workers, initializer=_worker_init, initargs=(str(data), paint, 1))
@@ -119,16 +127,22 @@ def paint_pool(data: Path, subjects: list[str], paint: dict[str, Any], seed: int
             if remaining <= 0:
                 break
             try:
-                samples.append(results.next(timeout=remaining))
-            except mp.TimeoutError:
+                result = results.next(timeout=remaining)
+            except (mp.TimeoutError, StopIteration):
                 break
-            except StopIteration:
-                break
+            if "error" in result:
+                failures += 1
+                if failures <= 5:
+                    log(f"painting failed: {result['error']}")
+                continue
+            samples.append(result)
             if len(samples) % 50 == 0:
                 log(f"painted {len(samples)} samples")
     finally:
         pool.terminate()
         pool.join()
+    if failures:
+        log(f"{failures} painting task(s) failed")
     return samples
 
 
@@ -371,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None, help="default: the config's")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -381,9 +395,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is None:
         args.seed = int(meta["seed"])
     device = torch.device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        log(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     train_subjects = [s["subject"] for s in meta["subjects"] if s["split"] == "train"]
     test_subjects = [s["subject"] for s in meta["subjects"] if s["split"] == "test"]
     log(f"train subjects: {len(train_subjects)}, test pairs: {test_subjects}")
@@ -406,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     if not samples:
         raise RuntimeError("no sample was painted")
 
+    if device.type == "cuda":  # after the painting workers are forked
+        torch.backends.cudnn.benchmark = True
+        summary["device_name"] = torch.cuda.get_device_name(device)
+        log(f"device: {summary['device_name']}, torch {torch.__version__}")
     loss = LossSettings(**meta["loss"])
     deadline = min(time.monotonic() + 60.0 * args.minutes,
                    START + args.deadline_seconds - args.predict_reserve)
