@@ -145,27 +145,39 @@ def lesion_f1(ltpr: Any, ppv: Any) -> float:
     return 0.0 if ltpr + ppv == 0 else 2 * ltpr * ppv / (ltpr + ppv)
 
 
-def validation_summary(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
-    """Per method, blob size and direction: means over the painted pairs (LTPR, PPV,
-    their F1, MSSEG-2 F1, Dice, detections) and false positives per no-change pair."""
+SUMMARY_KEYS = ["method", "min_blob_voxels", "direction"]
+
+
+def mean_scores(scores: pd.DataFrame, methods: Sequence[str], *, pair: str = "pair"
+                ) -> pd.DataFrame:
+    """Means of :data:`SUMMARY_METRICS` per method, blob size and direction, over the
+    pairs (column ``pair``) that have a value; To et al.'s lesion F1 per pair first.
+    Rows in the order of ``methods``, then blob size, then all/brighter/darker."""
     scores = scores.copy()
     scores["to_f1"] = [lesion_f1(a, b) for a, b in zip(scores["to_ltpr"], scores["to_ppv"],
                                                        strict=True)]
-    keys = ["method", "min_blob_voxels", "direction"]
-    painted = scores.loc[scores["kind"] == PAINTED]
-    summary = painted.groupby(keys, sort=False)[list(SUMMARY_METRICS)].mean()
-    summary["painted_pairs"] = painted.groupby(keys, sort=False)["pair"].nunique()
-    nochange = scores.loc[scores["kind"] == NO_CHANGE]
-    summary["fp_per_nochange_pair"] = nochange.groupby(keys, sort=False)[
-        "predicted_lesions"].mean()
-    summary["nochange_pairs"] = nochange.groupby(keys, sort=False)["pair"].nunique()
+    grouped = scores.groupby(SUMMARY_KEYS, sort=False)
+    summary = grouped[list(SUMMARY_METRICS)].mean()
+    summary["pairs"] = grouped[pair].nunique()
     summary = summary.reset_index()
     order = {name: k for k, name in enumerate(methods)}
     directions = {"all": 0, "brighter": 1, "darker": 2}
     summary = summary.sort_values(
-        keys, key=lambda column: column.map(order) if column.name == "method" else (
+        SUMMARY_KEYS, key=lambda column: column.map(order) if column.name == "method" else (
             column.map(directions) if column.name == "direction" else column))
     return summary.reset_index(drop=True)
+
+
+def validation_summary(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Per method, blob size and direction: means over the painted pairs (LTPR, PPV,
+    their F1, MSSEG-2 F1, Dice, detections) and false positives per no-change pair."""
+    summary = mean_scores(scores.loc[scores["kind"] == PAINTED], methods).rename(
+        columns={"pairs": "painted_pairs"})
+    nochange = scores.loc[scores["kind"] == NO_CHANGE].groupby(SUMMARY_KEYS, sort=False)
+    false_positives = pd.DataFrame({
+        "fp_per_nochange_pair": nochange["predicted_lesions"].mean(),
+        "nochange_pairs": nochange["pair"].nunique()}).reset_index()
+    return summary.merge(false_positives, on=SUMMARY_KEYS, how="left")
 
 
 def validation_markdown(summary: pd.DataFrame) -> str:
