@@ -147,10 +147,12 @@ def plot_lesion_examples(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
                                                  npt.NDArray[Any]]],
                          brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
                          png_path: str | os.PathLike[str], *, n_examples: int = 4,
-                         crop_mm: int = 48) -> dict[str, Any]:
-    """Real lesions of a scan (its largest hyperintensities, top row) beside lesions
-    painted into the same scan (bottom row: the time point they were painted into, the
-    label outlined), on axial crops at the same scale and intensity window.
+                         crop_mm: int = 40) -> dict[str, Any]:
+    """Real lesions of a scan beside lesions painted into the same scan, on axial crops
+    at the same scale and intensity window: top, the scan's largest hyperintensities (its
+    lesions where it has large ones, else the brightest cortex);
+    middle, the largest painted lesions in the time point they were painted into, the
+    label outlined; bottom, the same crops before painting.
 
     ``painted`` holds (baseline, follow-up, label) of painted samples of this pair.
     """
@@ -161,48 +163,56 @@ def plot_lesion_examples(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
     from scipy import ndimage
 
     half = crop_mm // 2
-    ras_fu, _ = to_ras_axes(np.asarray(followup, np.float32), affine)
+    ras = {tp: to_ras_axes(np.asarray(data, np.float32), affine)[0]
+           for tp, data in (("baseline", baseline), ("followup", followup))}
     ras_brain, _ = to_ras_axes(np.asarray(brain) > 0, affine)
     interior = ndimage.binary_erosion(ras_brain, iterations=6)
-    bright = interior & (ras_fu > np.percentile(ras_fu[ras_brain], 99.0))
+    # Normalised scans are clipped at their 99th percentile: the lesions sit at the top.
+    bright = interior & (ras["followup"] >= np.percentile(ras["followup"][ras_brain], 99.0))
     components, n = ndimage.label(bright, np.ones((3, 3, 3), bool))
     sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
     real_ids = [int(i) + 1 for i in np.argsort(sizes)[::-1][:n_examples] if sizes[i] >= 10]
-    real = _component_crops(ras_fu, components, real_ids, half)
+    real = _component_crops(ras["followup"], components, real_ids, half)
 
-    painted_crops: list[tuple[npt.NDArray[Any], npt.NDArray[Any], str]] = []
-    for sample_baseline, sample_followup, label in painted:
+    # Every painted lesion of every sample, largest first.
+    candidates: list[tuple[int, int, int, str]] = []   # voxels, sample, component, time point
+    labelled = []
+    for index, (sample_baseline, sample_followup, label) in enumerate(painted):
         ras_label, _ = to_ras_axes(np.asarray(label) > 0, affine)
+        lesions, count = ndimage.label(ras_label, np.ones((3, 3, 3), bool))
         ras_bl, _ = to_ras_axes(np.asarray(sample_baseline, np.float32), affine)
         ras_pfu, _ = to_ras_axes(np.asarray(sample_followup, np.float32), affine)
-        lesions, count = ndimage.label(ras_label, np.ones((3, 3, 3), bool))
-        for index in range(1, count + 1):
-            where = lesions == index
+        labelled.append((lesions, ras_bl, ras_pfu))
+        for component in range(1, count + 1):
+            where = lesions == component
             darker = float((ras_pfu[where] - ras_bl[where]).mean()) < 0
-            image = ras_bl if darker else ras_pfu
-            pieces = _component_crops(image, lesions, [index], half)[0]
-            painted_crops.append((*pieces, "painted at baseline (resolving)" if darker
-                                  else "painted at follow-up (new/enlarging)"))
-            if len(painted_crops) == n_examples:
-                break
-        if len(painted_crops) == n_examples:
-            break
+            candidates.append((int(where.sum()), index, component,
+                               "baseline" if darker else "followup"))
+    after, before, titles = [], [], []
+    for voxels, index, component, timepoint in sorted(candidates, reverse=True)[:n_examples]:
+        lesions, ras_bl, ras_pfu = labelled[index]
+        image = ras_bl if timepoint == "baseline" else ras_pfu
+        after.append(_component_crops(image, lesions, [component], half)[0])
+        before.append(_component_crops(ras[timepoint], lesions, [component], half)[0])
+        titles.append(f"painted at {timepoint} ({voxels} mm3)")
 
-    low, high = np.percentile(ras_fu[ras_brain], [1, 99.8])
-    columns = max(len(real), len(painted_crops), 1)
-    figure, axes = plt.subplots(2, columns, figsize=(2.3 * columns, 5.0), dpi=110,
+    low, high = np.percentile(ras["followup"][ras_brain], [1, 99.8])
+    columns = max(len(real), len(after), 1)
+    figure, axes = plt.subplots(3, columns, figsize=(2.3 * columns, 7.2), dpi=110,
                                 squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
     for axis, (crop, _) in zip(axes[0], real, strict=False):
         axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
         axis.set_title("real lesion", fontsize=8)
-    for axis, (crop, outline, title) in zip(axes[1], painted_crops, strict=False):
-        axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
-        axis.contour(outline, levels=[0.5], colors="red", linewidths=0.6)
-        axis.set_title(title, fontsize=7)
-    figure.suptitle(f"Real lesions of one scan (top) and lesions painted into it (bottom, "
-                    f"label in red); axial crops of {crop_mm} mm", fontsize=8)
+    for row, crops in ((1, after), (2, before)):
+        for axis, (crop, outline), title in zip(axes[row], crops, titles, strict=False):
+            axis.imshow(crop, cmap="gray", vmin=low, vmax=high)
+            axis.contour(outline, levels=[0.5], colors="red", linewidths=0.6)
+            axis.set_title(title if row == 1 else "before painting", fontsize=7)
+    figure.suptitle(f"Real lesions of one scan (top), the largest lesions painted into it "
+                    f"(middle, label in red) and the same place before (bottom); axial "
+                    f"crops of {crop_mm} mm", fontsize=8)
     _save(figure, png_path)
-    return {"real_lesions": len(real), "painted_lesions": len(painted_crops),
-            "intensity_window": [float(low), float(high)]}
+    return {"real_lesions": len(real), "painted_lesions_shown": len(after),
+            "painted_lesions": len(candidates), "intensity_window": [float(low), float(high)]}
