@@ -319,3 +319,14 @@ def test_bank_from_real_lesion_masks():
     sums = np.array([real.fraction(i).sum() for i in range(len(real))])
     assert sums == pytest.approx(real.volumes_mm3, rel=0.02)
     assert (real.shapes >= 2).all() and (real.shapes <= 200).all()
+
+
+def test_a_scan_whose_brain_is_mostly_zero_is_refused_with_a_reason():
+    from mschange.synthesis.lesions import LesionPaintSettings, scan_statistics
+
+    brain = np.zeros((20, 20, 20), dtype=bool)
+    brain[2:18, 2:18, 2:18] = True
+    image = np.zeros(brain.shape, dtype=np.float32)
+    image[2:18, 2:18, 2:5] = 1.0                 # brain mostly 0: the median is 0
+    with pytest.raises(ValueError, match="median intensity is 0"):
+        scan_statistics(image, brain, brain, LesionPaintSettings())

@@ -411,6 +411,12 @@ def scan_statistics(image: F32, brain: Bool, interior: Bool,
     low, high = np.percentile(values, settings.white_matter_percentiles)
     band = interior & (smooth >= low) & (smooth <= high)
     nawm = float(np.median(image[band])) if band.any() else float(np.median(values))
+    if nawm <= 0:
+        # Seen on a real scan whose normalised brain is 0 in half its mask: lesion
+        # contrast relative to white matter means nothing there.
+        raise ValueError(f"the normal-appearing white matter's median intensity is {nawm:g}: "
+                         "the scan's intensities or brain mask look broken (most of the "
+                         "brain at 0?); check its preprocessing QC")
     threshold = max(float(np.percentile(values, settings.hyperintense_percentile)),
                     settings.hyperintense_min_contrast * nawm)
     # >=: the preprocessed scans are clipped at their 99th percentile, so the brightest
