@@ -114,5 +114,6 @@ def test_validation_summary_means_painted_pairs_and_counts_false_positives():
 
 def test_lesion_f1_edge_cases():
     assert lesion_f1(0.0, 0.0) == 0.0
-    assert math.isnan(lesion_f1(math.nan, 0.5))
+    assert lesion_f1(0.0, math.nan) == 0.0      # changes missed, nothing predicted
+    assert math.isnan(lesion_f1(math.nan, 0.5))  # no true change: undefined
     assert lesion_f1(1.0, 0.5) == pytest.approx(2 / 3)

@@ -138,11 +138,14 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
 
 
 def lesion_f1(ltpr: Any, ppv: Any) -> float:
-    """Harmonic mean of To et al.'s LTPR and PPV (0 when both are 0, NaN when undefined)."""
+    """Harmonic mean of To et al.'s LTPR and PPV. 0 when no true lesion was found (also
+    when nothing was predicted, where PPV is undefined); NaN without true lesions."""
     ltpr, ppv = float(ltpr), float(ppv)
-    if not (np.isfinite(ltpr) and np.isfinite(ppv)):
+    if not np.isfinite(ltpr):
         return float("nan")
-    return 0.0 if ltpr + ppv == 0 else 2 * ltpr * ppv / (ltpr + ppv)
+    if ltpr == 0:
+        return 0.0
+    return 2 * ltpr * ppv / (ltpr + ppv)
 
 
 SUMMARY_KEYS = ["method", "min_blob_voxels", "direction"]
