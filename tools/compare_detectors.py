@@ -14,6 +14,7 @@ the pairs (To et al.'s lesion F1 per pair, then the mean):
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -75,6 +76,9 @@ def main() -> None:
                     "to_ltpr", "to_ppv", "msseg_f1", "msseg_dice"]))
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
+    runs = {label: str(Path(run).absolute()) for label, run in runs.items()}
+    first_run = runs[first_label]
+    os.chdir(first_run)   # the pair table's paths are relative to its workflow folder
     table = Path(first_run) / "results" / "validation" / "pairs.tsv"
     pairs = [p for p in validation_pairs(read_file_table(table))
              if p.subject not in args.exclude_validation]
