@@ -327,3 +327,38 @@ def test_summary_says_when_the_baseline_wins():
                         headline_blob=20, pairs_with_change=1, pairs_without=1)
     assert "on these pairs the learned model does not beat it" in text
     assert "2 test pair(s)" in text and "1 with lesion changes, 1 without" in text
+
+
+def test_report_leads_with_the_validation_set_and_shows_the_synthesis_figures(
+        table_inputs, tmp_path):
+    from mschange.evaluation.validation import validation_tables_step
+
+    metric_file, sweep_file, folder = table_inputs
+    tables_step([metric_file], [sweep_file], table_dir=folder / "tables",
+                boxplots=folder / "box.png", threshold_curves=folder / "curves.png",
+                methods=["model-a", "subtraction"], headline_blob=20, descriptions={})
+    scores = tmp_path / "scores.tsv"
+    pd.DataFrame([{"pair": "v-sample000", "subject": "v", "kind": "painted", "method": method,
+                   "min_blob_voxels": 20, "threshold": 0.1, "direction": "all",
+                   "to_ltpr": ltpr, "to_ppv": 0.5, "msseg_f1": 0.2, "msseg_dice": 0.3,
+                   "predicted_lesions": 4}
+                  for method, ltpr in (("model-a", 0.25), ("subtraction", 0.75))]
+                 ).to_csv(scores, sep="\t", index=False)
+    validation_tables_step([scores], methods=["model-a", "subtraction"],
+                           summary_tsv=tmp_path / "validation.tsv",
+                           summary_md=tmp_path / "validation.md")
+    inputs = ReportInputs(
+        tables={p.stem: p for p in (folder / "tables").glob("*.tsv")},
+        boxplots=folder / "box.png", threshold_curves=folder / "curves.png",
+        overlays={}, training_curves={}, validation=tmp_path / "validation.tsv",
+        lesion_examples=folder / "box.png", augmentations=folder / "curves.png",
+        rescan_realism=folder / "box.png")
+    report = build_report(inputs, methods=["model-a", "subtraction"], baseline="subtraction",
+                          headline_blob=20, metric_settings=MetricSettings().as_dict())
+    titles = [section.title for section in report.sections]
+    assert titles[0] == "Validation set"
+    assert {"Synthetic training changes (lesion-based)", "Augmentation",
+            "Real versus simulated no-change differences"} <= set(titles)
+    validation = report.sections[0].tables[0].frame.set_index("method")
+    assert validation.loc["model-a", "LTPR"] == pytest.approx(0.25)
+    assert validation.loc["subtraction", "lesion F1 (To)"] == pytest.approx(0.6)
