@@ -182,3 +182,36 @@ def test_validation_set_is_scored_for_the_model_and_the_baseline(lesion_run: Pat
     figures = lesion_run / "results" / "synthesis" / "figures"
     assert (figures / "lesion_examples.png").stat().st_size > 10_000
     assert (figures / "augmentations.png").stat().st_size > 10_000
+
+
+def test_supermix_and_lesion_samples_mix_in_one_training_table(tmp_path: Path):
+    from .workflow_runs import planned_jobs
+
+    bank = tmp_path / "bank"
+    _save(np.ones((4, 4, 4), dtype=np.uint8), bank / "p_lesions.nii.gz")
+    config = write_config(tmp_path / "config.yaml",
+                          synthesis={"supermix": {"samples_per_subject": 2},
+                                     "lesions": {"samples_per_subject": 3, "bank": str(bank)}})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules", configfile=config))
+    nochange = 4   # the demo's 3 no-change pairs and its single scan
+    assert jobs["supermix_subject"] == nochange
+    assert jobs["paint_lesions_subject"] == nochange
+    assert jobs["build_lesion_bank"] == 1 and jobs["lesion_figures"] == 1
+    assert jobs["list_training_samples"] == 1 and jobs["train_vae"] == 2
+    # Every sample of both kinds is an input of the one table training reads.
+    dag = snakemake(tmp_path, "-n",
+                    "results/detector/training_samples.tsv", configfile=config)
+    text = dag.stdout + dag.stderr
+    listed = text.split("rule list_training_samples:")[1].split("output:")[0]
+    # Training reads them in that order: SuperMix samples, then lesion-based ones.
+    assert listed.index("results/supermix/") < listed.index("results/lesions/")
+    assert listed.count("_desc-synthesised_FLAIR.nii.gz") == 2 * nochange
+    assert listed.count("_tp-followup_FLAIR.nii.gz") == 3 * nochange
+
+    lesions_only = write_config(tmp_path / "lesions_only.yaml",
+                                synthesis={"supermix": {"samples_per_subject": 0},
+                                           "lesions": {"samples_per_subject": 1,
+                                                       "bank": str(bank)}})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules", configfile=lesions_only))
+    assert "supermix_subject" not in jobs and "train_vae" not in jobs
+    assert jobs["paint_lesions_subject"] == nochange
