@@ -279,17 +279,23 @@ def synthesis_targets():
     return targets
 
 
-def lesion_sample_outputs(template, samples):
-    """Baseline, follow-up, label and record of every sample of one subject."""
-    files = {
-        "baseline": "tp-baseline_FLAIR.nii.gz",
-        "followup": "tp-followup_FLAIR.nii.gz",
-        "label": "desc-change_mask.nii.gz",
-        "record": "desc-lesions.json",
-    }
+# Each file of a lesion-based sample, after its prefix (LESION_SAMPLE, VALIDATION_SAMPLE).
+LESION_SAMPLE_FILES = {
+    "baseline": "tp-baseline_FLAIR.nii.gz",
+    "followup": "tp-followup_FLAIR.nii.gz",
+    "label": "desc-change_mask.nii.gz",
+    "record": "desc-lesions.json",
+}
+
+
+def lesion_sample_outputs(template, samples, **wildcards):
+    """Baseline, follow-up, label and record of every sample, by role; ``wildcards``
+    (e.g. subject=[...]) fill the template, the others stay wildcards."""
     return {
-        key: expand(f"{template}_{suffix}", sample=samples, allow_missing=True)
-        for key, suffix in files.items()
+        key: expand(
+            f"{template}_{suffix}", sample=samples, allow_missing=True, **wildcards
+        )
+        for key, suffix in LESION_SAMPLE_FILES.items()
     }
 
 
@@ -317,6 +323,13 @@ def preprocessed_pair_of(subject):
 
 def preprocessed_pair(wildcards):
     return preprocessed_pair_of(wildcards.subject)
+
+
+def preprocessed_images_of(subject):
+    """:func:`preprocessed_pair_of` without the raw follow-up (the figures' inputs)."""
+    files = preprocessed_pair_of(subject)
+    del files["raw_followup"]
+    return files
 
 
 def lesion_bank_masks():
@@ -357,20 +370,16 @@ def training_sample_files(role):
         "followup": "synthesised_FLAIR",
         "label": "change_mask",
     }[role]
-    lesion_suffix = {
-        "baseline": "tp-baseline_FLAIR",
-        "followup": "tp-followup_FLAIR",
-        "label": "desc-change_mask",
-    }[role]
-    return expand(
-        "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-{desc}.nii.gz",
-        subject=NOCHANGE_SUBJECTS,
-        sample=SAMPLES,
-        desc=supermix_desc,
-    ) + expand(
-        f"{LESION_SAMPLE}_{lesion_suffix}.nii.gz",
-        subject=NOCHANGE_SUBJECTS,
-        sample=LESION_SAMPLES,
+    return (
+        expand(
+            "results/supermix/sub-{subject}/sub-{subject}_sample-{sample}_desc-{desc}.nii.gz",
+            subject=NOCHANGE_SUBJECTS,
+            sample=SAMPLES,
+            desc=supermix_desc,
+        )
+        + lesion_sample_outputs(
+            LESION_SAMPLE, LESION_SAMPLES, subject=NOCHANGE_SUBJECTS
+        )[role]
     )
 
 
@@ -503,38 +512,71 @@ def evaluation_targets():
     return [f"{REPORT_DIR}/index.html"]
 
 
-def validation_pair_names():
-    """Every validation pair: each held-out scan's no-change pair, then its painted ones."""
-    return [f"{subject}-nochange" for subject in VALIDATION_SUBJECTS] + [
-        f"{subject}-sample{sample}"
-        for subject in VALIDATION_SUBJECTS
-        for sample in VALIDATION_SAMPLES
-    ]
+def validation_pair_table():
+    """The validation pairs as columns: each held-out scan's no-change pair, then its
+    painted ones (pair, subject, the preprocessed images and masks, label: empty for a
+    no-change pair). Rule list_validation_pairs writes it; validate_method reads it."""
+    columns = {
+        key: []
+        for key in (
+            "pair",
+            "subject",
+            "baseline",
+            "followup",
+            "baseline_mask",
+            "followup_mask",
+            "label",
+        )
+    }
+
+    def add(pair, subject, baseline, followup, label):
+        masks = preprocessed_pair_of(subject)
+        for key, value in (
+            ("pair", pair),
+            ("subject", subject),
+            ("baseline", baseline),
+            ("followup", followup),
+            ("baseline_mask", masks["baseline_mask"]),
+            ("followup_mask", masks["followup_mask"]),
+            ("label", label),
+        ):
+            columns[key].append(value)
+
+    for subject in VALIDATION_SUBJECTS:
+        files = preprocessed_pair_of(subject)
+        add(f"{subject}-nochange", subject, files["baseline"], files["followup"], "")
+    for subject in VALIDATION_SUBJECTS:
+        painted = lesion_sample_outputs(
+            VALIDATION_SAMPLE, VALIDATION_SAMPLES, subject=[subject]
+        )
+        for k, sample in enumerate(VALIDATION_SAMPLES):
+            add(
+                f"{subject}-sample{sample}",
+                subject,
+                painted["baseline"][k],
+                painted["followup"][k],
+                painted["label"][k],
+            )
+    return columns
 
 
 def validation_pair_files():
-    """Columns of the validation pair table (same order as validation_pair_names)."""
-    columns = {
-        key: [] for key in ("baseline", "followup", "baseline_mask", "followup_mask")
-    }
-    painted = {"baseline": [], "followup": [], "label": []}
-    for subject in VALIDATION_SUBJECTS:
-        for key, path in preprocessed_pair_of(subject).items():
-            if key in columns:
-                columns[key].append(path)
-    for subject in VALIDATION_SUBJECTS:
-        masks = preprocessed_pair_of(subject)
-        for sample in VALIDATION_SAMPLES:
-            prefix = VALIDATION_SAMPLE.format(subject=subject, sample=sample)
-            painted["baseline"].append(f"{prefix}_tp-baseline_FLAIR.nii.gz")
-            painted["followup"].append(f"{prefix}_tp-followup_FLAIR.nii.gz")
-            painted["label"].append(f"{prefix}_desc-change_mask.nii.gz")
-            columns["baseline_mask"].append(masks["baseline_mask"])
-            columns["followup_mask"].append(masks["followup_mask"])
-    columns["baseline"] += painted["baseline"]
-    columns["followup"] += painted["followup"]
-    columns["label"] = painted["label"]
-    return columns
+    """Every file of the validation pair table (the inputs of list_validation_pairs)."""
+    table = validation_pair_table()
+    return sorted(
+        {
+            path
+            for key in (
+                "baseline",
+                "followup",
+                "baseline_mask",
+                "followup_mask",
+                "label",
+            )
+            for path in table[key]
+            if path
+        }
+    )
 
 
 def validation_model(wildcards):

@@ -54,26 +54,14 @@ if LESION_SAMPLES and NOCHANGE_SUBJECTS:
 
     rule lesion_figures:
         input:
+            **preprocessed_images_of(NOCHANGE_SUBJECTS[0]),
             **{
-                key: path
-                for key, path in preprocessed_pair_of(NOCHANGE_SUBJECTS[0]).items()
-                if key != "raw_followup"
+                f"painted_{role}": files
+                for role, files in lesion_sample_outputs(
+                    LESION_SAMPLE, LESION_SAMPLES, subject=NOCHANGE_SUBJECTS[:1]
+                ).items()
+                if role != "record"
             },
-            painted_baseline=expand(
-                f"{LESION_SAMPLE}_tp-baseline_FLAIR.nii.gz",
-                subject=NOCHANGE_SUBJECTS[0],
-                sample=LESION_SAMPLES,
-            ),
-            painted_followup=expand(
-                f"{LESION_SAMPLE}_tp-followup_FLAIR.nii.gz",
-                subject=NOCHANGE_SUBJECTS[0],
-                sample=LESION_SAMPLES,
-            ),
-            painted_label=expand(
-                f"{LESION_SAMPLE}_desc-change_mask.nii.gz",
-                subject=NOCHANGE_SUBJECTS[0],
-                sample=LESION_SAMPLES,
-            ),
         output:
             figure=report(
                 "results/synthesis/figures/lesion_examples.png",

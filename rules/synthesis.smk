@@ -211,15 +211,7 @@ rule rescan_realism:
 
 rule augmentation_figure:
     input:
-        **(
-            {
-                key: path
-                for key, path in preprocessed_pair_of(NOCHANGE_SUBJECTS[0]).items()
-                if key != "raw_followup"
-            }
-            if NOCHANGE_SUBJECTS
-            else {}
-        ),
+        **(preprocessed_images_of(NOCHANGE_SUBJECTS[0]) if NOCHANGE_SUBJECTS else {}),
     output:
         figure=report(
             "results/synthesis/figures/augmentations.png",

@@ -33,7 +33,7 @@ if VALIDATION_SUBJECTS:
 
     rule list_validation_pairs:
         input:
-            **validation_pair_files(),
+            validation_pair_files(),
         output:
             "results/validation/pairs.tsv",
         log:
@@ -42,8 +42,7 @@ if VALIDATION_SUBJECTS:
         conda:
             "../envs/evaluation.yaml"
         params:
-            # Not files: names and (for no-change pairs) an empty label.
-            pair=validation_pair_names(),
+            table=validation_pair_table(),
         script:
             "../scripts/write_validation_table.py"
 

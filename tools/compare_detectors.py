@@ -24,6 +24,7 @@ from mschange.config import validate_config
 from mschange.evaluation.metrics import MetricSettings
 from mschange.evaluation.validation import (
     SUMMARY_METRICS,
+    markdown_table,
     mean_scores,
     validation_pairs,
     validation_step,
@@ -44,14 +45,6 @@ def test_pair_scores(run: Path, label: str) -> pd.DataFrame:
     return scores
 
 
-def markdown(table: pd.DataFrame, columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for row in table[columns].itertuples(index=False):
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells).replace("nan", "–") + " |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, metavar="LABEL=DIR")
@@ -68,12 +61,12 @@ def main() -> None:
         subset=["subject", "method", "min_blob_voxels", "direction"])
     methods = list(dict.fromkeys(scores["method"]))
     print("## Real development pairs (means over patient01 and patient03)\n")
-    print(markdown(mean_scores(scores, methods, pair="subject"), COLUMNS))
+    print(markdown_table(mean_scores(scores, methods, pair="subject"), COLUMNS, decimals=2))
     print("\n## Per pair, blob 20\n")
     per_pair = scores.loc[scores["min_blob_voxels"] == 20].copy()
-    print(markdown(per_pair.sort_values(["subject", "direction"]),
+    print(markdown_table(per_pair.sort_values(["subject", "direction"]),
                    ["subject", "method", "direction", "truth_lesions", "predicted_lesions",
-                    "to_ltpr", "to_ppv", "msseg_f1", "msseg_dice"]))
+                    "to_ltpr", "to_ppv", "msseg_f1", "msseg_dice"], decimals=2))
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     runs = {label: str(Path(run).absolute()) for label, run in runs.items()}
@@ -103,7 +96,7 @@ def main() -> None:
         summary = validation_summary(scores, list(dict.fromkeys(scores["method"])))
         print(f"\n## Validation set ({scores['pair'].nunique()} pairs of "
               f"{scores['subject'].nunique()} held-out scans)\n")
-        print(markdown(summary, [*COLUMNS, "fp_per_nochange_pair"]))
+        print(markdown_table(summary, [*COLUMNS, "fp_per_nochange_pair"], decimals=2))
 
 
 if __name__ == "__main__":

@@ -93,13 +93,17 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
     the subtraction baseline ``baseline_settings`` (sigma_mm, erode_mm)."""
     network = None
     if model is not None:
+        # Only a detector needs torch: the baseline's job stays light.
+        from mschange.detection.inference import predict_probability
         from mschange.detection.modelfile import load_detector
         from mschange.detection.steps import inference_settings
-        from mschange.torchrun import cpu_threads, resolve_device
+        from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 
         torch_device = resolve_device(device)
         network, _ = load_detector(model, torch_device)
         infer = inference_settings(inference or {})
+        if torch_device.type == "cpu":
+            flush_denormals()  # activations in the empty background decay to denormals
     rows: list[dict[str, Any]] = []
     for pair in pairs:
         baseline, _ = load_float_image(pair.baseline)
@@ -108,11 +112,6 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
         truth = (load_float_image(pair.label)[0] > 0 if pair.label is not None
                  else np.zeros(brain.shape, dtype=bool))
         if network is not None:
-            from mschange.detection.inference import predict_probability
-            from mschange.torchrun import flush_denormals
-
-            if torch_device.type == "cpu":
-                flush_denormals()
             with cpu_threads(threads, torch_device):
                 score = predict_probability(network, baseline, followup, brain, image.affine,
                                             infer, device=torch_device)
@@ -183,17 +182,27 @@ def validation_summary(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataF
     return summary.merge(false_positives, on=SUMMARY_KEYS, how="left")
 
 
+def markdown_table(frame: pd.DataFrame, columns: Sequence[str],
+                   names: Sequence[str] | None = None, *, decimals: int = 3) -> str:
+    """Columns of ``frame`` as a Markdown table: floats to ``decimals``, NaN as an en dash."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "–" if np.isnan(value) else f"{value:.{decimals}f}"
+        return str(value)
+
+    header = list(names or columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in frame[list(columns)].itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def validation_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table (3 decimals)."""
-    columns = ["method", "min_blob_voxels", "direction", *SUMMARY_METRICS,
-               "fp_per_nochange_pair"]
-    names = ["method", "blob", "direction", *SUMMARY_METRICS.values(),
-             "FP per no-change pair"]
-    lines = ["| " + " | ".join(names) + " |", "|" + " --- |" * len(names)]
-    for row in summary[columns].itertuples(index=False):
-        cells = [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells).replace("nan", "–") + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(
+        summary, ["method", "min_blob_voxels", "direction", *SUMMARY_METRICS,
+                  "fp_per_nochange_pair"],
+        ["method", "blob", "direction", *SUMMARY_METRICS.values(), "FP per no-change pair"])
 
 
 def validation_tables_step(score_files: Sequence[PathLike], *, methods: Sequence[str],
