@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+from mschange.artefacts import uniform
 from mschange.imagespace import to_ras_axes
 from mschange.io import atomic_path, file_sha256, voxel_sizes
 
@@ -585,10 +586,6 @@ def _eligible_lesions(bank: LesionBank, settings: LesionPaintSettings) -> npt.ND
     return eligible
 
 
-def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
-    return float(low + (high - low) * rng.random())
-
-
 class _Growable:
     """Existing hyperintense components an enlargement can grow from."""
 
@@ -675,10 +672,10 @@ def paint_pair(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
             turns = int(rng.integers(4))
             if not settings.augment:
                 flips, turns = (False, False, False), 0
-            sigma = _uniform(rng, *settings.border_sigma_mm)
+            sigma = uniform(rng, *settings.border_sigma_mm)
             high_contrast = max(settings.contrast[0],
                                 min(settings.contrast[1], stats.contrast_cap / stats.nawm_median))
-            contrast = _uniform(rng, settings.contrast[0], high_contrast)
+            contrast = uniform(rng, settings.contrast[0], high_contrast)
             choice = LesionChoice(kind=kind, bank_index=index, centre=centre, flips=flips,
                                   quarter_turns=turns, border_sigma_mm=sigma, contrast=contrast,
                                   target=contrast * stats.nawm_median)
