@@ -116,10 +116,12 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
                 score = predict_probability(network, baseline, followup, brain, image.affine,
                                             infer, device=torch_device)
         else:
-            options = baseline_settings or {}
+            if baseline_settings is None:
+                raise ValueError(f"{method}: the subtraction baseline needs its settings "
+                                 "(evaluation.baseline), or give a model")
             score = subtraction_zmap(baseline, followup, brain, voxel_sizes(image.affine),
-                                     float(options.get("sigma_mm", 1.0)),
-                                     float(options.get("erode_mm", 0.0)))
+                                     float(baseline_settings["sigma_mm"]),
+                                     float(baseline_settings["erode_mm"]))
         score = np.where(brain, score, 0.0)
         pair_rows = score_map_rows(score, baseline, followup, truth, image.affine,
                                    threshold=threshold, blob_sizes=blob_sizes,
