@@ -359,6 +359,23 @@ wildcard_constraints:
     model="|".join(re.escape(name) for name in MODELS),
 
 
+for _name, _model in MODELS.items():
+    if _model["training"]["validate_every"] and not (
+        VALIDATION_SUBJECTS and VALIDATION_SAMPLES
+    ):
+        raise WorkflowError(
+            f"model {_name}: detector.training.validate_every needs a validation set "
+            "(cohort scans with split: validation, validation.samples_per_subject > 0)"
+        )
+
+
+def training_validation(wildcards):
+    """The validation pair table, when the model is selected on the validation set."""
+    if MODELS[wildcards.model]["training"]["validate_every"]:
+        return "results/validation/pairs.tsv"
+    return []
+
+
 def training_sample_files(role):
     """One file of every training sample, SuperMix then lesion-based, in a fixed order:
     ``baseline`` (what the network gets as the baseline), ``followup`` or ``label``.
@@ -662,6 +679,7 @@ def method_descriptions():
             EVALUATION["baseline"]["k"],
             EVALUATION["baseline"]["sigma_mm"],
             EVALUATION["baseline"]["erode_mm"],
+            EVALUATION["baseline"]["harmonise"],
         )
     return descriptions
 

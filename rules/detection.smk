@@ -22,8 +22,12 @@ rule train_detector:
     input:
         # One table of every training sample (see train_vae).
         samples="results/detector/training_samples.tsv",
+        # Scored every detector.training.validate_every iterations (model selection).
+        validation=training_validation,
     output:
+        # The best validated weights (the last without validation); model_last.pt: the last.
         model=f"{DETECTOR_DIR}/model.pt",
+        last=f"{DETECTOR_DIR}/model_last.pt",
         log=report(
             f"{DETECTOR_DIR}/training_log.tsv",
             category="Detector",
@@ -66,6 +70,10 @@ rule train_detector:
         },
         seed=config["seed"],
         device=config["device"],
+        # Validation during training: the model's inference, every threshold of the sweep.
+        inference=lambda wildcards: MODELS[wildcards.model]["inference"],
+        kappa_sweep=config["evaluation"]["kappa_sweep"],
+        metrics=config["evaluation"]["metrics"],
     script:
         "../scripts/train_detector.py"
 

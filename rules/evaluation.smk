@@ -25,6 +25,7 @@ rule subtraction_baseline:
     params:
         sigma_mm=EVALUATION["baseline"]["sigma_mm"],
         erode_mm=EVALUATION["baseline"]["erode_mm"],
+        harmonise=EVALUATION["baseline"]["harmonise"],
     script:
         "../scripts/subtraction_baseline.py"
 

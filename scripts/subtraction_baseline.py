@@ -13,4 +13,5 @@ with logging_to(snakemake.log[0], "subtraction_baseline"):
         subject=snakemake.wildcards.subject,
         sigma_mm=snakemake.params.sigma_mm,
         erode_mm=snakemake.params.erode_mm,
+        harmonise=snakemake.params.harmonise,
     )

@@ -28,6 +28,7 @@ from scipy import ndimage
 from mschange.detection.network import ChangeDetector
 from mschange.imagespace import from_ras_axes, to_ras_axes
 from mschange.io import voxel_sizes
+from mschange.preprocessing.normalize import match_intensities
 from mschange.preprocessing.resample import resample_to_grid
 from mschange.tiling import blend_weights, brain_box, round_up, tile_starts
 from mschange.torchrun import autocast
@@ -48,11 +49,54 @@ class InferenceSettings:
     kappa: float = 0.1        # threshold on the change probability (paper 0.1)
     min_blob_voxels: int = 20  # smaller components are dropped (paper 20 or 100)
     margin: int = 8           # voxels of context kept around the brain box
+    # Follow-up histogram matched to the baseline's inside both brain masks first.
+    harmonise: bool = False
+    # Mirroring test-time augmentation: the mean over every combination of flips of
+    # these RAS axes (0 left-right, 1 anterior-posterior, 2 inferior-superior); 2^n passes.
+    mirror_axes: tuple[int, ...] = ()
+    # Changes are not reported within this depth of the edge of both brain masks.
+    edge_margin_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or \
+                len(set(self.mirror_axes)) != len(self.mirror_axes):
+            raise ValueError(f"mirror_axes {list(self.mirror_axes)} must be distinct axes "
+                             "among 0, 1, 2")
+        if self.edge_margin_mm < 0:
+            raise ValueError("edge_margin_mm must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["window"] = None if self.window is None else list(self.window)
+        values["mirror_axes"] = list(self.mirror_axes)
         return values
+
+
+def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Every combination of flips of ``axes`` (the empty one first): 2^len(axes)."""
+    return [tuple(axis for bit, axis in enumerate(axes) if code >> bit & 1)
+            for code in range(2 ** len(axes))]
+
+
+def network_inputs(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                   brain: npt.NDArray[Any], settings: InferenceSettings
+                   ) -> tuple[F32, F32]:
+    """The two scans as the network gets them (float32; harmonised when set)."""
+    baseline = np.asarray(baseline, dtype=np.float32)
+    followup = np.asarray(followup, dtype=np.float32)
+    if settings.harmonise:
+        followup = match_intensities(followup, baseline, np.asarray(brain) > 0)
+    return baseline, followup
+
+
+def edge_depth_mask(brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
+                    margin_mm: float) -> npt.NDArray[np.bool_]:
+    """Brain voxels deeper than ``margin_mm`` inside ``brain`` (all of it for 0)."""
+    inside = np.asarray(brain) > 0
+    if margin_mm <= 0:
+        return inside
+    depth = ndimage.distance_transform_edt(inside, sampling=voxel_sizes(affine))
+    return inside & (depth > margin_mm)
 
 
 @torch.no_grad()
@@ -61,14 +105,16 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
                         affine: npt.NDArray[np.floating[Any]], settings: InferenceSettings,
                         *, device: torch.device | None = None,
                         on_window: Callable[[int, int], None] | None = None) -> F32:
-    """Change probability on the input grid; zero outside ``brain``.
+    """Change probability on the input grid; zero outside ``brain`` (and within
+    ``settings.edge_margin_mm`` of its edge).
 
     ``on_window(done, total)`` is called after each window (progress display).
     """
     device = device or next(model.parameters()).device
     factor = model.architecture.downsampling
-    ras_baseline, back = to_ras_axes(np.asarray(baseline, dtype=np.float32), affine)
-    ras_followup, _ = to_ras_axes(np.asarray(followup, dtype=np.float32), affine)
+    baseline, followup = network_inputs(baseline, followup, brain, settings)
+    ras_baseline, back = to_ras_axes(baseline, affine)
+    ras_followup, _ = to_ras_axes(followup, affine)
     ras_brain, _ = to_ras_axes(np.asarray(brain) > 0, affine)
     box, padded = brain_box(ras_brain, settings.margin, factor)
     brain_region = np.zeros(padded, dtype=bool)
@@ -87,6 +133,7 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
                for w in window]
     starts = [tile_starts(n, w, s) for n, w, s in zip(padded, window, strides, strict=True)]
     weights = blend_weights(tuple(window))
+    flipped = mirrorings(settings.mirror_axes)
     output = np.zeros(padded, dtype=np.float32)
     weight_sum = np.zeros(padded, dtype=np.float32)
     total = int(np.prod([len(s) for s in starts]))
@@ -100,9 +147,16 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
                 if brain_region[where].any():  # corners of the box may hold no brain
                     pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
                             for r in regions]
-                    with autocast(device):
-                        logits = model(*pair)[0]
-                    output[where] += (torch.sigmoid(logits.float()).cpu().numpy()[0, 0]
+                    window_probability = torch.zeros(pair[0].shape[2:], device=device)
+                    for flips in flipped:
+                        dims = [2 + axis for axis in flips]
+                        inputs = [torch.flip(p, dims) if dims else p for p in pair]
+                        with autocast(device):
+                            logits = model(*inputs)[0].float()
+                        if dims:
+                            logits = torch.flip(logits, dims)
+                        window_probability += torch.sigmoid(logits)[0, 0]
+                    output[where] += (window_probability.cpu().numpy() / len(flipped)
                                       * weights)
                     weight_sum[where] += weights
                 if on_window is not None:
@@ -112,7 +166,10 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
     blended = output / np.maximum(weight_sum, 1e-6)
     probability[box] = blended[tuple(slice(0, s.stop - s.start) for s in box)]
     probability[~ras_brain] = 0.0
-    return np.ascontiguousarray(from_ras_axes(probability, back), dtype=np.float32)
+    probability = from_ras_axes(probability, back)
+    if settings.edge_margin_mm > 0:
+        probability[~edge_depth_mask(brain, affine, settings.edge_margin_mm)] = 0.0
+    return np.ascontiguousarray(probability, dtype=np.float32)
 
 
 def find_changes(probability: npt.NDArray[Any], kappa: float, min_blob_voxels: int

@@ -26,7 +26,12 @@ from mschange.detection.inference import (
 from mschange.detection.loss import LossSettings
 from mschange.detection.modelfile import load_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
-from mschange.detection.training import DetectorTrainingSettings, TrainingSample, train_detector
+from mschange.detection.training import (
+    DetectorTrainingSettings,
+    TrainingSample,
+    Validator,
+    train_detector,
+)
 from mschange.io import (
     atomic_path,
     brain_intersection,
@@ -58,7 +63,8 @@ def training_settings(detector: Mapping[str, Any], *, seed: int) -> DetectorTrai
         pairs_per_iteration=int(training["pairs_per_iteration"]),
         patch_size=None if patch is None else (int(patch[0]), int(patch[1]), int(patch[2])),
         foreground_share=float(training["foreground_share"]),
-        checkpoint_every=int(training["checkpoint_every"]), seed=int(seed),
+        checkpoint_every=int(training["checkpoint_every"]),
+        validate_every=int(training.get("validate_every", 0)), seed=int(seed),
         augmentation=augmentation_settings(training.get("augmentation")))
 
 
@@ -69,7 +75,10 @@ def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
         window=None if window is None else (int(window[0]), int(window[1]), int(window[2])),
         overlap=int(config["overlap"]), kappa=float(config["kappa"]),
         min_blob_voxels=int(config["min_blob_voxels"]),
-        margin=int(config.get("margin", InferenceSettings.margin)))
+        margin=int(config.get("margin", InferenceSettings.margin)),
+        harmonise=bool(config.get("harmonise", False)),
+        mirror_axes=tuple(int(a) for a in config.get("mirror_axes", ())),
+        edge_margin_mm=float(config.get("edge_margin_mm", 0.0)))
 
 
 # ------------------------------------------------------------------ steps
@@ -78,7 +87,11 @@ def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
 def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
                         log_tsv: PathLike, curve_png: PathLike, checkpoint_dir: PathLike,
                         settings: DetectorTrainingSettings, metadata: dict[str, Any],
-                        device: str, threads: int | None = None) -> None:
+                        device: str, threads: int | None = None,
+                        last_model: PathLike | None = None,
+                        validate: Validator | None = None) -> None:
+    """Rule train_detector. ``validate`` scores the validation set (see
+    :func:`mschange.detection.training.train_detector`)."""
     torch_device = resolve_device(device)
     every = max(1, settings.total_steps // 20)
 
@@ -90,7 +103,8 @@ def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
     with cpu_threads(threads, torch_device):
         summary = train_detector(samples, settings, model_path=model, log_tsv=log_tsv,
                                  curve_png=curve_png, checkpoint_dir=checkpoint_dir,
-                                 device=torch_device, metadata=metadata, on_step=progress)
+                                 device=torch_device, metadata=metadata, on_step=progress,
+                                 validate=validate, last_model_path=last_model)
     log.info("detector trained: %d steps (%d this run, resumed from %d), final loss %s, "
              "%.0f s", summary["steps"], summary["steps_this_run"],
              summary["resumed_from_step"], summary["final_loss"], summary["elapsed_s"])

@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["iteration", "step", "pairs", "loss", "loss_final", "learning_rate",
                "pairs_per_second", "elapsed_s"]
+# Written at the iterations where the validation set is scored (NaN elsewhere).
+VALIDATION_COLUMNS = ["val_f1", "val_ltpr", "val_ppv", "val_kappa", "val_fp_nochange"]
+# Scores the network on the validation set: ``validate(network, device)`` -> val_* values.
+Validator = Callable[[ChangeDetector, torch.device], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ class DetectorTrainingSettings:
     patch_size: tuple[int, int, int] | None = None   # None: whole brain boxes
     foreground_share: float = 0.5   # patches centred on a changed voxel (patch training)
     checkpoint_every: int = 100
+    # Score the validation set every this many iterations (and after the last); the best
+    # scoring weights become the model file (0: no validation, the last weights).
+    validate_every: int = 0
     seed: int = 0
     # on-the-fly MR-artefact augmentation of the patches (off: the paper trains without)
     augmentation: AugmentationSettings = field(default_factory=AugmentationSettings)
@@ -87,6 +94,8 @@ class DetectorTrainingSettings:
             raise ValueError("batch_size, iterations and pairs_per_iteration must be >= 1")
         if not 0.0 <= self.foreground_share <= 1.0:
             raise ValueError("foreground_share must be in [0, 1]")
+        if self.validate_every < 0:
+            raise ValueError("validate_every must be >= 0")
 
     @property
     def steps_per_iteration(self) -> int:
@@ -204,17 +213,34 @@ class PairSampler:
 
 
 def _write_training_log(rows: list[dict[str, Any]], log_tsv: str | os.PathLike[str],
-                        curve_png: str | os.PathLike[str], title: str) -> None:
-    table = pd.DataFrame(rows, columns=LOG_COLUMNS)
+                        curve_png: str | os.PathLike[str], title: str,
+                        selected_iteration: int | None = None) -> None:
+    table = pd.DataFrame(rows, columns=LOG_COLUMNS + VALIDATION_COLUMNS)
+    validated = table.dropna(subset=["val_f1"])
     with atomic_path(log_tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
+        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
+    panels = 2 if len(validated) else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.5), dpi=100, squeeze=False)
+    axis = axes[0, 0]
     axis.plot(table["iteration"], table["loss"], marker="o", label="total")
     axis.plot(table["iteration"], table["loss_final"], marker=".", label="final map")
     axis.set_xlabel("iteration")
     axis.set_ylabel("loss (mean per iteration)")
     axis.set_title(title)
     axis.legend()
+    if len(validated):
+        axis = axes[0, 1]
+        for column, name in (("val_f1", "lesion F1 (To)"), ("val_ltpr", "LTPR"),
+                             ("val_ppv", "PPV")):
+            axis.plot(validated["iteration"], validated[column], marker="o", label=name)
+        if selected_iteration is not None:
+            axis.axvline(selected_iteration, color="grey", linestyle="--",
+                         label=f"kept: iteration {selected_iteration}")
+        axis.set_xlabel("iteration")
+        axis.set_ylabel("validation set (pooled, best threshold)")
+        axis.set_ylim(0, 1)
+        axis.set_title("validation")
+        axis.legend(fontsize="small")
     figure.tight_layout()
     with atomic_path(curve_png) as tmp:
         figure.savefig(tmp)
@@ -225,12 +251,20 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
                    model_path: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
                    curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
                    device: torch.device, metadata: dict[str, Any] | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+                   on_step: Callable[[int, float], None] | None = None,
+                   validate: Validator | None = None,
+                   last_model_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train (or resume training) and write the model file, the log and its curve.
 
     ``metadata`` (config, preprocessing parameters) is stored in the model file.
-    ``on_step(step, loss)`` runs after every optimiser step. Returns a summary.
+    ``on_step(step, loss)`` runs after every optimiser step. With ``validate`` and
+    ``settings.validate_every``, the validation set is scored every that many
+    iterations and after the last; the model file gets the best-scoring weights (the
+    first of equals) and ``last_model_path`` the last ones (nnU-Net keeps both).
+    Without, both get the last weights. Returns a summary.
     """
+    if settings.validate_every and validate is None:
+        raise ValueError("validate_every is set but no validation set was given")
     files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
     checkpoints = CheckpointFolder(checkpoint_dir, {"settings": settings.as_dict(),
                                                     "inputs": fingerprint_of_files(files)})
@@ -242,11 +276,14 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     rng = np.random.default_rng(settings.seed)
     rows: list[dict[str, Any]] = []
     start_step, elapsed_before = 0, 0.0
+    best: dict[str, Any] = {}   # the best validated iteration's row and weights
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimiser.load_state_dict(saved["optimiser"])
         restore_random_states(saved, rng, device)
         rows = json.loads(saved["rows"])
+        if "best_model" in saved:
+            best = {"row": json.loads(saved["best_row"]), "state": saved["best_model"]}
         start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
         log.info("resuming detector training from the checkpoint at step %d of %d (%s)",
                  start_step, settings.total_steps, checkpoints.state_path)
@@ -267,7 +304,23 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
         checkpoints.save({
             "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
             "elapsed_s": elapsed, "rows": json.dumps(rows),
-            "sampler_order": json.dumps(sampler.order), **random_states(rng, device)})
+            "sampler_order": json.dumps(sampler.order), **random_states(rng, device),
+            **({"best_model": best["state"], "best_row": json.dumps(best["row"])}
+               if best else {})})
+
+    def validate_now(row: dict[str, Any]) -> None:
+        assert validate is not None
+        started = time.perf_counter()
+        model.eval()
+        row.update(validate(model, device))
+        model.train()
+        log.info("iteration %d: validation lesion F1 %.3f (LTPR %.2f, PPV %.2f at kappa %g, "
+                 "%.1f detections per no-change pair), %.0f s", row["iteration"],
+                 row["val_f1"], row["val_ltpr"], row["val_ppv"], row["val_kappa"],
+                 row["val_fp_nochange"], time.perf_counter() - started)
+        if not best or row["val_f1"] > best["row"]["val_f1"]:
+            best["row"] = dict(row)
+            best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     model.train()
     run_started = iteration_started = time.perf_counter()
@@ -305,6 +358,10 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
                 log.info("iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
                          rows[-1]["iteration"], settings.iterations, rows[-1]["loss"],
                          rows[-1]["loss_final"], learning_rate, rows[-1]["pairs_per_second"])
+                iteration = rows[-1]["iteration"]
+                if settings.validate_every and (iteration % settings.validate_every == 0
+                                                or step == settings.total_steps):
+                    validate_now(rows[-1])
                 sums = {"loss": 0.0, "final": 0.0, "pairs": 0}
                 iteration_started = time.perf_counter()
             if stop or (at_boundary and step < settings.total_steps) or \
@@ -319,9 +376,20 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
                "resumed_from_step": start_step, "steps_this_run": step - start_step,
                "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
-               "device": str(device), "training_samples": [s.followup for s in samples]}
-    _write_training_log(rows, log_tsv, curve_png, title="change detector")
-    save_detector(model, model_path, training=json.loads(json.dumps(summary)),
-                  metadata=metadata or {})
+               "device": str(device), "training_samples": [s.followup for s in samples],
+               # The kept weights: the best validated iteration, else the last.
+               "selected": ({"by": "validation", **best["row"]} if best
+                            else {"by": "last", "iteration": settings.iterations})}
+    _write_training_log(rows, log_tsv, curve_png, title="change detector",
+                        selected_iteration=best["row"]["iteration"] if best else None)
+    training = json.loads(json.dumps(summary))
+    if last_model_path is not None:
+        save_detector(model, last_model_path, training={**training, "selected": {
+            "by": "last", "iteration": settings.iterations}}, metadata=metadata or {})
+    if best:
+        model.load_state_dict(best["state"])
+        log.info("kept the weights of iteration %d (validation lesion F1 %.3f at kappa %g)",
+                 best["row"]["iteration"], best["row"]["val_f1"], best["row"]["val_kappa"])
+    save_detector(model, model_path, training=training, metadata=metadata or {})
     checkpoints.clear()
     return summary

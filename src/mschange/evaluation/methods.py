@@ -24,8 +24,10 @@ def model_description(detector: Mapping[str, Any]) -> dict[str, str]:
             "L2": f"{loss['l2']:g}" if loss["l2"] else "–"}
 
 
-def baseline_description(k: float, sigma_mm: float, erode_mm: float = 0.0
-                         ) -> dict[str, str]:
+def baseline_description(k: float, sigma_mm: float, erode_mm: float = 0.0,
+                         harmonise: bool = False) -> dict[str, str]:
     edge = f", edge {erode_mm:g} mm out" if erode_mm else ""
-    return {"model": f"subtraction (σ {sigma_mm:g} mm, |z| > {k:g}{edge})", "loss": "–",
+    matched = ", histograms matched" if harmonise else ""
+    return {"model": f"subtraction (σ {sigma_mm:g} mm, |z| > {k:g}{edge}{matched})",
+            "loss": "–",
             "γ": "–", "L2": "–"}

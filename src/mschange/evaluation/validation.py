@@ -70,16 +70,18 @@ def validation_pairs(columns: Mapping[str, Sequence[str]]) -> list[ValidationPai
 def score_map_rows(score: npt.NDArray[Any], baseline: npt.NDArray[Any],
                    followup: npt.NDArray[Any], truth: npt.NDArray[np.bool_],
                    affine: npt.NDArray[np.floating[Any]], *, threshold: float,
-                   blob_sizes: Sequence[int], settings: MetricSettings
-                   ) -> list[dict[str, Any]]:
-    """Metric rows (per blob size and direction) of one score map on its own grid."""
+                   blob_sizes: Sequence[int], settings: MetricSettings,
+                   sweep: Sequence[float] = ()) -> list[dict[str, Any]]:
+    """Metric rows (per blob size, threshold and direction) of one score map on its own
+    grid: at ``threshold``, then at every other threshold of ``sweep``."""
     difference = np.asarray(followup, np.float32) - np.asarray(baseline, np.float32)
     rows = []
     for blob in blob_sizes:
         scorer = PairScorer(score, affine, truth, affine, difference, min_blob_voxels=int(blob),
                             settings=settings)
-        rows += [{"min_blob_voxels": int(blob), "threshold": threshold, **row}
-                 for row in scorer.rows(scorer.prediction(threshold))]
+        for value in [threshold, *sorted(set(sweep) - {threshold})]:
+            rows += [{"min_blob_voxels": int(blob), "threshold": value, **row}
+                     for row in scorer.rows(scorer.prediction(value))]
     return rows
 
 
@@ -87,10 +89,11 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
                     threshold: float, blob_sizes: Sequence[int], settings: MetricSettings,
                     model: PathLike | None = None, inference: Mapping[str, Any] | None = None,
                     baseline_settings: Mapping[str, Any] | None = None, device: str = "cpu",
-                    threads: int | None = None) -> pd.DataFrame:
+                    threads: int | None = None, sweep: Sequence[float] = ()) -> pd.DataFrame:
     """Score one method on every validation pair; writes one TSV row per pair, blob size
-    and direction. A detector needs ``model`` and ``inference`` (its config section);
-    the subtraction baseline ``baseline_settings`` (sigma_mm, erode_mm)."""
+    and direction (and threshold of ``sweep``, beside the operating ``threshold``). A
+    detector needs ``model`` and ``inference`` (its config section); the subtraction
+    baseline ``baseline_settings`` (sigma_mm, erode_mm, harmonise)."""
     network = None
     if model is not None:
         # Only a detector needs torch: the baseline's job stays light.
@@ -121,11 +124,12 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
                                  "(evaluation.baseline), or give a model")
             score = subtraction_zmap(baseline, followup, brain, voxel_sizes(image.affine),
                                      float(baseline_settings["sigma_mm"]),
-                                     float(baseline_settings["erode_mm"]))
+                                     float(baseline_settings["erode_mm"]),
+                                     bool(baseline_settings.get("harmonise", False)))
         score = np.where(brain, score, 0.0)
         pair_rows = score_map_rows(score, baseline, followup, truth, image.affine,
                                    threshold=threshold, blob_sizes=blob_sizes,
-                                   settings=settings)
+                                   settings=settings, sweep=sweep)
         rows += [{"pair": pair.pair, "subject": pair.subject, "kind": pair.kind,
                   "method": method, **row} for row in pair_rows]
         headline = pair_rows[0]
@@ -218,3 +222,69 @@ def validation_tables_step(score_files: Sequence[PathLike], *, methods: Sequence
     with atomic_path(summary_md) as tmp:
         tmp.write_text(validation_markdown(summary))
     return summary
+
+
+class TrainingValidation:
+    """The validation set scored during training (nnU-Net-style model selection).
+
+    Called with the network after an iteration, it predicts every validation pair with
+    ``inference`` and scores it with the evaluation code at every threshold of
+    ``kappas`` (and ``inference.min_blob_voxels``), all changes together. Counts are
+    pooled over the pairs, so the no-change pairs' detections count as false positives:
+    LTPR = found true lesions / true lesions, PPV = true detections / detections (To et
+    al.'s criterion), F1 their harmonic mean. Returns the best threshold's scores
+    (``val_*``); the first threshold wins a tie. The pairs are read once and kept.
+    """
+
+    def __init__(self, pairs: Sequence[ValidationPair], inference: Any,
+                 settings: MetricSettings, kappas: Sequence[float]) -> None:
+        if not pairs:
+            raise ValueError("validation during training needs at least one validation pair")
+        self.pairs = list(pairs)
+        self.inference = inference
+        self.settings = settings
+        self.kappas = sorted(set(float(k) for k in kappas) | {float(inference.kappa)})
+        self._loaded: list[tuple[Any, ...]] | None = None
+
+    def _load(self) -> list[tuple[Any, ...]]:
+        if self._loaded is None:
+            self._loaded = []
+            for pair in self.pairs:
+                baseline, _ = load_float_image(pair.baseline)
+                followup, image = load_float_image(pair.followup)
+                brain = brain_intersection(*pair.masks)
+                truth = (load_float_image(pair.label)[0] > 0 if pair.label is not None
+                         else np.zeros(brain.shape, dtype=bool))
+                self._loaded.append((pair, baseline, followup, brain, truth, image.affine))
+        return self._loaded
+
+    def __call__(self, network: Any, device: Any) -> dict[str, float]:
+        from mschange.detection.inference import predict_probability
+
+        rows = []
+        for pair, baseline, followup, brain, truth, affine in self._load():
+            probability = predict_probability(network, baseline, followup, brain, affine,
+                                              self.inference, device=device)
+            rows += [{"kind": pair.kind, **row} for row in score_map_rows(
+                probability, baseline, followup, truth, affine, threshold=self.kappas[0],
+                blob_sizes=[self.inference.min_blob_voxels], settings=self.settings,
+                sweep=self.kappas) if row["direction"] == "all"]
+        return best_pooled_scores(pd.DataFrame(rows))
+
+
+def best_pooled_scores(rows: pd.DataFrame) -> dict[str, float]:
+    """Pooled To et al. LTPR, PPV and F1 per threshold of metric ``rows`` (one
+    direction, one blob size; column ``kind`` tells no-change pairs); the best F1's."""
+    best: dict[str, float] = {}
+    for threshold, frame in rows.groupby("threshold", sort=True):
+        truth = float(np.nansum(frame["to_truth_blobs"]))
+        predicted = float(np.nansum(frame["to_predicted_blobs"]))
+        ltpr = float(np.nansum(frame["to_tp_truth"])) / truth if truth else float("nan")
+        ppv = float(np.nansum(frame["to_tp_predicted"])) / predicted if predicted else 0.0
+        nochange = frame.loc[frame["kind"] == NO_CHANGE, "predicted_lesions"]
+        scores = {"val_f1": lesion_f1(ltpr, ppv), "val_ltpr": ltpr, "val_ppv": ppv,
+                  "val_kappa": float(threshold),
+                  "val_fp_nochange": float(nochange.mean()) if len(nochange) else float("nan")}
+        if not best or scores["val_f1"] > best["val_f1"]:
+            best = scores
+    return best

@@ -1,0 +1,274 @@
+"""Inference options (histogram matching, mirroring, edge margin) and model selection on
+the validation set during training."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mschange.detection.inference import InferenceSettings, mirrorings, predict_probability
+from mschange.detection.modelfile import load_detector
+from mschange.detection.network import DetectorArchitecture
+from mschange.detection.training import train_detector
+from mschange.evaluation.baseline import subtraction_zmap
+from mschange.evaluation.metrics import MetricSettings
+from mschange.evaluation.validation import (
+    TrainingValidation,
+    ValidationPair,
+    best_pooled_scores,
+)
+from mschange.preprocessing.normalize import match_intensities
+
+from .test_detection import RESUME_SETTINGS, DifferenceNetwork, Killed, _samples
+
+
+def _brain_pair(seed: int = 0, shape=(40, 36, 28)):
+    rng = np.random.default_rng(seed)
+    brain = np.zeros(shape, dtype=bool)
+    brain[4:-4, 4:-4, 4:-4] = True
+    baseline = np.where(brain, rng.uniform(0.2, 0.8, shape), 0.0).astype(np.float32)
+    return baseline, brain
+
+
+# ------------------------------------------------------------------ histogram matching
+
+
+def test_matching_undoes_a_contrast_change_inside_the_mask_only():
+    baseline, brain = _brain_pair()
+    followup = np.where(brain, baseline ** 2 * 0.9, 0.3).astype(np.float32)
+    matched = match_intensities(followup, baseline, brain)
+    assert np.abs(followup - baseline)[brain].mean() > 0.1
+    assert np.abs(matched - baseline)[brain].max() < 0.01   # same ranks, same values
+    np.testing.assert_array_equal(matched[~brain], followup[~brain])
+    with pytest.raises(ValueError, match="empty"):
+        match_intensities(followup, baseline, np.zeros_like(brain))
+
+
+def test_a_small_bright_change_survives_matching():
+    baseline, brain = _brain_pair(1)
+    followup = baseline.copy()
+    followup[18:22, 16:20, 12:16] = 1.0   # 64 voxels of a 12,000-voxel brain
+    matched = match_intensities(followup, baseline, brain)
+    assert (matched - baseline)[18:22, 16:20, 12:16].mean() > 0.15
+    assert np.abs(matched - baseline)[brain].mean() < 0.01
+
+
+def test_matched_subtraction_ignores_a_global_contrast_change():
+    baseline, brain = _brain_pair(2)
+    followup = np.where(brain, baseline ** 1.6, 0.0).astype(np.float32)
+    followup[18:22, 16:20, 12:16] += 0.5
+    plain = subtraction_zmap(baseline, followup, brain, (1, 1, 1), sigma_mm=1.0)
+    matched = subtraction_zmap(baseline, followup, brain, (1, 1, 1), sigma_mm=1.0,
+                               harmonise=True)
+    lesion = np.zeros_like(brain)
+    lesion[18:22, 16:20, 12:16] = True
+    # Without matching the gamma change dominates |z| > 3 outside the lesion; with it
+    # the lesion is (nearly) all that is left.
+    assert (np.abs(plain) > 3)[brain & ~lesion].sum() > (np.abs(matched) > 3)[
+        brain & ~lesion].sum()
+    assert (matched > 3)[lesion].mean() > 0.5
+
+
+def test_detector_inputs_are_matched_when_set():
+    baseline, brain = _brain_pair(3)
+    followup = np.where(brain, baseline * 0.5, 0.0).astype(np.float32)   # darker overall
+    network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16)))
+    plain = predict_probability(network, baseline, followup, brain, np.eye(4),
+                                InferenceSettings(margin=0))
+    matched = predict_probability(network, baseline, followup, brain, np.eye(4),
+                                  InferenceSettings(margin=0, harmonise=True))
+    assert (plain > 0.5).sum() > 1000 and (matched > 0.5).sum() == 0
+
+
+# ------------------------------------------------------------------ mirroring, edge margin
+
+
+def test_mirrorings_are_every_combination_of_flips():
+    assert mirrorings(()) == [()]
+    assert mirrorings((0,)) == [(), (0,)]
+    assert sorted(mirrorings((0, 2))) == [(), (0,), (0, 2), (2,)]
+    with pytest.raises(ValueError, match="distinct"):
+        InferenceSettings(mirror_axes=(0, 0))
+    with pytest.raises(ValueError, match="distinct"):
+        InferenceSettings(mirror_axes=(3,))
+
+
+class LeftRightRamp(DifferenceNetwork):
+    """Logits that grow along the first axis: a mirror pass sees the ramp reversed."""
+
+    calls = 0
+
+    def forward(self, baseline, followup):
+        LeftRightRamp.calls += 1
+        ramp = torch.linspace(-4.0, 4.0, baseline.shape[2]).view(1, 1, -1, 1, 1)
+        return [ramp.expand_as(baseline).clone()]
+
+
+def test_mirroring_averages_flipped_passes_flipped_back():
+    baseline, brain = _brain_pair(4, shape=(32, 32, 32))
+    brain[:] = True
+    network = LeftRightRamp(DetectorArchitecture(channels=(8, 16)))
+    LeftRightRamp.calls = 0
+    plain = predict_probability(network, baseline, baseline, brain, np.eye(4),
+                                InferenceSettings(margin=0))
+    assert LeftRightRamp.calls == 1
+    mirrored = predict_probability(network, baseline, baseline, brain, np.eye(4),
+                                   InferenceSettings(margin=0, mirror_axes=(0,)))
+    assert LeftRightRamp.calls == 3
+    assert plain[0].max() < 0.05 and plain[-1].min() > 0.95
+    # sigmoid(r) and sigmoid(-r) average to 1/2 everywhere.
+    np.testing.assert_allclose(mirrored, 0.5, atol=1e-6)
+    # Flips of axes the output does not depend on change nothing.
+    other = predict_probability(network, baseline, baseline, brain, np.eye(4),
+                                InferenceSettings(margin=0, mirror_axes=(1, 2)))
+    np.testing.assert_allclose(other, plain, atol=1e-6)
+
+
+def test_edge_margin_clears_the_rim_in_millimetres():
+    baseline, brain = _brain_pair(5)
+    followup = baseline + 0.5 * brain
+    network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16)))
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])   # 2 mm voxels: a 4 mm margin is 2 voxels
+    probability = predict_probability(network, baseline, followup, brain, affine,
+                                      InferenceSettings(margin=0, edge_margin_mm=4.0))
+    inner = np.zeros_like(brain)
+    inner[6:-6, 6:-6, 6:-6] = True
+    assert probability[inner].min() > 0.99
+    assert probability[brain & ~inner].max() == 0.0
+
+
+# ------------------------------------------------------------------ validation scores
+
+
+def _rows(threshold, truth, tp_truth, predicted, tp_predicted, kind="painted"):
+    return {"threshold": threshold, "kind": kind, "to_truth_blobs": truth,
+            "to_tp_truth": tp_truth, "to_predicted_blobs": predicted,
+            "to_tp_predicted": tp_predicted, "predicted_lesions": predicted}
+
+
+def test_pooled_scores_count_no_change_detections_as_false_positives():
+    rows = pd.DataFrame([
+        _rows(0.1, 4, 3, 4, 3), _rows(0.1, 0, 0, 6, 0, kind="no-change"),
+        _rows(0.5, 4, 2, 2, 2), _rows(0.5, 0, 0, 0, 0, kind="no-change")])
+    best = best_pooled_scores(rows)
+    # kappa 0.1: LTPR 3/4, PPV 3/10, F1 0.4286; kappa 0.5: LTPR 1/2, PPV 1, F1 0.6667
+    assert best["val_kappa"] == 0.5
+    assert best["val_f1"] == pytest.approx(2 / 3)
+    assert best["val_ltpr"] == 0.5 and best["val_ppv"] == 1.0
+    assert best["val_fp_nochange"] == 0.0
+
+
+def _save(data, path: Path) -> str:
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.eye(4)), path)
+    return str(path)
+
+
+def test_training_validation_scores_real_files(tmp_path):
+    baseline, brain = _brain_pair(6)
+    followup = baseline.copy()
+    followup[10:14, 10:14, 10:14] += 0.6     # found by the difference network
+    followup[25:28, 25:28, 18:21] += 0.1     # too faint: missed
+    label = np.zeros_like(brain)
+    label[10:14, 10:14, 10:14] = True
+    label[25:28, 25:28, 18:21] = True
+    nochange = baseline.copy()
+    nochange[26:30, 8:12, 8:12] += 0.6       # an acquisition difference: a false positive
+    files = {name: _save(data, tmp_path / f"{name}.nii.gz") for name, data in
+             (("baseline", baseline), ("followup", followup), ("label", label),
+              ("nochange", nochange), ("brain", brain))}
+    pairs = [ValidationPair("a-painted", "a", files["baseline"], files["followup"],
+                            (files["brain"], files["brain"]), files["label"]),
+             ValidationPair("a-nochange", "a", files["baseline"], files["nochange"],
+                            (files["brain"], files["brain"]), None)]
+    validate = TrainingValidation(pairs, InferenceSettings(margin=0, min_blob_voxels=5),
+                                  MetricSettings(), kappas=[0.5, 0.9])
+    scores = validate(DifferenceNetwork(DetectorArchitecture(channels=(8, 16))),
+                      torch.device("cpu"))
+    assert scores["val_ltpr"] == 0.5 and scores["val_ppv"] == 0.5
+    assert scores["val_f1"] == pytest.approx(0.5) and scores["val_fp_nochange"] == 1.0
+    assert scores["val_kappa"] == 0.1   # the model's own kappa is always tried, first
+
+
+class ScriptedValidation:
+    """Validation F1 by call: the second validation is the best."""
+
+    def __init__(self, values):
+        self.values = list(values)
+        self.calls = 0
+
+    def __call__(self, network, device):
+        value = self.values[self.calls]
+        self.calls += 1
+        return {"val_f1": value, "val_ltpr": value, "val_ppv": value, "val_kappa": 0.2,
+                "val_fp_nochange": 1.0}
+
+
+def _train_validated(tmp_path, name, validate, on_step=None, samples=None):
+    settings = dataclasses.replace(RESUME_SETTINGS, validate_every=1)
+    folder = tmp_path / name
+    return train_detector(samples or _samples(tmp_path), settings, model_path=folder / "model.pt",
+                          last_model_path=folder / "model_last.pt",
+                          log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
+                          checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
+                          metadata={"preprocessing": {}}, on_step=on_step,
+                          validate=validate)
+
+
+def test_the_best_validated_weights_are_kept_and_the_last_beside_them(tmp_path):
+    validate = ScriptedValidation([0.2, 0.6, 0.4])
+    samples = _samples(tmp_path)
+    summary = _train_validated(tmp_path, "run", validate, samples=samples)
+    assert validate.calls == 3   # after each of the 3 iterations
+    assert summary["selected"]["iteration"] == 2 and summary["selected"]["val_f1"] == 0.6
+    log = pd.read_csv(tmp_path / "run" / "log.tsv", sep="\t")
+    assert list(log["val_f1"]) == [0.2, 0.6, 0.4]
+    best, metadata = load_detector(tmp_path / "run" / "model.pt")
+    last, last_metadata = load_detector(tmp_path / "run" / "model_last.pt")
+    assert metadata["training"]["selected"]["iteration"] == 2
+    assert last_metadata["training"]["selected"] == {"by": "last", "iteration": 3}
+    assert any(not torch.equal(v, last.state_dict()[k]) for k, v in best.state_dict().items())
+
+    # The same run without validation: its last weights equal the validated run's last.
+    plain = train_detector(samples, RESUME_SETTINGS,
+                           model_path=tmp_path / "plain" / "model.pt",
+                           log_tsv=tmp_path / "plain" / "log.tsv",
+                           curve_png=tmp_path / "plain" / "curve.png",
+                           checkpoint_dir=tmp_path / "plain" / "checkpoints",
+                           device=torch.device("cpu"), metadata={"preprocessing": {}})
+    assert plain["selected"] == {"by": "last", "iteration": 3}
+    unvalidated, _ = load_detector(tmp_path / "plain" / "model.pt")
+    for key, value in unvalidated.state_dict().items():
+        assert torch.equal(value, last.state_dict()[key]), key
+
+
+def test_the_best_weights_survive_an_interruption(tmp_path):
+    samples = _samples(tmp_path)
+    straight = _train_validated(tmp_path, "straight", ScriptedValidation([0.2, 0.6, 0.4]),
+                                samples=samples)
+
+    def kill_at_step_5(step, loss):
+        if step == 5:
+            raise Killed
+    with pytest.raises(Killed):
+        _train_validated(tmp_path, "resumed", ScriptedValidation([0.2, 0.6, 0.4]),
+                         on_step=kill_at_step_5, samples=samples)
+    # The rerun validates only the iteration still to do.
+    resumed = _train_validated(tmp_path, "resumed", ScriptedValidation([0.4]),
+                               samples=samples)
+    assert resumed["resumed_from_step"] == 4
+    assert resumed["selected"]["iteration"] == straight["selected"]["iteration"] == 2
+    first, _ = load_detector(tmp_path / "straight" / "model.pt")
+    again, _ = load_detector(tmp_path / "resumed" / "model.pt")
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_validate_every_needs_a_validation_set(tmp_path):
+    with pytest.raises(ValueError, match="no validation set"):
+        _train_validated(tmp_path, "run", None)
