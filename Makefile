@@ -7,7 +7,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench check-envs clean
+.PHONY: install demo test test-fast lint bench check-envs clean pretrained
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,25 @@ bench: install
 	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
 	$(BIN)/python benchmarks/sampler.py --threads $(CORES)
+
+# The shipped detector (src/mschange/models/flair-lesions-v1/, README "Pretrained
+# model"), reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
+# real pairs, lesion painting, training with validation (about 2.5 h on 2 CPU cores),
+# then copied into the package with its inference settings and data fingerprints.
+DATA ?= ../shared/data
+PRETRAINED_RUN ?= runs/pretrained
+PRETRAINED_CONFIGS = $(CURDIR)/config.yaml $(CURDIR)/presets/real_training.yaml \
+	$(CURDIR)/presets/pretrained_cpu.yaml
+VALIDATION_SCANS = isbi2015-test01-01 isbi2015-test02-01 long-patient20-study2 cross-patient26
+
+pretrained: install
+	mkdir -p $(PRETRAINED_RUN)
+	cd $(PRETRAINED_RUN) && ln -sfn $(abspath $(DATA))/open_ms_data open_ms_data && \
+	$(abspath $(BIN))/mschange import-open-ms-data open_ms_data cohort.tsv --all-single \
+		--isbi-dir $(abspath $(DATA))/isbi2015 --validation $(VALIDATION_SCANS) && \
+	$(abspath $(BIN))/snakemake -s $(CURDIR)/Snakefile --cores $(CORES) \
+		--configfile $(PRETRAINED_CONFIGS) && \
+	$(abspath $(BIN))/mschange ship-model --configfile $(PRETRAINED_CONFIGS)
 
 # Whether each conda env (envs/*.yaml) resolves on PyPI for its Python, without conda
 # (needs the network; a minute or two). tests/test_envs.py checks the envs offline.

@@ -17,6 +17,7 @@ from mschange.cohort import (
 from mschange.config import BASELINE_NAME, ConfigError, model_configs, validate_config
 from mschange.detection.outputs import prediction_paths
 from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
+from mschange.pretrained import SHIPPED_FILES, resolve_model
 
 try:
     _validated = validate_config(config)
@@ -308,10 +309,14 @@ LESION_PAINT_SETTINGS = {
 }
 
 
+# A subject's preprocessed files start with this (rules/preprocess.smk).
+PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
+
+
 def preprocessed_pair_of(subject):
     """A subject's preprocessed pair and brain masks (follow-up grid), and its raw
     follow-up, whose slice thickness painted lesions take."""
-    folder = f"results/preproc/sub-{subject}/sub-{subject}"
+    folder = PREPROC.format(subject=subject)
     return {
         "baseline": f"{folder}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
         "followup": f"{folder}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
@@ -355,18 +360,122 @@ PREDICT_DIR = "results/predict/model-{model}"
 TEST_SUBJECTS = list(COHORT.loc[COHORT["split"] == "test", "subject"])
 
 
+def names_pattern(names):
+    """A regular expression matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 wildcard_constraints:
-    model="|".join(re.escape(name) for name in MODELS),
+    model=names_pattern(MODELS),
+
+
+# Models used with pretrained weights (detector.pretrained): name -> the folder of the
+# model file, whose training log and curve are copied beside it; the others are trained.
+PRETRAINED_MODELS = {}
+for _name, _model in MODELS.items():
+    if _model["pretrained"]:
+        try:
+            PRETRAINED_MODELS[_name] = resolve_model(_model["pretrained"]).parent
+        except FileNotFoundError as error:
+            raise WorkflowError(
+                f"model {_name}: detector.pretrained: {error}"
+            ) from None
+        _missing = [
+            f for f in SHIPPED_FILES if not (PRETRAINED_MODELS[_name] / f).is_file()
+        ]
+        if _missing:
+            raise WorkflowError(
+                f"model {_name}: detector.pretrained: {PRETRAINED_MODELS[_name]} lacks "
+                f"{', '.join(_missing)} (a model folder holds {', '.join(SHIPPED_FILES)})"
+            )
+TRAINED_MODELS = [name for name in MODELS if name not in PRETRAINED_MODELS]
+# Every model can be had: trained ones need no-change training pairs.
+MODELS_AVAILABLE = bool(NOCHANGE_SUBJECTS) or not TRAINED_MODELS
 
 
 for _name, _model in MODELS.items():
-    if _model["training"]["validate_every"] and not (
-        VALIDATION_SUBJECTS and VALIDATION_SAMPLES
+    if (
+        not _model["pretrained"]
+        and _model["training"]["validate_every"]
+        and not (VALIDATION_SUBJECTS and VALIDATION_SAMPLES)
     ):
         raise WorkflowError(
             f"model {_name}: detector.training.validate_every needs a validation set "
             "(cohort scans with split: validation, validation.samples_per_subject > 0)"
         )
+
+
+# Annotated training pairs (split: train, change: yes, with a label): the data of the
+# models fine-tuned from another one (experiments.models.<name>.finetune_from).
+ANNOTATED_SUBJECTS = list(
+    COHORT.loc[
+        (COHORT["split"] == "train")
+        & (COHORT["change"] == "yes")
+        & (COHORT["label"] != ""),
+        "subject",
+    ]
+)
+FINETUNE_SOURCES = {
+    name: model["finetune_from"]
+    for name, model in MODELS.items()
+    if model["finetune_from"]
+}
+for _name, _source in FINETUNE_SOURCES.items():
+    if _source not in MODELS or _source == _name:
+        raise WorkflowError(
+            f"model {_name}: finetune_from {_source!r} must name another model of this "
+            f"run ({', '.join(n for n in MODELS if n != _name)})"
+        )
+    if not ANNOTATED_SUBJECTS:
+        raise WorkflowError(
+            f"model {_name}: fine-tuning needs annotated training pairs (cohort rows with "
+            "split: train, change: yes and a label), and the cohort has none"
+        )
+ANNOTATED_LABEL = "results/finetune/sub-{subject}/sub-{subject}_space-followup_desc-change_mask.nii.gz"
+
+
+def finetune_sample_files(role):
+    """One file of every annotated pair: ``baseline``, ``followup`` (preprocessed) or
+    ``label`` (its change mask on the 1 mm follow-up grid)."""
+    if role == "label":
+        return expand(ANNOTATED_LABEL, subject=ANNOTATED_SUBJECTS)
+    return [preprocessed_pair_of(subject)[role] for subject in ANNOTATED_SUBJECTS]
+
+
+def training_table(wildcards):
+    """The samples a model trains on: synthetic ones, or the annotated pairs when it is
+    fine-tuned."""
+    if wildcards.model in FINETUNE_SOURCES:
+        return "results/detector/finetune_samples.tsv"
+    return "results/detector/training_samples.tsv"
+
+
+def initial_model(wildcards):
+    """The model file a fine-tuned model starts from; none for the others."""
+    source = FINETUNE_SOURCES.get(wildcards.model)
+    return f"{DETECTOR_DIR}/model.pt".format(model=source) if source else []
+
+
+def training_data_of(model):
+    """What a model learns from, for its model file."""
+    if model not in FINETUNE_SOURCES:
+        return training_data_record(COHORT, NOCHANGE_SUBJECTS)
+    return {
+        "finetuned_from": FINETUNE_SOURCES[model],
+        "annotated_pairs": {
+            subject: {
+                column: str(COHORT.loc[subject, column])
+                for column in ("baseline", "followup", "label")
+            }
+            for subject in ANNOTATED_SUBJECTS
+        },
+        "labels_used": "the annotated pairs' change labels (supervised fine-tuning)",
+    }
+
+
+def pretrained_file(wildcards, name):
+    """One file of a pretrained model's folder (one of SHIPPED_FILES)."""
+    return str(PRETRAINED_MODELS[wildcards.model] / name)
 
 
 def training_validation(wildcards):
@@ -414,8 +523,8 @@ def prediction_outputs():
 
 
 def detector_targets():
-    """Every trained detector and its predictions of every test pair."""
-    if not NOCHANGE_SUBJECTS:
+    """Every detector and its predictions of every test pair."""
+    if not MODELS_AVAILABLE:
         return []
     return [
         *expand(f"{DETECTOR_DIR}/model.pt", model=MODELS),
@@ -524,7 +633,7 @@ def training_curves():
 
 def evaluation_targets():
     """The report; nothing when no test pair has a ground truth or nothing is trained."""
-    if not EVALUATED_SUBJECTS or not NOCHANGE_SUBJECTS:
+    if not EVALUATED_SUBJECTS or not MODELS_AVAILABLE:
         return []
     return [f"{REPORT_DIR}/index.html"]
 
@@ -605,7 +714,7 @@ def validation_model(wildcards):
 
 def validation_targets():
     """The validation summary; nothing without validation scans or trained models."""
-    if not VALIDATION_SUBJECTS or not NOCHANGE_SUBJECTS:
+    if not VALIDATION_SUBJECTS or not MODELS_AVAILABLE:
         return []
     return [f"{REPORT_DIR}/tables/validation.tsv"]
 

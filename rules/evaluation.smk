@@ -2,8 +2,6 @@
 # model and the subtraction baseline) at every minimum blob size, on every test pair
 # with a ground truth. Helpers: rules/common.smk.
 
-PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
-
 
 rule subtraction_baseline:
     input:

@@ -34,4 +34,5 @@ with logging_to(snakemake.log[0], "train_detector"):
         device=snakemake.params.device,
         threads=snakemake.threads,
         validate=validate,
+        initial_model=snakemake.input.initial or None,
     )

@@ -272,3 +272,80 @@ def test_the_best_weights_survive_an_interruption(tmp_path):
 def test_validate_every_needs_a_validation_set(tmp_path):
     with pytest.raises(ValueError, match="no validation set"):
         _train_validated(tmp_path, "run", None)
+
+
+# ------------------------------------------------------------------ fine-tuning
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+    samples = _samples(tmp_path)
+    source = tmp_path / "source"
+    train_detector(samples, RESUME_SETTINGS, model_path=source / "model.pt",
+                   log_tsv=source / "log.tsv", curve_png=source / "curve.png",
+                   checkpoint_dir=source / "checkpoints", device=torch.device("cpu"),
+                   metadata={"preprocessing": {}})
+
+    def finetune(name, settings):
+        folder = tmp_path / name
+        return train_detector(samples, settings, model_path=folder / "model.pt",
+                              log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
+                              checkpoint_dir=folder / "checkpoints",
+                              device=torch.device("cpu"), metadata={"preprocessing": {}},
+                              initial_model=source / "model.pt")
+
+    # With a zero learning rate, fine-tuning keeps the source's weights exactly ...
+    frozen = finetune("frozen", dataclasses.replace(RESUME_SETTINGS, learning_rate=0.0, seed=9))
+    assert frozen["initial_model"] == str(source / "model.pt")
+    start, _ = load_detector(source / "model.pt")
+    kept, _ = load_detector(tmp_path / "frozen" / "model.pt")
+    for key, value in start.state_dict().items():
+        assert torch.equal(value, kept.state_dict()[key]), key
+    # ... with a positive one it moves away from them.
+    finetune("tuned", dataclasses.replace(RESUME_SETTINGS, learning_rate=1e-3, seed=9))
+    tuned, _ = load_detector(tmp_path / "tuned" / "model.pt")
+    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    other = dataclasses.replace(RESUME_SETTINGS,
+                                architecture=DetectorArchitecture(channels=(8, 16, 32)))
+    with pytest.raises(ValueError, match="architecture"):
+        finetune("mismatch", other)
+
+
+def test_an_annotated_label_lands_on_the_follow_up_grid(tmp_path):
+    from mschange.detection.steps import annotated_change_mask_step
+
+    # A clinical label: 1 x 1 x 3 mm voxels; a lesion of 6 x 6 x 2 voxels = 216 mm3.
+    native = np.diag([1.0, 1.0, 3.0, 1.0])
+    label = np.zeros((40, 40, 14), dtype=np.uint8)
+    label[10:16, 20:26, 5:7] = 1
+    nib.save(nib.Nifti1Image(label, native), tmp_path / "label.nii.gz")
+    grid = np.eye(4)
+    grid[2, 3] = -1.0   # the 1 mm grid's voxel centres sit on the native slices' centres
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 42), np.float32), grid),
+             tmp_path / "followup.nii.gz")
+    voxels = annotated_change_mask_step(tmp_path / "label.nii.gz",
+                                        tmp_path / "followup.nii.gz",
+                                        tmp_path / "mask.nii.gz", subject="p1")
+    mask = nib.load(tmp_path / "mask.nii.gz")
+    np.testing.assert_allclose(mask.affine, grid)
+    assert 180 <= voxels <= 252   # 216 mm3, up to a 1 mm slab either way at the slab edges
+    assert np.asarray(mask.dataobj)[10:16, 20:26].sum() == voxels
+
+
+class ConstantLogit(DifferenceNetwork):
+    def __init__(self, architecture, logit):
+        super().__init__(architecture)
+        self.logit = logit
+
+    def forward(self, baseline, followup):
+        return [torch.full_like(baseline, self.logit)]
+
+
+def test_an_ensemble_averages_its_models_probabilities():
+    baseline, brain = _brain_pair(7)
+    architecture = DetectorArchitecture(channels=(8, 16))
+    models = [ConstantLogit(architecture, 2.0), ConstantLogit(architecture, -1.0)]
+    probability = predict_probability(models, baseline, baseline, brain, np.eye(4),
+                                      InferenceSettings(margin=0))
+    expected = (1 / (1 + np.exp(-2.0)) + 1 / (1 + np.exp(1.0))) / 2
+    np.testing.assert_allclose(probability[brain], expected, atol=1e-6)
+    assert probability[~brain].max() == 0.0

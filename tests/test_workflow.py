@@ -324,6 +324,83 @@ def test_changing_the_detector_reruns_training_and_prediction_only(tiny_run, tmp
 
 
 @pytest.mark.slow
+def test_pretrained_weights_are_used_without_synthesis_or_training(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    trained = workdir / "results" / "detector" / "model-siamese-inc-ag-ms-ds"
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True)
+    config = write_config(tmp_path / "pretrained.yaml", **{
+        **TINY, "detector": {**TINY["detector"], "name": "reused",
+                             "pretrained": str(trained / "model.pt")},
+        "experiments": {"compare": [], "min_blob_voxels": [3]}})
+    jobs = planned_jobs(snakemake(copy, "-n", "--quiet", "rules", configfile=config))
+    jobs.pop("all", None)
+    # Nothing is synthesised or trained: the weights are copied, then used as usual.
+    assert jobs == {"use_pretrained_detector": 1, "predict_pair": 1, "evaluate_pair": 2,
+                    **REPORT_JOBS}
+    result = snakemake(copy, "--cores", "2", configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reused = copy / "results" / "detector" / "model-reused"
+    assert (reused / "model.pt").read_bytes() == (trained / "model.pt").read_bytes()
+    assert (reused / "training_log.tsv").read_text() == (trained / "training_log.tsv").read_text()
+    assert not (reused / "model_last.pt").exists()
+    metrics = pd.read_csv(copy / "results" / "report" / "tables" / "per_pair.tsv", sep="\t")
+    assert set(metrics["method"]) == {"reused", "subtraction"}
+
+    # A name that is neither a file nor a shipped model stops the run before any job.
+    missing = write_config(tmp_path / "missing.yaml", **{
+        **TINY, "detector": {**TINY["detector"], "pretrained": "no-such-model"}})
+    result = snakemake(copy, "-n", configfile=missing)
+    assert result.returncode != 0
+    assert "detector.pretrained: no model file 'no-such-model'" in result.stderr
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_annotated_pairs_is_a_model_of_its_own(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True)
+    demo = copy / "results" / "demo" / "sub-demo02" / "sub-demo02"
+    sheet = tmp_path / "annotated.tsv"
+    # The demo's test pair once more, as an annotated training pair of its own.
+    pd.DataFrame([{"subject": "ann01", "baseline": f"{demo}_tp-baseline_FLAIR.nii.gz",
+                   "followup": f"{demo}_tp-followup_FLAIR.nii.gz", "split": "train",
+                   "change": "yes", "label": f"{demo}_tp-followup_desc-change_mask.nii.gz"}]
+                 ).to_csv(sheet, sep="\t", index=False)
+    main = "siamese-inc-ag-ms-ds"
+    config = write_config(tmp_path / "finetune.yaml", **{
+        **TINY, "cohort": {"source": "sheet", "sheet": str(sheet), "include_demo": True},
+        "experiments": {"models": {"tuned": {
+            "finetune_from": main,
+            "training": {"iterations": 1, "pairs_per_iteration": 2, "learning_rate": 1e-4}}},
+            "compare": ["tuned"], "min_blob_voxels": [3]}})
+    result = snakemake(copy, "--cores", "2", configfile=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = {rule: count for rule, count in planned_jobs(result).items()}
+    # The main model is not retrained; the fine-tuned one trains on the annotated pair.
+    assert jobs["train_detector"] == 1 and jobs["annotated_change_mask"] == 1
+    tuned = torch.load(copy / "results" / "detector" / "model-tuned" / "model.pt",
+                       weights_only=True)
+    assert tuned["training"]["initial_model"].endswith(f"model-{main}/model.pt")
+    assert tuned["training_data"]["finetuned_from"] == main
+    assert list(tuned["training_data"]["annotated_pairs"]) == ["ann01"]
+    table = pd.read_csv(copy / "results" / "detector" / "finetune_samples.tsv", sep="\t")
+    assert len(table) == 1 and table["label"][0].endswith(
+        "sub-ann01_space-followup_desc-change_mask.nii.gz")
+    label = nib.load(table["label"][0])
+    assert np.asarray(label.dataobj).sum() > 0
+    metrics = pd.read_csv(copy / "results" / "report" / "tables" / "per_pair.tsv", sep="\t")
+    assert set(metrics["method"]) == {main, "tuned", "subtraction"}
+
+    # Fine-tuning needs annotated pairs.
+    plain = write_config(tmp_path / "none.yaml", **{
+        **TINY, "experiments": {"models": {"tuned": {"finetune_from": main}},
+                                "compare": ["tuned"]}})
+    result = snakemake(copy, "-n", configfile=plain)
+    assert result.returncode != 0 and "needs annotated training pairs" in result.stderr
+
+
+@pytest.mark.slow
 def test_tiny_run_scores_every_method_and_writes_the_report(tiny_run):
     workdir, _ = tiny_run
     results = workdir / "results"

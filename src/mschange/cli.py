@@ -88,6 +88,25 @@ def _replay_lesions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ship_model(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mschange.config import merge_config, validate_config
+    from mschange.pretrained import ship_model
+
+    config: dict = {}
+    for path in args.configfile:
+        config = merge_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    config = validate_config(config)
+    name = args.name or config["detector"]["name"]
+    trained = Path(args.results) / "detector" / f"model-{config['detector']['name']}"
+    extra = [Path(args.results) / "lesions" / "lesion_bank.npz"]
+    path = ship_model(trained, name, inference=config["detector"]["inference"],
+                      extra_data=[p for p in extra if p.is_file()], models=args.models_dir)
+    print(f"shipped {trained} as {path}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from mschange.torchrun import flush_denormals
 
@@ -95,9 +114,10 @@ def _predict(args: argparse.Namespace) -> int:
     from mschange.detection.pair import predict_pair
 
     overrides = {key: value for key, value in (("kappa", args.kappa),
-                                               ("min_blob_voxels", args.min_blob_voxels))
+                                               ("min_blob_voxels", args.min_blob_voxels),
+                                               ("mirror_axes", args.mirror_axes))
                  if value is not None}
-    record = predict_pair(args.baseline, args.followup, args.model, args.out,
+    record = predict_pair(args.baseline, args.followup, args.model or None, args.out,
                           subject=args.subject, device=args.device, threads=args.threads,
                           overrides=overrides)
     print(f"{record['subject']}: {record['changes']} change(s): "
@@ -185,17 +205,36 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="preprocess one raw pair and detect its changes with a trained model")
     predict.add_argument("--baseline", type=Path, required=True, help="baseline FLAIR (NIfTI)")
     predict.add_argument("--followup", type=Path, required=True, help="follow-up FLAIR (NIfTI)")
-    predict.add_argument("--model", type=Path, required=True,
-                         help="a trained model, e.g. results/detector/model-*/model.pt")
+    predict.add_argument("--model", action="append", metavar="MODEL",
+                         help="a model file (e.g. results/detector/model-*/model.pt) or the "
+                              "name of a shipped model; give it again for an ensemble "
+                              "(default: the shipped flair-lesions-v1)")
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--subject", help="id used in file names (default: from --followup)")
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     predict.add_argument("--threads", type=int, help="CPU threads (default: all available)")
     predict.add_argument("--kappa", type=float,
-                         help="change where the probability exceeds this (default 0.1)")
+                         help="change where the probability exceeds this (default: the "
+                              "model's, chosen on the validation set; else 0.1)")
     predict.add_argument("--min-blob-voxels", type=int,
-                         help="smallest change kept, in 1 mm voxels (default 20)")
+                         help="smallest change kept, in 1 mm voxels (default: the model's; "
+                              "else 20)")
+    predict.add_argument("--mirror-axes", type=int, nargs="*", choices=(0, 1, 2),
+                         help="test-time mirroring over these RAS axes (0 left-right); "
+                              "2^n network passes (default: the model's)")
     predict.set_defaults(run=_predict)
+
+    ship = commands.add_parser(
+        "ship-model", help="copy a workflow-trained detector into the package's models/ "
+                           "with its inference settings and data fingerprints")
+    ship.add_argument("--configfile", nargs="+", required=True, type=Path,
+                      help="the run's config files, in the order given to Snakemake")
+    ship.add_argument("--results", type=Path, default=Path("results"),
+                      help="the run's results folder (run from its working folder)")
+    ship.add_argument("--name", help="shipped name (default: detector.name)")
+    ship.add_argument("--models-dir", type=Path,
+                      help="where models/<name>/ goes (default: the package's models/)")
+    ship.set_defaults(run=_ship_model)
     return parser
 
 

@@ -115,11 +115,12 @@ def _detector_problems(detector: dict[str, Any], where: str) -> list[str]:
 BASELINE_NAME = "subtraction"
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` laid over ``base`` key by key (as Snakemake layers config files)."""
     merged = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_config(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
@@ -144,7 +145,7 @@ def _experiment_problems(config: dict[str, Any]) -> list[str]:
                             f"experiments.models (defined: "
                             f"{', '.join(sorted(experiments['models'])) or 'none'})")
             continue
-        merged = _merge(config["detector"], experiments["models"][name])
+        merged = merge_config(config["detector"], experiments["models"][name])
         merged["name"] = name
         errors = list(validator.iter_errors(merged))
         problems += [f"experiments.models.{name}: {_describe(e)}" for e in errors]
@@ -162,7 +163,13 @@ def model_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     detector = config["detector"]
     models = {detector["name"]: copy.deepcopy(detector)}
     for name in config["experiments"]["compare"]:
-        merged = _merge(detector, config["experiments"]["models"][name])
+        overrides = config["experiments"]["models"][name]
+        merged = merge_config(detector, overrides)
         merged["name"] = name
+        # Pretrained weights belong to one model; a compared model is trained unless it
+        # names its own.
+        merged["pretrained"] = overrides.get("pretrained")
         models[name] = merged
+    for merged in models.values():
+        merged.setdefault("finetune_from", None)
     return models

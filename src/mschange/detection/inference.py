@@ -15,7 +15,7 @@ the user gave, so that they overlay it in any viewer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -100,7 +100,8 @@ def edge_depth_mask(brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any
 
 
 @torch.no_grad()
-def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
+def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
+                        baseline: npt.NDArray[Any],
                         followup: npt.NDArray[Any], brain: npt.NDArray[Any],
                         affine: npt.NDArray[np.floating[Any]], settings: InferenceSettings,
                         *, device: torch.device | None = None,
@@ -108,10 +109,12 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
     """Change probability on the input grid; zero outside ``brain`` (and within
     ``settings.edge_margin_mm`` of its edge).
 
-    ``on_window(done, total)`` is called after each window (progress display).
+    ``on_window(done, total)`` is called after each window (progress display). Several
+    models (an ensemble) give the mean of their probabilities.
     """
-    device = device or next(model.parameters()).device
-    factor = model.architecture.downsampling
+    models = [model] if isinstance(model, ChangeDetector) else list(model)
+    device = device or next(models[0].parameters()).device
+    factor = max(m.architecture.downsampling for m in models)
     baseline, followup = network_inputs(baseline, followup, brain, settings)
     ras_baseline, back = to_ras_axes(baseline, affine)
     ras_followup, _ = to_ras_axes(followup, affine)
@@ -148,16 +151,17 @@ def predict_probability(model: ChangeDetector, baseline: npt.NDArray[Any],
                     pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
                             for r in regions]
                     window_probability = torch.zeros(pair[0].shape[2:], device=device)
-                    for flips in flipped:
-                        dims = [2 + axis for axis in flips]
-                        inputs = [torch.flip(p, dims) if dims else p for p in pair]
-                        with autocast(device):
-                            logits = model(*inputs)[0].float()
-                        if dims:
-                            logits = torch.flip(logits, dims)
-                        window_probability += torch.sigmoid(logits)[0, 0]
-                    output[where] += (window_probability.cpu().numpy() / len(flipped)
-                                      * weights)
+                    for network in models:
+                        for flips in flipped:
+                            dims = [2 + axis for axis in flips]
+                            inputs = [torch.flip(p, dims) if dims else p for p in pair]
+                            with autocast(device):
+                                logits = network(*inputs)[0].float()
+                            if dims:
+                                logits = torch.flip(logits, dims)
+                            window_probability += torch.sigmoid(logits)[0, 0]
+                    output[where] += (window_probability.cpu().numpy()
+                                      / (len(flipped) * len(models)) * weights)
                     weight_sum[where] += weights
                 if on_window is not None:
                     on_window(done, total)

@@ -9,22 +9,21 @@ file, so that the network sees what it was trained on. Intermediates stay under
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mschange.detection.inference import InferenceSettings
 from mschange.detection.modelfile import load_detector
 from mschange.detection.outputs import prediction_paths
 from mschange.detection.steps import model_summary, predict_with_network
 from mschange.io import load_checked_image
 from mschange.preprocessing import steps as preprocessing
+from mschange.pretrained import inference_for, resolve_model
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
 
 PathLike = str | os.PathLike[str]
@@ -73,14 +72,19 @@ class Progress:
         return show
 
 
-def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_dir: PathLike,
+def predict_pair(baseline: PathLike, followup: PathLike,
+                 model: PathLike | Sequence[PathLike] | None, out_dir: PathLike,
                  *, subject: str | None = None, device: str = "cpu",
                  threads: int | None = None, overrides: dict[str, Any] | None = None,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Preprocess a raw pair and detect its changes; returns the prediction record.
 
-    ``overrides`` replaces inference settings stored in the model (e.g. ``kappa``,
-    ``min_blob_voxels``). Inputs and model are checked before anything is written.
+    ``model``: a model file or the name of a shipped one (None: the default shipped
+    model, :data:`mschange.pretrained.DEFAULT_MODEL`); several make an ensemble (the
+    mean of their probabilities; they must share the preprocessing). Inference
+    settings are those stored in the (first) model file, else the paper's;
+    ``overrides`` replaces any (e.g. ``kappa``, ``min_blob_voxels``, ``mirror_axes``).
+    Inputs and models are checked before anything is written.
     """
     subject = subject or subject_from_path(followup)
     progress = progress or Progress(total=7)
@@ -89,11 +93,17 @@ def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_di
     for path in (baseline, followup):
         load_checked_image(path, subject)
     torch_device = resolve_device(device)
-    network, metadata = load_detector(model, torch_device)
+    requested = [model] if model is None or isinstance(model, str | os.PathLike) else model
+    model_files = [resolve_model(m) for m in requested]
+    loaded = [load_detector(path, torch_device) for path in model_files]
+    networks = [network for network, _ in loaded]
+    metadata = loaded[0][1]
     prep = metadata["preprocessing"]
-    # Inference settings are not part of the model (changing them does not retrain it):
-    # the defaults, which are the paper's, unless overridden.
-    settings = dataclasses.replace(InferenceSettings(), **(overrides or {}))
+    for path, (_, other) in zip(model_files[1:], loaded[1:], strict=True):
+        if other["preprocessing"] != prep:
+            raise ValueError(f"{path}: an ensemble's models must share their preprocessing; "
+                             f"it differs from {model_files[0]}'s")
+    settings = inference_for(metadata, overrides)
 
     out = Path(out_dir)
     work = out / "preproc"
@@ -143,13 +153,16 @@ def predict_pair(baseline: PathLike, followup: PathLike, model: PathLike, out_di
     with progress.stage(f"detecting changes on {torch_device}"), \
             cpu_threads(threads, torch_device):
         record = predict_with_network(
-            network, files["baseline"]["space-followup_desc-preproc_FLAIR"],
+            networks, files["baseline"]["space-followup_desc-preproc_FLAIR"],
             files["followup"]["space-followup_desc-preproc_FLAIR"],
             [files["baseline"]["space-followup_desc-brain_mask"],
              files["followup"]["desc-brain_mask"]],
             followup, outputs, subject=subject, settings=settings, device=torch_device,
             on_window=progress.windows(),
-            record_extra={"model": model_summary(model, metadata),
+            record_extra={"model": model_summary(model_files[0], metadata),
+                          **({"ensemble": [model_summary(path, other) for path, (_, other)
+                                           in zip(model_files, loaded, strict=True)]}
+                             if len(loaded) > 1 else {}),
                           "raw_inputs": {"baseline": str(baseline),
                                          "followup": str(followup)}})
     return record

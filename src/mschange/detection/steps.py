@@ -5,6 +5,7 @@ Paths in, paths out; every output is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -40,6 +41,7 @@ from mschange.io import (
     save_json,
     save_nifti,
 )
+from mschange.preprocessing.resample import resample_to_grid
 from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,8 @@ def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
     window = config["window"]
     return InferenceSettings(
         window=None if window is None else (int(window[0]), int(window[1]), int(window[2])),
-        overlap=int(config["overlap"]), kappa=float(config["kappa"]),
+        overlap=int(config["overlap"]),
+        kappa=float(config.get("kappa", InferenceSettings.kappa)),
         min_blob_voxels=int(config["min_blob_voxels"]),
         margin=int(config.get("margin", InferenceSettings.margin)),
         harmonise=bool(config.get("harmonise", False)),
@@ -89,10 +92,18 @@ def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
                         settings: DetectorTrainingSettings, metadata: dict[str, Any],
                         device: str, threads: int | None = None,
                         last_model: PathLike | None = None,
-                        validate: Validator | None = None) -> None:
-    """Rule train_detector. ``validate`` scores the validation set (see
-    :func:`mschange.detection.training.train_detector`)."""
+                        validate: Validator | None = None,
+                        initial_model: PathLike | None = None) -> None:
+    """Rule train_detector. ``validate`` scores the validation set; ``initial_model``
+    gives the starting weights, whose architecture replaces the configured one
+    (fine-tuning; see :func:`mschange.detection.training.train_detector`)."""
     torch_device = resolve_device(device)
+    if initial_model is not None:
+        start, _ = load_detector(initial_model)
+        if start.architecture != settings.architecture:
+            log.info("fine-tuning %s: its architecture replaces the configured one",
+                     initial_model)
+            settings = dataclasses.replace(settings, architecture=start.architecture)
     every = max(1, settings.total_steps // 20)
 
     def progress(step: int, loss: float) -> None:
@@ -104,7 +115,8 @@ def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
         summary = train_detector(samples, settings, model_path=model, log_tsv=log_tsv,
                                  curve_png=curve_png, checkpoint_dir=checkpoint_dir,
                                  device=torch_device, metadata=metadata, on_step=progress,
-                                 validate=validate, last_model_path=last_model)
+                                 validate=validate, last_model_path=last_model,
+                                 initial_model=initial_model)
     log.info("detector trained: %d steps (%d this run, resumed from %d), final loss %s, "
              "%.0f s", summary["steps"], summary["steps_this_run"],
              summary["resumed_from_step"], summary["final_loss"], summary["elapsed_s"])
@@ -138,13 +150,15 @@ def model_summary(model: PathLike, metadata: Mapping[str, Any]) -> dict[str, Any
             "name": metadata.get("name")}
 
 
-def predict_with_network(network: ChangeDetector, baseline: PathLike, followup: PathLike,
+def predict_with_network(network: ChangeDetector | Sequence[ChangeDetector],
+                         baseline: PathLike, followup: PathLike,
                          masks: Sequence[PathLike], native_followup: PathLike,
                          outputs: Mapping[str, PathLike], *, subject: str,
                          settings: InferenceSettings, device: torch.device,
                          on_window: Callable[[int, int], None] | None = None,
                          record_extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`predict_pair_step` with a network already in memory; writes every output.
+    """:func:`predict_pair_step` with a network (or an ensemble) already in memory;
+    writes every output.
 
     ``record_extra`` is added to the JSON record (e.g. which model file was used).
     """
@@ -220,3 +234,20 @@ def augmentation_figure_step(baseline: PathLike, followup: PathLike, masks: Sequ
             for data in (baseline_data, followup_data)]
     return plot_augmentation_gallery(pair[0], pair[1], augmentation_settings(settings), png,
                                      seed=seed)
+
+
+def annotated_change_mask_step(label: PathLike, followup: PathLike, output: PathLike, *,
+                               subject: str) -> int:
+    """Rule annotated_change_mask: an annotated pair's change label (on its native
+    follow-up grid) on the preprocessed 1 mm follow-up grid, where the detector trains:
+    the mask's partial-volume fraction at each voxel centre (trilinear), kept above 1/2.
+    Returns the number of changed voxels."""
+    image = load_checked_image(label, subject)
+    _, grid = load_float_image(followup)
+    shape = (int(grid.shape[0]), int(grid.shape[1]), int(grid.shape[2]))
+    fraction = resample_to_grid((np.asarray(image.dataobj) > 0).astype(np.float32),
+                                image.affine, shape, grid.affine, order=1)
+    mask = (fraction > 0.5).astype(np.uint8)
+    save_nifti(mask, grid.affine, output, dtype=np.uint8)
+    log.info("%s: change label on the follow-up grid, %d voxels", subject, int(mask.sum()))
+    return int(mask.sum())

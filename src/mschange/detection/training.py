@@ -46,7 +46,7 @@ from mschange.checkpoints import (
 )
 from mschange.detection.augment import AugmentationSettings, augment_patch
 from mschange.detection.loss import LossSettings, detector_loss
-from mschange.detection.modelfile import save_detector
+from mschange.detection.modelfile import load_detector, save_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.imagespace import to_ras_axes
 from mschange.io import atomic_path
@@ -253,7 +253,8 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
                    device: torch.device, metadata: dict[str, Any] | None = None,
                    on_step: Callable[[int, float], None] | None = None,
                    validate: Validator | None = None,
-                   last_model_path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                   last_model_path: str | os.PathLike[str] | None = None,
+                   initial_model: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Train (or resume training) and write the model file, the log and its curve.
 
     ``metadata`` (config, preprocessing parameters) is stored in the model file.
@@ -261,17 +262,27 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     ``settings.validate_every``, the validation set is scored every that many
     iterations and after the last; the model file gets the best-scoring weights (the
     first of equals) and ``last_model_path`` the last ones (nnU-Net keeps both).
-    Without, both get the last weights. Returns a summary.
+    Without, both get the last weights. ``initial_model`` (a model file) gives the
+    starting weights instead of a random initialisation (fine-tuning); its
+    architecture must be ``settings.architecture``. Returns a summary.
     """
     if settings.validate_every and validate is None:
         raise ValueError("validate_every is set but no validation set was given")
     files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
+    if initial_model is not None:
+        files.append(str(initial_model))
     checkpoints = CheckpointFolder(checkpoint_dir, {"settings": settings.as_dict(),
                                                     "inputs": fingerprint_of_files(files)})
     saved = checkpoints.load()
 
     torch.manual_seed(settings.seed)  # before building: the initial weights come from it
     model = ChangeDetector(settings.architecture).to(device)
+    if initial_model is not None:
+        start, _ = load_detector(initial_model)
+        if start.architecture != settings.architecture:
+            raise ValueError(f"{initial_model}: its architecture {start.architecture} is not "
+                             f"the one to train, {settings.architecture}")
+        model.load_state_dict(start.state_dict())
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     rng = np.random.default_rng(settings.seed)
     rows: list[dict[str, Any]] = []
@@ -297,7 +308,7 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     sampler = PairSampler(loaded, settings, rng)
     if saved is not None:
         sampler.order = json.loads(saved["sampler_order"])
-    log.info("%d SuperMix samples loaded in %.0f s; training on %s voxels per pair",
+    log.info("%d training samples loaded in %.0f s; training on %s voxels per pair",
              len(loaded), time.perf_counter() - started_loading, list(sampler.shape))
 
     def checkpoint(step: int, elapsed: float) -> None:
@@ -377,6 +388,7 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
                "resumed_from_step": start_step, "steps_this_run": step - start_step,
                "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
                "device": str(device), "training_samples": [s.followup for s in samples],
+               "initial_model": None if initial_model is None else str(initial_model),
                # The kept weights: the best validated iteration, else the last.
                "selected": ({"by": "validation", **best["row"]} if best
                             else {"by": "last", "iteration": settings.iterations})}
