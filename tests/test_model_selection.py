@@ -349,3 +349,44 @@ def test_an_ensemble_averages_its_models_probabilities():
     expected = (1 / (1 + np.exp(-2.0)) + 1 / (1 + np.exp(1.0))) / 2
     np.testing.assert_allclose(probability[brain], expected, atol=1e-6)
     assert probability[~brain].max() == 0.0
+
+
+# ------------------------------------------------------------------ shipping a model
+
+
+def test_a_shipped_model_carries_its_settings_and_data_fingerprints(tmp_path, monkeypatch):
+    from mschange.io import file_sha256
+    from mschange.pretrained import inference_for, resolve_model, ship_model
+
+    samples = _samples(tmp_path)
+    trained = tmp_path / "results" / "detector" / "model-m"
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"not really a scan")
+    train_detector(samples, RESUME_SETTINGS, model_path=trained / "model.pt",
+                   log_tsv=trained / "training_log.tsv",
+                   curve_png=trained / "training_curve.png",
+                   checkpoint_dir=trained / "checkpoints", device=torch.device("cpu"),
+                   metadata={"preprocessing": {}, "training_data": {
+                       "training_pairs": {"s1": {"followup": str(scan)}}}})
+    models = tmp_path / "models"
+    with pytest.raises(ValueError, match="unknown inference settings"):
+        ship_model(trained, "tiny", inference={"kapa": 0.2}, models=models)
+    path = ship_model(trained, "tiny", inference={"kappa": 0.3, "mirror_axes": [0]},
+                      extra_data=[samples[0].label], models=models)
+    _, metadata = load_detector(path)
+    assert metadata["name"] == "tiny"
+    assert metadata["data_fingerprints"] == {str(scan): file_sha256(scan),
+                                             samples[0].label: file_sha256(samples[0].label)}
+    settings = inference_for(metadata)
+    assert settings.kappa == 0.3 and settings.mirror_axes == (0,)
+    assert settings.min_blob_voxels == 20   # not stored: the paper's default
+    assert inference_for(metadata, {"kappa": 0.5}).kappa == 0.5
+    assert (models / "tiny" / "training_log.tsv").read_bytes() == (
+        trained / "training_log.tsv").read_bytes()
+
+    # A name resolves to the package's models folder; a file path to itself.
+    monkeypatch.setattr("mschange.pretrained.models_folder", lambda: models)
+    assert resolve_model("tiny") == path
+    assert resolve_model(trained / "model.pt") == trained / "model.pt"
+    with pytest.raises(FileNotFoundError, match="shipped: tiny"):
+        resolve_model("other")
