@@ -389,8 +389,6 @@ for _name, _model in MODELS.items():
                 f"{', '.join(_missing)} (a model folder holds {', '.join(SHIPPED_FILES)})"
             )
 TRAINED_MODELS = [name for name in MODELS if name not in PRETRAINED_MODELS]
-# Every model can be had: trained ones need no-change training pairs.
-MODELS_AVAILABLE = bool(NOCHANGE_SUBJECTS) or not TRAINED_MODELS
 
 
 for _name, _model in MODELS.items():
@@ -420,12 +418,22 @@ FINETUNE_SOURCES = {
     for name, model in MODELS.items()
     if model["finetune_from"]
 }
-for _name, _source in FINETUNE_SOURCES.items():
-    if _source not in MODELS or _source == _name:
-        raise WorkflowError(
-            f"model {_name}: finetune_from {_source!r} must name another model of this "
-            f"run ({', '.join(n for n in MODELS if n != _name)})"
-        )
+
+
+def needs_synthetic_data(name):
+    """Whether a model (or the one it is fine-tuned from) trains on synthetic changes."""
+    if name in PRETRAINED_MODELS:
+        return False
+    if name in FINETUNE_SOURCES:
+        return needs_synthetic_data(FINETUNE_SOURCES[name])
+    return True
+
+
+# Every model can be had: those trained on synthetic changes need no-change pairs.
+MODELS_AVAILABLE = bool(NOCHANGE_SUBJECTS) or not any(
+    needs_synthetic_data(name) for name in MODELS
+)
+for _name in FINETUNE_SOURCES:
     if not ANNOTATED_SUBJECTS:
         raise WorkflowError(
             f"model {_name}: fine-tuning needs annotated training pairs (cohort rows with "
@@ -765,9 +773,9 @@ MAIN_AUGMENTATION = MODELS[MAIN_MODEL]["training"].get("augmentation") or {}
 def report_extras():
     """Optional report inputs: synthesis figures and the validation summary."""
     extras = {}
-    if SAMPLES:
+    if SAMPLES and NOCHANGE_SUBJECTS:
         extras["supermix_examples"] = "results/synthesis/figures/supermix_examples.png"
-    if LESION_SAMPLES:
+    if LESION_SAMPLES and NOCHANGE_SUBJECTS:
         extras["lesion_examples"] = "results/synthesis/figures/lesion_examples.png"
     if validation_targets():
         extras["validation"] = f"{REPORT_DIR}/tables/validation.tsv"

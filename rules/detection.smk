@@ -133,7 +133,9 @@ rule train_detector:
         # Validation during training: the model's inference, every threshold of the sweep.
         # (without kappa: thresholds are swept, so tuning kappa does not retrain)
         inference=lambda wildcards: {
-            k: v for k, v in MODELS[wildcards.model]["inference"].items() if k != "kappa"
+            k: v
+            for k, v in MODELS[wildcards.model]["inference"].items()
+            if k != "kappa"
         },
         kappa_sweep=config["evaluation"]["kappa_sweep"],
         metrics=config["evaluation"]["metrics"],

@@ -100,12 +100,14 @@ def test_validation_summary_means_painted_pairs_and_counts_false_positives():
         rows.append({"pair": pair, "subject": pair, "kind": kind, "method": "m",
                      "min_blob_voxels": 20, "threshold": 0.1, "direction": "all",
                      "to_ltpr": ltpr, "to_ppv": ppv, "msseg_f1": 0.4, "msseg_dice": 0.3,
-                     "predicted_lesions": predicted})
+                     "msseg_sensitivity": 0.6, "msseg_ppv": 0.3, "krueger_sensitivity": 0.7,
+                     "krueger_fp_count": predicted - 1, "predicted_lesions": predicted})
     summary = validation_summary(pd.DataFrame(rows), ["m"]).iloc[0]
     assert summary["to_ltpr"] == pytest.approx(0.75)
     assert summary["to_ppv"] == pytest.approx(0.75)
     assert summary["to_f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # F1 per pair, then mean
     assert summary["predicted_lesions"] == pytest.approx(3.0)
+    assert summary["krueger_fp_count"] == pytest.approx(2.0)   # painted pairs only
     assert summary["fp_per_nochange_pair"] == pytest.approx(1.5)
     assert summary["painted_pairs"] == 2 and summary["nochange_pairs"] == 2
     text = validation_markdown(validation_summary(pd.DataFrame(rows), ["m"]))

@@ -147,6 +147,11 @@ def _experiment_problems(config: dict[str, Any]) -> list[str]:
             continue
         merged = merge_config(config["detector"], experiments["models"][name])
         merged["name"] = name
+        source = merged.pop("finetune_from", None)   # not a detector key: checked here
+        if source is not None and (source == name or source not in names):
+            others = ", ".join(n for n in names if n != name)
+            problems.append(f"experiments.models.{name}: finetune_from {source!r} must name "
+                            f"another model of this run ({others})")
         errors = list(validator.iter_errors(merged))
         problems += [f"experiments.models.{name}: {_describe(e)}" for e in errors]
         if not errors:

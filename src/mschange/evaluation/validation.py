@@ -35,8 +35,10 @@ PAINTED, NO_CHANGE = "painted", "no-change"
 ID_COLUMNS = ["pair", "subject", "kind", "method", "min_blob_voxels", "threshold", "direction"]
 # The headline columns of the validation summary, by direction.
 SUMMARY_METRICS = {"to_ltpr": "LTPR", "to_ppv": "PPV", "to_f1": "lesion F1 (To)",
-                   "msseg_f1": "lesion F1 (MSSEG-2)", "msseg_dice": "Dice",
-                   "predicted_lesions": "detections"}
+                   "msseg_sensitivity": "sensitivity (MSSEG-2)", "msseg_ppv": "PPV (MSSEG-2)",
+                   "msseg_f1": "lesion F1 (MSSEG-2)", "krueger_sensitivity":
+                   "sensitivity (Krüger)", "krueger_fp_count": "FP (Krüger)",
+                   "msseg_dice": "Dice", "predicted_lesions": "detections"}
 
 
 @dataclass(frozen=True)
