@@ -95,8 +95,8 @@ def lesion_run(tmp_path_factory) -> Path:
                                "lesions_per_sample": [2, 3], "edge_margin_mm": 4.0}},
         validation={"samples_per_subject": 1, "seed": 7},
         detector={"architecture": {"channels": [8, 16], "modules_per_block": 1},
-                  "training": {"iterations": 1, "pairs_per_iteration": 2,
-                               "patch_size": [16, 16, 16],
+                  "training": {"iterations": 2, "pairs_per_iteration": 2,
+                               "patch_size": [16, 16, 16], "validate_every": 1,
                                "augmentation": {"enabled": True}},
                   "inference": {"min_blob_voxels": 3}},
         experiments={"compare": [], "min_blob_voxels": [3]})
@@ -158,6 +158,12 @@ def test_detector_trains_on_lesion_samples_and_records_its_data(lesion_run: Path
     training_data = model["training_data"]
     assert list(training_data["training_pairs"]) == ["s1"]   # never the validation scan
     assert training_data["test_pair_images_used"] == {}
+    # Selected on the validation set, scored after both iterations.
+    log = pd.read_csv(lesion_run / "results" / "detector" / "model-siamese-inc-ag-ms-ds"
+                      / "training_log.tsv", sep="\t")
+    assert log["val_f1"].notna().all() and log["val_kappa"].notna().all()
+    assert model["training"]["selected"]["by"] == "validation"
+    assert model["training"]["selected"]["iteration"] in (1, 2)
 
 
 @pytest.mark.slow

@@ -52,14 +52,28 @@ def main() -> None:
                         help="score this run's model on the first run's validation set")
     parser.add_argument("--exclude-validation", nargs="*", default=[], metavar="SUBJECT",
                         help="validation subjects to leave out (e.g. seen in training)")
+    parser.add_argument("--keep", nargs="*", metavar="METHOD",
+                        help="the methods to show, in this order, as labelled in the tables "
+                             "(e.g. 'subtraction' 'finetuned (loo1)'); default: all")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                        help="relabel a method (two runs' methods renamed alike pool: e.g. "
+                             "the two folds of a leave-one-out)")
     args = parser.parse_args()
     runs = dict(item.split("=", 1) for item in args.run)
     first_label, first_run = next(iter(runs.items()))
 
     scores = pd.concat([test_pair_scores(Path(run), label) for label, run in runs.items()],
-                       ignore_index=True).drop_duplicates(
+                       ignore_index=True)
+    scores["method"] = scores["method"].replace(dict(r.split("=", 1) for r in args.rename))
+    scores = scores.drop_duplicates(
         subset=["subject", "method", "min_blob_voxels", "direction"])
     methods = list(dict.fromkeys(scores["method"]))
+    if args.keep:
+        unknown = sorted(set(args.keep) - set(methods))
+        if unknown:
+            parser.error(f"--keep: no method {unknown}; the runs have {methods}")
+        methods = list(args.keep)
+        scores = scores.loc[scores["method"].isin(methods)]
     print("## Real development pairs (means over patient01 and patient03)\n")
     print(markdown_table(mean_scores(scores, methods, pair="subject"), COLUMNS, decimals=2))
     print("\n## Per pair, blob 20\n")

@@ -79,10 +79,10 @@ def score_development_pair(score: np.ndarray, subject: str, row: pd.Series, meth
     return rows
 
 
-def detector_maps(model: Path, inference: dict[str, Any], subjects: list[str]
+def detector_maps(models: list[Path], inference: dict[str, Any], subjects: list[str]
                   ) -> dict[str, np.ndarray]:
     device = resolve_device("cpu")
-    network, _ = load_detector(model, device)
+    network = [load_detector(model, device)[0] for model in models]
     settings = inference_settings(inference)
     flush_denormals()
     maps = {}
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="model file(s); several: every variant is run with each")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="the models as one ensemble (mean probability)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
     parser.add_argument("--kappa", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--k", type=float, nargs="+", default=[3.0, 4.0, 5.0])
@@ -151,21 +153,24 @@ def main() -> None:
         if p.subject not in args.exclude_validation]
 
     rows: list[dict[str, Any]] = []
-    methods: list[tuple[str, dict[str, Any], Path | None]] = []
-    for model in models:
+    methods: list[tuple[str, dict[str, Any], list[Path] | None]] = []
+    groups = [models] if args.ensemble else [[model] for model in models]
+    for group in groups:
         for item in args.variant:
             name, text = item.split("=", 1)
             inference = {**config["detector"]["inference"], **json.loads(text)}
-            label = name if len(models) == 1 else f"{model.parent.name}:{name}"
-            methods.append((label, inference, model))
+            label = name if len(groups) == 1 else f"{group[0].parent.name}:{name}"
+            if args.ensemble:
+                label = f"ensemble of {len(group)}:{name}"
+            methods.append((label, inference, group))
     if not args.no_subtraction:
         for harmonise in (False, True):
             base = {**config["evaluation"]["baseline"], "harmonise": harmonise}
             methods.append((f"subtraction{' matched' if harmonise else ''}", base, None))
 
-    for name, settings, model in methods:
+    for name, settings, group in methods:
         print(f"--- {name}", flush=True)
-        if model is None:
+        if group is None:
             thresholds = args.k
             maps = {}
             for subject in development.index:
@@ -179,7 +184,7 @@ def main() -> None:
                     bool(settings["harmonise"]))
         else:
             thresholds = args.kappa
-            maps = detector_maps(model, settings, list(development.index))
+            maps = detector_maps(group, settings, list(development.index))
         for subject, score in maps.items():
             rows += score_development_pair(score, subject, development.loc[subject], name,
                                            thresholds, args.blob, metric_settings)
@@ -187,8 +192,8 @@ def main() -> None:
             frame = validation_step(
                 pairs, out.with_suffix(".validation.tsv"), method=name,
                 threshold=thresholds[0], blob_sizes=args.blob, settings=metric_settings,
-                model=model, inference=settings if model else None,
-                baseline_settings=None if model else settings, threads=2,
+                model=group, inference=settings if group else None,
+                baseline_settings=None if group else settings, threads=2,
                 sweep=thresholds)
             rows += frame.to_dict("records")
         pd.DataFrame(rows).to_csv(out, sep="\t", index=False, float_format="%.6g",

@@ -89,13 +89,15 @@ def score_map_rows(score: npt.NDArray[Any], baseline: npt.NDArray[Any],
 
 def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method: str,
                     threshold: float, blob_sizes: Sequence[int], settings: MetricSettings,
-                    model: PathLike | None = None, inference: Mapping[str, Any] | None = None,
+                    model: PathLike | Sequence[PathLike] | None = None,
+                    inference: Mapping[str, Any] | None = None,
                     baseline_settings: Mapping[str, Any] | None = None, device: str = "cpu",
                     threads: int | None = None, sweep: Sequence[float] = ()) -> pd.DataFrame:
     """Score one method on every validation pair; writes one TSV row per pair, blob size
     and direction (and threshold of ``sweep``, beside the operating ``threshold``). A
-    detector needs ``model`` and ``inference`` (its config section); the subtraction
-    baseline ``baseline_settings`` (sigma_mm, erode_mm, harmonise)."""
+    detector needs ``model`` (several: an ensemble) and ``inference`` (its config
+    section); the subtraction baseline ``baseline_settings`` (sigma_mm, erode_mm,
+    harmonise)."""
     network = None
     if model is not None:
         # Only a detector needs torch: the baseline's job stays light.
@@ -105,7 +107,8 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
         from mschange.torchrun import cpu_threads, flush_denormals, resolve_device
 
         torch_device = resolve_device(device)
-        network, _ = load_detector(model, torch_device)
+        files = [model] if isinstance(model, str | os.PathLike) else list(model)
+        network = [load_detector(path, torch_device)[0] for path in files]
         infer = inference_settings(inference or {})
         if torch_device.type == "cpu":
             flush_denormals()  # activations in the empty background decay to denormals
