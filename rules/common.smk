@@ -17,7 +17,7 @@ from mschange.cohort import (
 from mschange.config import BASELINE_NAME, ConfigError, model_configs, validate_config
 from mschange.detection.outputs import prediction_paths
 from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
-from mschange.pretrained import SHIPPED_FILES, resolve_model
+from mschange.pretrained import SHIPPED_FILES, preprocessing_differences, resolve_model
 
 try:
     _validated = validate_config(config)
@@ -387,6 +387,15 @@ for _name, _model in MODELS.items():
             raise WorkflowError(
                 f"model {_name}: detector.pretrained: {PRETRAINED_MODELS[_name]} lacks "
                 f"{', '.join(_missing)} (a model folder holds {', '.join(SHIPPED_FILES)})"
+            )
+        _differences = preprocessing_differences(
+            PRETRAINED_MODELS[_name] / "model.pt", config["preprocessing"]
+        )
+        if _differences:
+            raise WorkflowError(
+                f"model {_name}: detector.pretrained was trained on pairs preprocessed "
+                "otherwise; set the config's preprocessing section to the model's:\n  "
+                + "\n  ".join(_differences)
             )
 TRAINED_MODELS = [name for name in MODELS if name not in PRETRAINED_MODELS]
 

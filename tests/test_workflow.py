@@ -353,6 +353,13 @@ def test_pretrained_weights_are_used_without_synthesis_or_training(tiny_run, tmp
     result = snakemake(copy, "-n", configfile=missing)
     assert result.returncode != 0
     assert "detector.pretrained: no model file 'no-such-model'" in result.stderr
+    # So does a config that would preprocess pairs otherwise than the model's were.
+    other = write_config(tmp_path / "other.yaml", **{
+        **TINY, "preprocessing": {"resolution_mm": 1.5},
+        "detector": {**TINY["detector"], "pretrained": str(trained / "model.pt")}})
+    result = snakemake(copy, "-n", configfile=other)
+    assert result.returncode != 0
+    assert "resolution_mm: the model's 2.0, the config's 1.5" in result.stderr
 
 
 @pytest.mark.slow

@@ -18,13 +18,12 @@ import shutil
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from mschange.detection.inference import InferenceSettings
-from mschange.detection.modelfile import load_detector
 from mschange.io import atomic_path, file_sha256
+
+if TYPE_CHECKING:
+    from mschange.detection.inference import InferenceSettings
 
 PathLike = str | os.PathLike[str]
 
@@ -36,6 +35,16 @@ SHIPPED_FILES = ("model.pt", "training_log.tsv", "training_curve.png")
 
 def models_folder() -> Path:
     return Path(str(resources.files("mschange") / "models"))
+
+
+def preprocessing_differences(model: PathLike, preprocessing: Mapping[str, Any]) -> list[str]:
+    """Where a model file's preprocessing differs from ``preprocessing`` (a config's):
+    a pair prepared otherwise is not what the network learned from."""
+    import torch
+
+    stored = torch.load(model, map_location="cpu", weights_only=True).get("preprocessing", {})
+    return [f"{key}: the model's {stored.get(key)!r}, the config's {value!r}"
+            for key, value in preprocessing.items() if stored.get(key) != value]
 
 
 def available_models() -> list[str]:
@@ -63,6 +72,8 @@ def inference_for(metadata: Mapping[str, Any], overrides: Mapping[str, Any] | No
                   ) -> InferenceSettings:
     """Inference settings for a model file: the defaults (the paper's), then those
     stored in the file (chosen for it on the validation set), then ``overrides``."""
+    from mschange.detection.inference import InferenceSettings
+
     stored = dict(metadata.get("inference") or {})
     fields = {f.name for f in dataclasses.fields(InferenceSettings)}
     unknown = sorted(set(stored) - fields)
@@ -90,6 +101,10 @@ def ship_model(trained: PathLike, name: str, *, inference: Mapping[str, Any],
     """Copy a workflow-trained detector folder (``results/detector/model-<m>/``, run
     from its working folder) into ``models/<name>/``, adding the chosen inference
     settings and the data fingerprints to the model file. Returns the new model file."""
+    import torch
+
+    from mschange.detection.modelfile import load_detector
+
     source = Path(trained)
     target = Path(models or models_folder()) / name
     target.mkdir(parents=True, exist_ok=True)
