@@ -390,3 +390,21 @@ def test_a_shipped_model_carries_its_settings_and_data_fingerprints(tmp_path, mo
     assert resolve_model(trained / "model.pt") == trained / "model.pt"
     with pytest.raises(FileNotFoundError, match="shipped: tiny"):
         resolve_model("other")
+
+
+def test_changes_are_kept_only_where_a_time_point_is_lesion_bright():
+    rng = np.random.default_rng(8)
+    brain = np.zeros((40, 36, 28), dtype=bool)
+    brain[4:-4, 4:-4, 4:-4] = True
+    baseline = np.where(brain, rng.uniform(0.45, 0.55, brain.shape), 0.0).astype(np.float32)
+    followup = baseline.copy()
+    followup[10:14, 10:14, 10:14] = 0.95     # a new bright lesion: kept
+    followup[24:28, 20:24, 14:18] = 0.1      # a dark difference in normal tissue: dropped
+    network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16)))
+    plain = predict_probability(network, baseline, followup, brain, np.eye(4),
+                                InferenceSettings(margin=0))
+    kept = predict_probability(network, baseline, followup, brain, np.eye(4),
+                               InferenceSettings(margin=0, min_lesion_contrast=1.4))
+    assert plain[10:14, 10:14, 10:14].min() > 0.9 and plain[24:28, 20:24, 14:18].min() > 0.9
+    assert kept[10:14, 10:14, 10:14].min() > 0.9
+    assert kept[24:28, 20:24, 14:18].max() == 0.0

@@ -56,6 +56,10 @@ class InferenceSettings:
     mirror_axes: tuple[int, ...] = ()
     # Changes are not reported within this depth of the edge of both brain masks.
     edge_margin_mm: float = 0.0
+    # Changes are reported only where the baseline or the follow-up is at least this
+    # many times the brain's median intensity (a FLAIR lesion is bright at the time
+    # point that has it); 0: everywhere.
+    min_lesion_contrast: float = 0.0
 
     def __post_init__(self) -> None:
         if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or \
@@ -64,6 +68,8 @@ class InferenceSettings:
                              "among 0, 1, 2")
         if self.edge_margin_mm < 0:
             raise ValueError("edge_margin_mm must be >= 0")
+        if self.min_lesion_contrast < 0:
+            raise ValueError("min_lesion_contrast must be >= 0")
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -87,6 +93,17 @@ def network_inputs(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
     if settings.harmonise:
         followup = match_intensities(followup, baseline, np.asarray(brain) > 0)
     return baseline, followup
+
+
+def lesion_bright_mask(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
+                       brain: npt.NDArray[Any], min_contrast: float) -> npt.NDArray[np.bool_]:
+    """Brain voxels where either scan is at least ``min_contrast`` x the brain's median
+    intensity (each scan its own median), grown by one voxel to keep lesion borders."""
+    inside = np.asarray(brain) > 0
+    bright = np.zeros(inside.shape, dtype=bool)
+    for scan in (np.asarray(baseline, np.float32), np.asarray(followup, np.float32)):
+        bright |= scan >= min_contrast * float(np.median(scan[inside]))
+    return inside & ndimage.binary_dilation(bright, structure=np.ones((3, 3, 3), bool))
 
 
 def edge_depth_mask(brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
@@ -173,6 +190,9 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
     probability = from_ras_axes(probability, back)
     if settings.edge_margin_mm > 0:
         probability[~edge_depth_mask(brain, affine, settings.edge_margin_mm)] = 0.0
+    if settings.min_lesion_contrast > 0:
+        probability[~lesion_bright_mask(baseline, followup, brain,
+                                        settings.min_lesion_contrast)] = 0.0
     return np.ascontiguousarray(probability, dtype=np.float32)
 
 

@@ -81,7 +81,8 @@ def inference_settings(config: Mapping[str, Any]) -> InferenceSettings:
         margin=int(config.get("margin", InferenceSettings.margin)),
         harmonise=bool(config.get("harmonise", False)),
         mirror_axes=tuple(int(a) for a in config.get("mirror_axes", ())),
-        edge_margin_mm=float(config.get("edge_margin_mm", 0.0)))
+        edge_margin_mm=float(config.get("edge_margin_mm", 0.0)),
+        min_lesion_contrast=float(config.get("min_lesion_contrast", 0.0)))
 
 
 # ------------------------------------------------------------------ steps
