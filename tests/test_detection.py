@@ -517,10 +517,13 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     config = validate_config(config)
     model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
                           metadata={"preprocessing": config["preprocessing"], "seed": 1})
+    torch.manual_seed(1)
+    second = save_detector(ChangeDetector(TINY), tmp_path / "m2.pt", training={},
+                           metadata={"preprocessing": config["preprocessing"], "seed": 1})
     out = tmp_path / "out"
     code = cli.main(["predict", "--baseline", str(paths.baseline), "--followup",
-                     str(paths.followup), "--model", str(model), "--out", str(out),
-                     "--threads", "2", "--min-blob-voxels", "3"])
+                     str(paths.followup), "--model", str(model), "--model", str(second),
+                     "--out", str(out), "--threads", "2", "--min-blob-voxels", "3"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "[1/7] resampling the baseline" in captured.err
@@ -535,6 +538,7 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
     assert record["settings"]["min_blob_voxels"] == 3
     assert record["model"]["path"] == str(model)
+    assert [m["path"] for m in record["ensemble"]] == [str(model), str(second)]
     assert record["raw_inputs"]["followup"] == str(paths.followup)
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]

@@ -408,3 +408,29 @@ def test_changes_are_kept_only_where_a_time_point_is_lesion_bright():
     assert plain[10:14, 10:14, 10:14].min() > 0.9 and plain[24:28, 20:24, 14:18].min() > 0.9
     assert kept[10:14, 10:14, 10:14].min() > 0.9
     assert kept[24:28, 20:24, 14:18].max() == 0.0
+
+
+def test_the_shipped_model_is_complete_and_label_free():
+    from mschange.pretrained import DEFAULT_MODEL, SHIPPED_FILES, inference_for, resolve_model
+
+    path = resolve_model(None)
+    assert path.parent.name == DEFAULT_MODEL
+    for name in (*SHIPPED_FILES, "README.md"):
+        assert (path.parent / name).is_file(), name
+    assert path.stat().st_size < 5_000_000   # small enough to live in the repository
+    network, metadata = load_detector(path)
+    assert metadata["name"] == DEFAULT_MODEL
+    # Trained without any change label, selected on the validation set.
+    assert metadata["training_data"]["labels_used"].startswith("none")
+    assert metadata["training"]["selected"]["by"] == "validation"
+    assert len(metadata["data_fingerprints"]) >= 14
+    assert all(len(digest) == 64 for digest in metadata["data_fingerprints"].values())
+    # The inference settings chosen for it are what predict uses by default.
+    settings = inference_for(metadata)
+    assert settings.kappa == metadata["inference"]["kappa"]
+    card = (path.parent / "README.md").read_text()
+    for needed in ("CC-BY", "ISBI", "Carass", "Lesjak", "subtraction", "validation"):
+        assert needed in card, needed
+    with torch.no_grad():
+        out = network(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16))
+    assert out[0].shape == (1, 1, 16, 16, 16)

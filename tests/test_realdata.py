@@ -159,3 +159,28 @@ def test_open_ms_data_preset_plans_training_and_both_real_pairs(tmp_path):
     assert counts["subtraction_baseline"] == "2"
     assert counts["evaluate_pair"] == "8"
     assert counts["evaluation_report"] == "1"
+
+
+def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
+    """`mschange predict` without --model on patient01: the shipped model, its stored
+    settings, and at least one detection on a true change of the pair."""
+    import json
+
+    from mschange import cli
+    from mschange.importers import common_space_mask_to_followup
+    from mschange.pretrained import DEFAULT_MODEL
+
+    pair_dir = OPEN_MS_DATA / "longitudinal" / "patient01"
+    out = tmp_path / "out"
+    code = cli.main(["predict", "--baseline", str(pair_dir / "study1_FLAIR.nii.gz"),
+                     "--followup", str(pair_dir / "study2_FLAIR.nii.gz"), "--out", str(out),
+                     "--subject", "p01", "--threads", "2"])
+    assert code == 0
+    record = json.loads((out / "sub-p01_desc-changes_prediction.json").read_text())
+    assert record["model"]["name"] == DEFAULT_MODEL
+    mask = nib.load(out / "sub-p01_space-native_desc-change_mask.nii.gz")
+    truth = np.asarray(common_space_mask_to_followup(
+        pair_dir / "gt.nii.gz", pair_dir / "study2_FLAIR.nii.gz",
+        pair_dir / "study2_FLAIR_to_common_space.txt").dataobj) > 0
+    assert mask.shape == truth.shape
+    assert (np.asarray(mask.dataobj) > 0)[truth].any()
