@@ -341,7 +341,8 @@ def test_report_leads_with_the_validation_set_and_shows_the_synthesis_figures(
     pd.DataFrame([{"pair": "v-sample000", "subject": "v", "kind": "painted", "method": method,
                    "min_blob_voxels": 20, "threshold": 0.1, "direction": "all",
                    "to_ltpr": ltpr, "to_ppv": 0.5, "msseg_f1": 0.2, "msseg_dice": 0.3,
-                   "predicted_lesions": 4}
+                   "msseg_sensitivity": 0.3, "msseg_ppv": 0.2, "krueger_sensitivity": 0.4,
+                   "krueger_fp_count": 1, "predicted_lesions": 4}
                   for method, ltpr in (("model-a", 0.25), ("subtraction", 0.75))]
                  ).to_csv(scores, sep="\t", index=False)
     validation_tables_step([scores], methods=["model-a", "subtraction"],
