@@ -353,14 +353,14 @@ def test_pretrained_weights_are_used_without_synthesis_or_training(tiny_run, tmp
         **TINY, "detector": {**TINY["detector"], "pretrained": "no-such-model"}})
     result = snakemake(copy, "-n", configfile=missing)
     assert result.returncode != 0
-    assert "detector.pretrained: no model file 'no-such-model'" in result.stderr
+    assert "detector.pretrained: no model file 'no-such-model'" in result.stdout + result.stderr
     # So does a config that would preprocess pairs otherwise than the model's were.
     other = write_config(tmp_path / "other.yaml", **{
         **TINY, "preprocessing": {"resolution_mm": 1.5},
         "detector": {**TINY["detector"], "pretrained": str(trained / "model.pt")}})
     result = snakemake(copy, "-n", configfile=other)
     assert result.returncode != 0
-    assert "resolution_mm: the model's 2.0, the config's 1.5" in result.stderr
+    assert "resolution_mm: the model's 2.0, the config's 1.5" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -405,7 +405,8 @@ def test_fine_tuning_on_annotated_pairs_is_a_model_of_its_own(tiny_run, tmp_path
         **TINY, "experiments": {"models": {"tuned": {"finetune_from": main}},
                                 "compare": ["tuned"]}})
     result = snakemake(copy, "-n", configfile=plain)
-    assert result.returncode != 0 and "needs annotated training pairs" in result.stderr
+    assert result.returncode != 0
+    assert "needs annotated training pairs" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
