@@ -7,7 +7,7 @@ CORES ?= 2
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-fast lint bench check-envs clean pretrained
+.PHONY: install demo test test-fast lint bench gpu-check check-envs clean pretrained
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ bench: install
 	$(BIN)/python benchmarks/evaluation.py --subject demo04 --repeats 3 --threads $(CORES)
 	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
 	$(BIN)/python benchmarks/sampler.py --threads $(CORES)
+
+# The GPU check (README "Benchmarks"): the CUDA tests, then one table of training
+# throughput in float32 and bf16, peak GPU memory, prediction time and the paper preset's
+# projected training time. Without a GPU: the tests on the CPU and a quick mode.
+gpu-check: install
+	bash benchmarks/gpu_check.sh --out results/gpu_check
 
 # The shipped detector (src/mschange/models/flair-lesions-v1/, README "Pretrained
 # model"), reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
