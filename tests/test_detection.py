@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import torch
 from torch import nn
 
 from mschange import cli
+from mschange.detection import training as detector_training
+from mschange.detection.augment import AugmentationSettings
 from mschange.detection.inference import (
     InferenceSettings,
     find_changes,
@@ -31,10 +34,14 @@ from mschange.detection.network import AttentionGate, ChangeDetector, DetectorAr
 from mschange.detection.steps import predict_with_network, training_settings
 from mschange.detection.training import (
     DetectorTrainingSettings,
+    PairSampler,
     TrainingSample,
+    cached_sample,
+    load_sample,
     train_detector,
 )
 from mschange.preprocessing.resample import isotropic_grid, resample_to_grid
+from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
 
 from .conftest import oblique_affine
 
@@ -281,6 +288,50 @@ def test_sigterm_saves_a_checkpoint_and_a_changed_config_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatch, match="l2"):
         _train(tmp_path, samples, "run", changed)
     assert _train(tmp_path, samples, "run", RESUME_SETTINGS)["resumed_from_step"] == 3
+
+
+@pytest.mark.parametrize("patch_size, augmentation", [
+    ((16, 16, 16), False), ((8, 16, 8), True), (None, False)])
+def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_size,
+                                                               augmentation):
+    samples = _samples(tmp_path, n=3)
+    settings = dataclasses.replace(
+        RESUME_SETTINGS, patch_size=patch_size,
+        augmentation=AugmentationSettings(enabled=augmentation))
+    cache = ScanCache(tmp_path / "cache")
+    on_disk = PairSampler([cached_sample(s, cache) for s in samples], settings,
+                          np.random.default_rng(3))
+    in_memory = PairSampler([load_sample(s) for s in samples], settings,
+                            np.random.default_rng(3))
+    assert on_disk.shape == in_memory.shape
+    for _ in range(7):   # more than one shuffled pass over the 3 samples
+        for a, b in zip(on_disk.batch(), in_memory.batch(), strict=True):
+            assert torch.equal(a, b)
+    assert on_disk.order == in_memory.order
+    # The disk sampler holds no voxels: every array is a file read per batch.
+    for sample in on_disk.samples:
+        for name in ("baseline", "followup", "label", "changed"):
+            assert isinstance(getattr(sample, name), DiskArray), name
+    assert cache.built == 3 and len(list(cache.folder.glob("*.npy"))) == 12
+
+
+def test_the_sample_cache_is_reused_on_resume_and_removed_when_done(tmp_path, monkeypatch):
+    samples = _samples(tmp_path)
+    cache = tmp_path / "run" / "checkpoints" / CACHE_FOLDER
+
+    def kill_at_step_3(step, loss):
+        if step == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        _train(tmp_path, samples, "run", RESUME_SETTINGS, on_step=kill_at_step_3)
+    assert len(list(cache.glob("*.json"))) == 2
+
+    def no_decoding(sample):
+        raise AssertionError("a sample was decoded again instead of read from the cache")
+    monkeypatch.setattr(detector_training, "load_sample", no_decoding)
+    resumed = _train(tmp_path, samples, "run", RESUME_SETTINGS)
+    assert resumed["resumed_from_step"] == 2
+    assert not cache.parent.exists()   # gone with the checkpoints
 
 
 def test_model_file_loads_safely_and_rejects_other_files(tmp_path):

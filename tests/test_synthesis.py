@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 from mschange.checkpoints import CheckpointMismatch, TrainingInterrupted
 from mschange.cli import main
 from mschange.config import ConfigError, validate_config
+from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
+from mschange.synthesis import vae_training
 from mschange.synthesis.reconstruction import TilingSettings, reconstruct_volume
 from mschange.synthesis.steps import supermix_settings, supermix_step, tiling_settings
 from mschange.synthesis.supermix import (
@@ -243,6 +246,84 @@ def test_crops_are_ras_ordered_and_around_the_brain(tmp_path, scan):
     assert (batch.reshape(5, -1) > 0.2).any(axis=1).all()  # every crop shows brain
 
 
+def _reference_crops(volumes, masks, crop_size, rng, batches, size):
+    """The crops of the sampler as it was when it held every padded scan in memory."""
+    crop = np.asarray(crop_size)
+    padded, boxes = [], []
+    for volume, mask in zip(volumes, masks, strict=True):
+        padding = [(0, max(0, int(c) - s)) for c, s in zip(crop, volume.shape, strict=True)]
+        padded.append(np.pad(volume, padding))
+        where = np.nonzero(np.pad(mask, padding))
+        boxes.append((np.array([w.min() for w in where]), np.array([w.max() for w in where])))
+    out = []
+    for _ in range(batches):
+        batch = np.empty((size, 1, *crop), dtype=np.float32)
+        for b in range(size):
+            index = int(rng.integers(len(padded)))
+            low, high = boxes[index]
+            centre = rng.integers(low, high + 1)
+            start = np.clip(centre - crop // 2, 0, np.array(padded[index].shape) - crop)
+            batch[b, 0] = padded[index][tuple(slice(int(s), int(s + c))
+                                              for s, c in zip(start, crop, strict=True))]
+        out.append(batch)
+    return out
+
+
+@pytest.mark.parametrize("crop_size", [(16, 16, 8), (8, 32, 40), (40, 8, 8)])
+def test_crops_from_the_disk_cache_equal_the_in_memory_crops(tmp_path, scan, crop_size):
+    images, masks = _training_files(tmp_path, scan)
+    # A scan with its brain off-centre, so that crops are clipped at the scan's edges.
+    data, mask, affine = scan
+    shifted = np.roll(mask, (-6, 7, 5), axis=(0, 1, 2))
+    images.append(str(tmp_path / "scan_shifted.nii.gz"))
+    masks.append(str(tmp_path / "mask_shifted.nii.gz"))
+    nib.save(nib.Nifti1Image(np.where(shifted, data + 0.3, 0.0), affine), images[-1])
+    nib.save(nib.Nifti1Image(shifted.astype(np.uint8), affine), masks[-1])
+    # A small brain in the middle: crops reach only part of the scan, so the cache keeps
+    # a region that does not start at the scan's corner.
+    small = np.zeros_like(mask)
+    small[10:18, 12:20, 9:15] = True
+    images.append(str(tmp_path / "scan_small.nii.gz"))
+    masks.append(str(tmp_path / "mask_small.nii.gz"))
+    nib.save(nib.Nifti1Image(data - 0.2, affine), images[-1])
+    nib.save(nib.Nifti1Image(small.astype(np.uint8), affine), masks[-1])
+    volumes, brains = load_training_scans(images, masks)
+    expected = _reference_crops(volumes, brains, crop_size, np.random.default_rng(7),
+                                batches=12, size=3)
+
+    cache = ScanCache(tmp_path / "cache")
+    on_disk = CropSampler.from_files(images, masks, crop_size, np.random.default_rng(7), cache)
+    in_memory = CropSampler(volumes, brains, crop_size, np.random.default_rng(7))
+    for batch in expected:
+        np.testing.assert_array_equal(on_disk.crop_batch(3), batch)
+        np.testing.assert_array_equal(in_memory.crop_batch(3), batch)
+    # The disk sampler holds no voxels: each crop is read from the cache files.
+    assert all(isinstance(source.array, DiskArray) for source in on_disk.sources)
+    assert cache.built == 4 and len(list(cache.folder.glob("*.npy"))) == 4
+    assert on_disk.sources[-1].offset.any()
+    if os.path.exists("/proc/self/maps"):
+        maps = Path("/proc/self/maps").read_text()
+        assert not any(str(source.array.path) in maps for source in on_disk.sources)
+
+
+def test_a_crop_source_keeps_only_what_crops_can_reach():
+    volume = np.random.default_rng(0).random((20, 12, 40)).astype(np.float32)
+    mask = np.zeros(volume.shape, bool)
+    mask[5:15, 3:9, 10:21] = True
+    source = vae_training.crop_source(volume, mask, (8, 16, 8))
+    # x: centres 5..14 start crops at 1..10; y: 12 < 16 voxels, padded to 16; z: 6..16.
+    assert source.offset.tolist() == [1, 0, 6] and source.shape.tolist() == [20, 16, 40]
+    # Stored with the crop's thinnest side first (x, then z; stable for equal sizes).
+    assert source.axes == (0, 2, 1) and source.array.shape == (17, 18, 16)
+    region = np.transpose(source.array, (0, 2, 1))
+    np.testing.assert_array_equal(region[:, :12], volume[1:18, :, 6:24])
+    assert not region[:, 12:].any()
+    np.testing.assert_array_equal(source.crop(np.array([3, 0, 10]), np.array([8, 16, 8]))[:, :12],
+                                  volume[3:11, :, 10:18])
+    with pytest.raises(ValueError, match="empty brain mask"):
+        vae_training.crop_source(volume, np.zeros_like(mask), (8, 8, 8))
+
+
 def _training_files(tmp_path, scan):
     data, mask, affine = scan
     images, masks = [], []
@@ -296,6 +377,27 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, scan):
     again, _ = load_vae(tmp_path / "resumed" / "vae.pt")
     for key, value in straight.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+def test_the_scan_cache_is_reused_on_resume_and_removed_when_done(tmp_path, scan,
+                                                                   monkeypatch):
+    images, masks = _training_files(tmp_path, scan)
+    cache = tmp_path / "run" / "checkpoints" / CACHE_FOLDER
+
+    def terminate_at_step_3(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted):
+        _train(tmp_path, images, masks, "run", TRAINING, on_step=terminate_at_step_3)
+    made = {path.name: path.stat().st_mtime_ns for path in cache.iterdir()}
+    assert len(made) == 4   # per scan: its crop region (.npy) and the entry (.json)
+
+    def no_decoding(*args):
+        raise AssertionError("a scan was decoded again instead of read from the cache")
+    monkeypatch.setattr(vae_training, "_load_scan", no_decoding)
+    resumed = _train(tmp_path, images, masks, "run", TRAINING)
+    assert resumed["resumed_from_step"] == 3
+    assert not cache.exists() and not cache.parent.exists()  # gone with the checkpoints
 
 
 def test_sigterm_checkpoints_then_stops(tmp_path, scan):

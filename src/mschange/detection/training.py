@@ -8,10 +8,12 @@ x' as the baseline and x^ as the follow-up, as at inference. A lesion-based samp
 (:mod:`mschange.synthesis.lesions`) has its own baseline and follow-up, since a
 resolving lesion is painted into the baseline.
 
-Volumes are put in RAS axis order, cut to the brain's bounding box and kept in
-memory (float16). Training uses whole boxes (``patch_size: None``, the paper's
-set-up, for GPUs) or random patches, a share of them centred on a changed voxel
-so that the rare changes are seen (for CPUs and small GPUs).
+Volumes are put in RAS axis order, cut to the brain's bounding box (float16) and
+written once into uncompressed files in the checkpoint folder, from which each batch
+is read (:mod:`mschange.scancache`): memory does not grow with the number of samples.
+Training uses whole boxes (``patch_size: None``, the paper's set-up, for GPUs) or
+random patches, a share of them centred on a changed voxel so that the rare changes
+are seen (for CPUs and small GPUs).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -50,6 +53,7 @@ from mschange.detection.modelfile import load_detector, save_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.imagespace import to_ras_axes
 from mschange.io import atomic_path
+from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
 from mschange.tiling import round_up
 from mschange.torchrun import autocast
 
@@ -130,10 +134,14 @@ class TrainingSample:
 
 @dataclass
 class LoadedSample:
-    baseline: npt.NDArray[np.float16]
-    followup: npt.NDArray[np.float16]
-    label: npt.NDArray[np.uint8]
-    changed: npt.NDArray[np.int32]   # (n, 3) indices of changed voxels
+    """A sample as training reads it: arrays in memory, or on disk (:func:`cached_sample`)."""
+
+    baseline: npt.NDArray[np.float16] | DiskArray
+    followup: npt.NDArray[np.float16] | DiskArray
+    label: npt.NDArray[np.uint8] | DiskArray
+    changed: npt.NDArray[np.int32] | DiskArray   # (n, 3) indices of changed voxels
+
+    ARRAYS = ("baseline", "followup", "label", "changed")
 
 
 def _ras(path: str, dtype: type) -> npt.NDArray[Any]:
@@ -157,8 +165,21 @@ def load_sample(sample: TrainingSample) -> LoadedSample:
                         changed=np.argwhere(label).astype(np.int32))
 
 
+SAMPLE_CACHE_KIND = "detector-sample ras box float16"
+
+
+def cached_sample(sample: TrainingSample, cache: ScanCache) -> LoadedSample:
+    """:func:`load_sample`'s arrays, decoded once into ``cache`` and read from there."""
+    def build() -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+        loaded = load_sample(sample)
+        return {name: np.asarray(getattr(loaded, name)) for name in LoadedSample.ARRAYS}, {}
+    arrays, _ = cache.entry(SAMPLE_CACHE_KIND, [sample.baseline, sample.followup,
+                                                sample.label], build)
+    return LoadedSample(**arrays)
+
+
 class PairSampler:
-    """Mini-batches of (baseline, follow-up, label) from samples held in memory."""
+    """Mini-batches of (baseline, follow-up, label) from samples in memory or on disk."""
 
     def __init__(self, samples: Sequence[LoadedSample], settings: DetectorTrainingSettings,
                  rng: np.random.Generator) -> None:
@@ -199,9 +220,8 @@ class PairSampler:
         for b in range(size):
             sample = self.samples[self._next_index()]
             region = self._region(sample)
-            volumes: tuple[npt.NDArray[Any], ...] = (sample.baseline, sample.followup,
-                                                     sample.label)
-            parts = tuple(volume[region] for volume in volumes)
+            parts = tuple(np.asarray(volume[region]) for volume in (
+                sample.baseline, sample.followup, sample.label))
             if self.settings.augmentation.enabled:
                 # from self.rng, which is checkpointed: a resumed run draws the same
                 parts = augment_patch(parts[0], parts[1], parts[2],
@@ -304,12 +324,15 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
                  settings.pairs_per_iteration, settings.batch_size, device)
 
     started_loading = time.perf_counter()
-    loaded = [load_sample(s) for s in samples]
+    cache = ScanCache(Path(checkpoint_dir) / CACHE_FOLDER)
+    loaded = [cached_sample(s, cache) for s in samples]
+    cache.prune()
     sampler = PairSampler(loaded, settings, rng)
     if saved is not None:
         sampler.order = json.loads(saved["sampler_order"])
-    log.info("%d training samples loaded in %.0f s; training on %s voxels per pair",
-             len(loaded), time.perf_counter() - started_loading, list(sampler.shape))
+    log.info("%d training samples ready in %.0f s (%d decoded now, %.1f GB in %s); training "
+             "on %s voxels per pair", len(loaded), time.perf_counter() - started_loading,
+             cache.built, cache.size_bytes() / 1e9, cache.folder, list(sampler.shape))
 
     def checkpoint(step: int, elapsed: float) -> None:
         checkpoints.save({

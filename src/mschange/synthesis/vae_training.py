@@ -7,7 +7,9 @@ every scan is put in RAS axis order first, so the 16-voxel side of a crop always
 runs head to foot, whatever the scan's orientation.
 
 A training run checkpoints into a folder beside its outputs and resumes from it
-when rerun after a kill (see :mod:`mschange.checkpoints`).
+when rerun after a kill (see :mod:`mschange.checkpoints`). The scans are decoded once
+into uncompressed files in that folder and crops are read from them
+(:mod:`mschange.scancache`), so memory does not grow with the number of scans.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -42,6 +45,7 @@ from mschange.checkpoints import (
 )
 from mschange.imagespace import to_ras_axes
 from mschange.io import atomic_path
+from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
 from mschange.synthesis.vae import Vae3d, VaeArchitecture, save_vae, vae_loss
 from mschange.torchrun import autocast
 
@@ -88,59 +92,137 @@ class VaeTrainingSettings:
         return values
 
 
+@dataclass(frozen=True)
+class CropSource:
+    """What crops of one scan can show: ``array`` holds the voxels of the (padded) scan
+    from ``offset`` on that some crop reaches, with its axes in the order ``axes`` (the
+    crop's thinnest side first, so that a crop of the paper's 192 x 192 x 16 voxels is
+    16 contiguous slabs rather than bits of every page of the file); ``shape`` is the
+    padded scan's shape and ``low``/``high`` its brain's box, where crop centres are
+    drawn (all in RAS order). ``array`` is in memory or a
+    :class:`~mschange.scancache.DiskArray`."""
+
+    array: npt.NDArray[np.float32] | DiskArray
+    offset: npt.NDArray[np.intp]
+    shape: npt.NDArray[np.intp]
+    low: npt.NDArray[np.intp]
+    high: npt.NDArray[np.intp]
+    axes: tuple[int, ...] = (0, 1, 2)
+
+    def crop(self, start: npt.NDArray[np.intp], size: npt.NDArray[np.intp]
+             ) -> npt.NDArray[np.float32]:
+        """The crop of ``size`` voxels from ``start`` (padded scan's voxels, RAS order)."""
+        region = tuple(slice(int(s), int(s + n)) for s, n in zip(start - self.offset, size,
+                                                                 strict=True))
+        block = self.array[tuple(region[a] for a in self.axes)]
+        return np.transpose(block, np.argsort(self.axes))
+
+
+def crop_source(volume: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_],
+                crop_size: tuple[int, int, int]) -> CropSource:
+    """One scan (RAS order) and its brain mask as a :class:`CropSource`.
+
+    A crop starts at ``clip(centre - crop // 2, 0, shape - crop)`` for a centre in the
+    brain's box; that start grows with the centre, so the box's corners bound the voxels
+    any crop can show, and only those are kept.
+    """
+    crop = np.asarray(crop_size)
+    # Pad scans smaller than a crop, so every crop has the full size.
+    padding = [(0, max(0, int(c) - s)) for c, s in zip(crop, volume.shape, strict=True)]
+    where = np.nonzero(mask)  # padding adds voxels after the scan: the box is the same
+    if not where[0].size:
+        raise ValueError("a training scan has an empty brain mask")
+    low = np.array([w.min() for w in where])
+    high = np.array([w.max() for w in where])
+    shape = np.array(volume.shape) + np.array([after for _, after in padding])
+    first = np.clip(low - crop // 2, 0, shape - crop)
+    last = np.clip(high - crop // 2, 0, shape - crop) + crop
+    padded = np.pad(volume, padding) if any(after for _, after in padding) else volume
+    region = tuple(slice(int(a), int(b)) for a, b in zip(first, last, strict=True))
+    axes = tuple(int(a) for a in np.argsort(crop, kind="stable"))
+    return CropSource(array=np.ascontiguousarray(np.transpose(padded[region], axes),
+                                                 dtype=np.float32),
+                      offset=first, shape=shape, low=low, high=high, axes=axes)
+
+
 class CropSampler:
-    """Random crops around the brain of a set of scans held in memory (RAS axis order)."""
+    """Random crops around the brain of a set of scans (RAS axis order).
+
+    Built from scans in memory, or with :meth:`from_files` from a
+    :class:`~mschange.scancache.ScanCache` of them on disk, which gives the same crops
+    for the same generator and keeps only one crop at a time in memory.
+    """
 
     def __init__(self, volumes: Sequence[npt.NDArray[np.float32]],
                  masks: Sequence[npt.NDArray[np.bool_]], crop_size: tuple[int, int, int],
                  rng: np.random.Generator) -> None:
-        if not volumes:
+        self._setup([crop_source(volume, mask, crop_size)
+                     for volume, mask in zip(volumes, masks, strict=True)], crop_size, rng)
+
+    def _setup(self, sources: list[CropSource], crop_size: tuple[int, int, int],
+               rng: np.random.Generator) -> None:
+        if not sources:
             raise ValueError("the VAE needs at least one training scan (no pair has change: no)")
         self.crop = np.asarray(crop_size)
         self.rng = rng
-        self.volumes: list[npt.NDArray[np.float32]] = []
-        self.boxes: list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] = []
-        for volume, mask in zip(volumes, masks, strict=True):
-            # Pad scans smaller than a crop, so every crop has the full size.
-            padding = [(0, max(0, int(c) - s)) for c, s in zip(self.crop, volume.shape,
-                                                                 strict=True)]
-            padded = np.pad(volume, padding)
-            brain = np.pad(mask, padding)
-            where = np.nonzero(brain)
-            if not where[0].size:
-                raise ValueError("a training scan has an empty brain mask")
-            self.volumes.append(padded)
-            self.boxes.append((np.array([w.min() for w in where]),
-                               np.array([w.max() for w in where])))
+        self.sources = sources
+
+    @classmethod
+    def from_files(cls, images: Sequence[str], masks: Sequence[str],
+                   crop_size: tuple[int, int, int], rng: np.random.Generator,
+                   cache: ScanCache) -> CropSampler:
+        """A sampler reading its crops from ``cache``, where each scan is decoded once."""
+        sampler = cls.__new__(cls)
+        kind = f"vae-crop-source crop={list(crop_size)}"
+        sources = []
+        for image_path, mask_path in zip(images, masks, strict=True):
+            def build(image_path: str = image_path, mask_path: str = mask_path
+                      ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+                volume, mask = _load_scan(image_path, mask_path)
+                source = crop_source(volume, mask, crop_size)
+                values = {name: getattr(source, name).tolist()
+                          for name in ("offset", "shape", "low", "high")}
+                return {"region": np.asarray(source.array)}, {**values,
+                                                              "axes": list(source.axes)}
+            arrays, values = cache.entry(kind, [image_path, mask_path], build)
+            sources.append(CropSource(
+                array=arrays["region"], axes=tuple(values["axes"]),
+                **{name: np.array(values[name], dtype=np.intp)
+                   for name in ("offset", "shape", "low", "high")}))
+        sampler._setup(sources, crop_size, rng)
+        return sampler
 
     def crop_batch(self, size: int) -> npt.NDArray[np.float32]:
         """(size, 1, X, Y, Z) crops, each centred on a random point of a scan's brain box."""
         batch = np.empty((size, 1, *self.crop), dtype=np.float32)
         for b in range(size):
-            index = int(self.rng.integers(len(self.volumes)))
-            volume = self.volumes[index]
-            low, high = self.boxes[index]
-            centre = self.rng.integers(low, high + 1)
-            start = np.clip(centre - self.crop // 2, 0, np.array(volume.shape) - self.crop)
-            region = tuple(slice(int(s), int(s + c)) for s, c in zip(start, self.crop,
-                                                                   strict=True))
-            batch[b, 0] = volume[region]
+            source = self.sources[int(self.rng.integers(len(self.sources)))]
+            centre = self.rng.integers(source.low, source.high + 1)
+            start = np.clip(centre - self.crop // 2, 0, source.shape - self.crop)
+            batch[b, 0] = source.crop(start, self.crop)
         return batch
+
+
+def _load_scan(image_path: str, mask_path: str
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    image = nib.load(image_path)
+    data, _ = to_ras_axes(np.asarray(image.dataobj, dtype=np.float32),  # type: ignore[attr-defined]
+                          image.affine)  # type: ignore[attr-defined]
+    mask_image = nib.load(mask_path)
+    mask, _ = to_ras_axes(np.asarray(mask_image.dataobj) > 0,  # type: ignore[attr-defined]
+                          mask_image.affine)  # type: ignore[attr-defined]
+    return np.ascontiguousarray(data), np.ascontiguousarray(mask)
 
 
 def load_training_scans(images: Sequence[str], masks: Sequence[str]
                         ) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.bool_]]]:
-    """Preprocessed scans and their brain masks, in RAS axis order."""
+    """Preprocessed scans and their brain masks, in RAS axis order, in memory (training
+    itself reads them through a :class:`~mschange.scancache.ScanCache` instead)."""
     volumes, brains = [], []
     for image_path, mask_path in zip(images, masks, strict=True):
-        image = nib.load(image_path)
-        data, _ = to_ras_axes(np.asarray(image.dataobj, dtype=np.float32),  # type: ignore[attr-defined]
-                              image.affine)  # type: ignore[attr-defined]
-        mask_image = nib.load(mask_path)
-        mask, _ = to_ras_axes(np.asarray(mask_image.dataobj) > 0,  # type: ignore[attr-defined]
-                              mask_image.affine)  # type: ignore[attr-defined]
-        volumes.append(np.ascontiguousarray(data))
-        brains.append(np.ascontiguousarray(mask))
+        volume, mask = _load_scan(image_path, mask_path)
+        volumes.append(volume)
+        brains.append(mask)
     return volumes, brains
 
 
@@ -198,9 +280,13 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
                  "batch %d) on %s", settings.total_steps, settings.iterations,
                  settings.crops_per_iteration, settings.batch_size, device)
 
-    volumes, brains = load_training_scans(images, masks)
-    sampler = CropSampler(volumes, brains, settings.crop_size, rng)
-    log.info("%d training scans loaded; crops of %s voxels (RAS order)", len(volumes),
+    started_loading = time.perf_counter()
+    cache = ScanCache(Path(checkpoint_dir) / CACHE_FOLDER)
+    sampler = CropSampler.from_files(images, masks, settings.crop_size, rng, cache)
+    cache.prune()
+    log.info("%d training scans ready in %.0f s (%d decoded now, %.1f GB in %s); crops of "
+             "%s voxels (RAS order)", len(sampler.sources), time.perf_counter()
+             - started_loading, cache.built, cache.size_bytes() / 1e9, cache.folder,
              list(settings.crop_size))
 
     def checkpoint(step: int, elapsed: float) -> None:
