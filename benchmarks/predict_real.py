@@ -1,7 +1,8 @@
 """Benchmark: `mschange predict` with the shipped detector on a real pair.
 
-End to end (``mschange.detection.pair.predict_pair``: resampling, HD-BET, ANTs, N4,
-normalisation, the network, the outputs on both grids) and the network alone
+End to end (``mschange predict`` in a fresh process as a user runs it: start-up,
+resampling, HD-BET, ANTs, N4, normalisation, the network, the outputs on both grids;
+each stage's time from its progress line) and the network alone
 (``predict_probability`` on the preprocessed pair that run wrote), each the median of
 ``--repeats`` runs, plus the network with mirroring test-time augmentation and as an
 ensemble with a second model. Prints one JSON object.
@@ -15,13 +16,14 @@ ensemble with a second model. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import io
 import json
 import platform
+import re
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +33,6 @@ import torch
 
 from mschange.detection.inference import predict_probability
 from mschange.detection.modelfile import load_detector
-from mschange.detection.pair import Progress, predict_pair
 from mschange.io import brain_intersection, load_float_image
 from mschange.pretrained import DEFAULT_MODEL, inference_for, resolve_model
 from mschange.torchrun import cpu_threads, flush_denormals
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--second-model", type=Path, help="a second model for the ensemble")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--end-to-end-only", action="store_true",
+                        help="skip the network-only variants")
     args = parser.parse_args()
     flush_denormals()
     torch.set_num_threads(args.threads)
@@ -65,11 +68,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
 
+        stage_runs: list[dict[str, float]] = []
+
         def end_to_end() -> None:
-            with contextlib.redirect_stderr(io.StringIO()):
-                predict_pair(args.baseline, args.followup, None, out, subject="bench",
-                             threads=args.threads, progress=Progress(7, io.StringIO()))
+            # As a user runs it: a fresh process, start-up included.
+            finished = subprocess.run(
+                [str(Path(sys.executable).with_name("mschange")), "predict",
+                 "--baseline", str(args.baseline), "--followup", str(args.followup),
+                 "--out", str(out), "--subject", "bench", "--threads", str(args.threads)],
+                check=True, capture_output=True, text=True)
+            stage_runs.append({match[1]: float(match[2]) for match in re.finditer(
+                r"^\[\d+/\d+\] (.+): done in ([\d.]+) s$", finished.stderr, re.MULTILINE)})
         results["end_to_end"] = median_seconds(end_to_end, args.repeats)
+        results["stages_median_s"] = {stage: statistics.median(run[stage] for run in stage_runs)
+                                      for stage in stage_runs[0]}
+        results["predict_max_rss_mb"] = \
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         work = out / "preproc"
         baseline, _ = load_float_image(
             work / "sub-bench_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz")
@@ -86,6 +100,8 @@ def main() -> None:
         if args.second_model:
             variants["network_ensemble_of_2"] = ([network, load_detector(args.second_model)[0]],
                                                  settings)
+        if args.end_to_end_only:
+            variants = {}
         with cpu_threads(args.threads, torch.device("cpu")):
             for name, (networks, variant) in variants.items():
                 results[name] = median_seconds(

@@ -79,6 +79,7 @@ rule register_baseline_to_followup:
         runtime=20,
     params:
         transform=config["preprocessing"]["registration"]["transform"],
+        sampling_points=config["preprocessing"]["registration"]["sampling_points"],
         seed=config["seed"],
     script:
         "../scripts/register_baseline_to_followup.py"

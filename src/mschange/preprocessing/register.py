@@ -33,13 +33,16 @@ class RigidRegistration:
 def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floating[Any]],
                    moving: npt.NDArray[Any], moving_affine: npt.NDArray[np.floating[Any]],
                    moving_mask: npt.NDArray[Any], transform_file: str | os.PathLike[str], *,
-                   transform_type: str = "Rigid", seed: int = 0,
-                   threads: int | None = None) -> RigidRegistration:
+                   transform_type: str = "Rigid", sampling_points: int = 225000,
+                   seed: int = 1, threads: int | None = None) -> RigidRegistration:
     """Register ``moving`` onto ``fixed`` and write the transform to ``transform_file``.
 
     ANTs starts from a centre-of-mass alignment, so large head displacements
     (tens of mm) between sessions are handled. The transform file is an ITK
     ``.mat`` readable by ``SimpleITK.ReadTransform`` and ``ants.apply_transforms``.
+    ``sampling_points``: how many of the fixed grid's voxels the metric is sampled at
+    (at most all). With one thread and a given ``seed`` two runs give the same
+    transform bit for bit.
     """
     if threads is not None:
         # ITK reads this once per process, at its first use (each workflow job is a fresh
@@ -48,11 +51,14 @@ def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floatin
     import ants
 
     # ANTs samples the metric at random points; a fixed seed makes reruns identical.
-    ants.config._random_seed = int(seed)
+    # ANTs reads a seed of 0 as "seed from the clock", so 0 becomes 1.
+    ants.config._random_seed = int(seed) or 1
     fixed_ants = to_ants(fixed, fixed_affine)
     moving_ants = to_ants(moving, moving_affine)
     result = ants.registration(fixed=fixed_ants, moving=moving_ants,
-                               type_of_transform=transform_type, verbose=False)
+                               type_of_transform=transform_type,
+                               aff_random_sampling_rate=min(1.0, sampling_points / fixed.size),
+                               verbose=False)
     forward = [t for t in result["fwdtransforms"] if t.endswith(".mat")]
     if len(forward) != 1:
         raise RuntimeError(f"expected one linear transform from ANTs, got {forward}")

@@ -62,14 +62,16 @@ def skullstrip_step(scan: PathLike, brain_output: PathLike, mask_output: PathLik
 def register_step(followup_brain: PathLike, baseline_brain: PathLike, baseline_mask: PathLike,
                   transform_output: PathLike, moved_brain_output: PathLike,
                   moved_mask_output: PathLike, *, subject: str, transform: str = "Rigid",
-                  seed: int = 0, threads: int | None = None) -> None:
+                  sampling_points: int = 225000, seed: int = 1,
+                  threads: int | None = None) -> None:
     fixed = _load(followup_brain)
     moving = _load(baseline_brain)
     mask = _load(baseline_mask)
     result = register_rigid(fixed.get_fdata(dtype=np.float32), fixed.affine,
                             moving.get_fdata(dtype=np.float32), moving.affine,
                             np.asarray(mask.dataobj), transform_output,
-                            transform_type=transform, seed=seed, threads=threads)
+                            transform_type=transform, sampling_points=sampling_points,
+                            seed=seed, threads=threads)
     log.info("%s: baseline registered onto follow-up (%s), transform %s", subject, transform,
              transform_output)
     save_nifti(result.moved_image, fixed.affine, moved_brain_output, header=fixed.header)
