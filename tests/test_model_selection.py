@@ -434,3 +434,36 @@ def test_the_shipped_model_is_complete_and_label_free():
     with torch.no_grad():
         out = network(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16))
     assert out[0].shape == (1, 1, 16, 16, 16)
+
+
+def test_registration_speed_settings_do_not_make_a_model_refuse_a_config():
+    """A model trained with ANTs' default sampling on one thread still serves a config
+    that registers faster (SPEED_SETTINGS); a different transform type is refused."""
+    import copy
+
+    from mschange.config import schema_default, validate_config
+    from mschange.pretrained import preprocessing_differences, resolve_model
+
+    model = resolve_model(None)
+    stored = torch.load(model, map_location="cpu", weights_only=True)["preprocessing"]
+    assert "sampling_points" not in stored["registration"]  # trained before it existed
+    preprocessing = copy.deepcopy(stored)
+    preprocessing["registration"].update(
+        threads=2, sampling_points=schema_default("preprocessing", "registration",
+                                                  "sampling_points"))
+    assert preprocessing_differences(model, preprocessing) == []
+    preprocessing["registration"]["transform"] = "DenseRigid"
+    (difference,) = preprocessing_differences(model, preprocessing)
+    assert difference.startswith("registration:") and "DenseRigid" in difference
+    # The schema's default is the one a validated config gets.
+    config = validate_config(yaml_config())
+    assert config["preprocessing"]["registration"]["sampling_points"] == \
+        schema_default("preprocessing", "registration", "sampling_points") == 225000
+
+
+def yaml_config() -> dict:
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config.yaml").read_text())
+    config["preprocessing"]["registration"].pop("sampling_points", None)
+    return config
