@@ -1,4 +1,5 @@
 # Configuration, cohort and helpers shared by every rule file.
+import functools
 import re
 from pathlib import Path
 
@@ -115,10 +116,15 @@ def load_cohort():
 
 COHORT = load_cohort().set_index("subject", drop=False)
 SUBJECTS = list(COHORT["subject"])
+# Each subject's row as a plain dict (subject -> column -> value): input functions look
+# a subject up here, once per job, rather than in the DataFrame (COHORT.loc costs tens
+# of microseconds a call, over 10,000 jobs).
+COHORT_ROWS = COHORT.to_dict("index")
 USES_DEMO = config["cohort"]["source"] == "demo" or config["cohort"]["include_demo"]
 DEMO_SUBJECTS = list(demo_cohort()["subject"]) if USES_DEMO else []
 # Rows without a baseline: single scans, paired with a simulated rescan of themselves.
 SINGLE_SUBJECTS = list(COHORT.loc[COHORT["baseline"] == "", "subject"])
+SINGLE_SUBJECT_SET = frozenset(SINGLE_SUBJECTS)
 # The no-change training pairs: the VAE and SuperMix use these only.
 NOCHANGE_SUBJECTS = list(
     COHORT.loc[(COHORT["change"] == "no") & (COHORT["split"] == "train"), "subject"]
@@ -133,16 +139,16 @@ if SINGLE_SUBJECTS and not config["synthesis"]["rescan"]["enabled"]:
 
 def raw_scan(wildcards):
     """The user's scan for one subject and time point (a simulated rescan for single scans)."""
-    if wildcards.tp == "baseline" and wildcards.subject in SINGLE_SUBJECTS:
+    if wildcards.tp == "baseline" and wildcards.subject in SINGLE_SUBJECT_SET:
         return "results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz".format(
             subject=wildcards.subject
         )
-    return COHORT.loc[wildcards.subject, wildcards.tp]
+    return COHORT_ROWS[wildcards.subject][wildcards.tp]
 
 
 def cohort_images(wildcards):
     """A subject's own images (baseline, follow-up, label; those it has), as given."""
-    row = COHORT.loc[wildcards.subject]
+    row = COHORT_ROWS[wildcards.subject]
     return {column: row[column] for column in IMAGE_COLUMNS if row[column]}
 
 
@@ -322,7 +328,7 @@ def preprocessed_pair_of(subject):
         "followup": f"{folder}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
         "baseline_mask": f"{folder}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
         "followup_mask": f"{folder}_tp-followup_desc-brain_mask.nii.gz",
-        "raw_followup": COHORT.loc[subject, "followup"],
+        "raw_followup": COHORT_ROWS[subject]["followup"],
     }
 
 
@@ -473,15 +479,21 @@ def initial_model(wildcards):
     return f"{DETECTOR_DIR}/model.pt".format(model=source) if source else []
 
 
+@functools.cache
+def synthetic_training_record():
+    """What the models trained on synthetic changes learn from (the same for each)."""
+    return training_data_record(COHORT, NOCHANGE_SUBJECTS)
+
+
 def training_data_of(model):
     """What a model learns from, for its model file."""
     if model not in FINETUNE_SOURCES:
-        return training_data_record(COHORT, NOCHANGE_SUBJECTS)
+        return synthetic_training_record()
     return {
         "finetuned_from": FINETUNE_SOURCES[model],
         "annotated_pairs": {
             subject: {
-                column: str(COHORT.loc[subject, column])
+                column: str(COHORT_ROWS[subject][column])
                 for column in ("baseline", "followup", "label")
             }
             for subject in ANNOTATED_SUBJECTS
@@ -736,20 +748,24 @@ def validation_targets():
     return [f"{REPORT_DIR}/tables/validation.tsv"]
 
 
+@functools.cache
 def realism_pairs():
     """Each labelled test pair whose follow-up is also a single-scan row, beside that
     row's simulated-rescan pair: the real and simulated no-change differences of one
-    scan (rule rescan_realism)."""
+    scan (rule rescan_realism). Worked out once (several rules and targets ask)."""
     import os
 
-    singles = {os.path.realpath(COHORT.loc[s, "followup"]): s for s in SINGLE_SUBJECTS}
+    singles = {os.path.realpath(COHORT_ROWS[s]["followup"]): s for s in SINGLE_SUBJECTS}
     pairs = []
-    for subject in EVALUATED_SUBJECTS:
-        simulated = singles.get(os.path.realpath(COHORT.loc[subject, "followup"]))
-        if simulated is None or not COHORT.loc[subject, "label"]:
+    for subject in EVALUATED_SUBJECTS if singles else []:
+        row = COHORT_ROWS[subject]
+        if not row["label"]:
+            continue
+        simulated = singles.get(os.path.realpath(row["followup"]))
+        if simulated is None:
             continue
         for name, source, label in (
-            (f"real {subject}", subject, COHORT.loc[subject, "label"]),
+            (f"real {subject}", subject, row["label"]),
             (f"simulated {simulated}", simulated, ""),
         ):
             files = preprocessed_pair_of(source)

@@ -21,7 +21,7 @@ rule make_demo_subject:
         mem_mb=4000,
         runtime=10,
     params:
-        has_change=lambda wildcards: COHORT.loc[wildcards.subject, "change"] == "yes",
+        has_change=lambda wildcards: COHORT_ROWS[wildcards.subject]["change"] == "yes",
         seed=config["seed"],
         voxel_size_mm=config["demo"]["voxel_size_mm"],
     script:

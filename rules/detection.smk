@@ -20,7 +20,7 @@ rule list_training_samples:
 
 rule annotated_change_mask:
     input:
-        label=lambda wildcards: COHORT.loc[wildcards.subject, "label"],
+        label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"],
         followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
     output:
         ANNOTATED_LABEL,
@@ -149,7 +149,7 @@ rule predict_pair:
         followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
         baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
         followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
-        native_followup=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
+        native_followup=lambda wildcards: COHORT_ROWS[wildcards.subject]["followup"],
         model=f"{DETECTOR_DIR}/model.pt",
     output:
         **prediction_outputs(),

@@ -35,8 +35,8 @@ rule evaluate_pair:
         followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
         baseline_mask=f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
         followup_mask=f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz",
-        native_followup=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
-        label=lambda wildcards: COHORT.loc[wildcards.subject, "label"] or [],
+        native_followup=lambda wildcards: COHORT_ROWS[wildcards.subject]["followup"],
+        label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"] or [],
     output:
         **evaluation_outputs(),
     log:

@@ -10,7 +10,7 @@ wildcard_constraints:
 rule simulate_rescan:
     input:
         **CHECKED_INPUTS,
-        scan=lambda wildcards: COHORT.loc[wildcards.subject, "followup"],
+        scan=lambda wildcards: COHORT_ROWS[wildcards.subject]["followup"],
     output:
         image="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.nii.gz",
         record="results/rescan/sub-{subject}/sub-{subject}_tp-baseline_desc-rescan_FLAIR.json",

@@ -201,6 +201,30 @@ def test_image_check_cache_skips_unchanged_files(tmp_path, good_pair):
         check_cohort_images(cohort, cache_file=cache)
 
 
+def test_cached_files_are_not_opened_again_unless_a_label_needs_their_grid(
+        tmp_path, good_pair, monkeypatch):
+    volume = np.zeros((12, 12, 12))
+    write_image(tmp_path / "s2_bl.nii.gz", volume)
+    write_image(tmp_path / "s2_fu.nii.gz", volume)
+    # A label off its follow-up's grid: each file passes its own check (and is cached),
+    # the pair does not.
+    write_image(tmp_path / "s2_label.nii.gz", np.zeros((10, 12, 12)))
+    labelled = dict(good_pair, subject="s2", baseline="s2_bl.nii.gz",
+                    followup="s2_fu.nii.gz", label="s2_label.nii.gz")
+    cohort = read_cohort_sheet(write_sheet(tmp_path, [good_pair, labelled]))
+    cache = tmp_path / "cache.json"
+    with pytest.raises(CohortError, match="label's grid"):
+        check_cohort_images(cohort, cache_file=cache)
+    opened: list[str] = []
+    real_load = nib.load
+    monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.append(Path(path).name)
+                        or real_load(path, *a, **k))
+    # Every file is cached now, yet the label is still compared with its follow-up.
+    with pytest.raises(CohortError, match="label's grid"):
+        check_cohort_images(cohort, cache_file=cache)
+    assert sorted(opened) == ["s2_fu.nii.gz", "s2_label.nii.gz"]
+
+
 def minimal_config() -> dict:
     return {"seed": 1, "cohort": {"source": "demo"}, "preprocessing": {"resolution_mm": 1.0},
             "qc": {}}

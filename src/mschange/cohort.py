@@ -182,6 +182,9 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
     passed: dict[str, bool] = {}
     for row in cohort.itertuples(index=False):
         headers: dict[str, nib.Nifti1Image] = {}
+        # Only a label's grid is compared with another image's (its follow-up's): a file
+        # that passed before is opened again only then.
+        grid_check = bool(row.label) and bool(row.followup)
         for column in IMAGE_COLUMNS:
             value = getattr(row, column)
             if not value:
@@ -190,7 +193,8 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
             try:
                 key = _cache_key(path) if path.exists() else None
                 if key is not None and cache.get(key):
-                    headers[column] = nib.load(path)  # type: ignore[assignment]
+                    if grid_check and column in ("label", "followup"):
+                        headers[column] = nib.load(path)  # type: ignore[assignment]
                     passed[key] = True
                     continue
                 headers[column] = load_checked_image(path, row.subject,
@@ -276,7 +280,7 @@ def training_data_record(cohort: pd.DataFrame, subjects: Iterable[str]) -> dict[
     """What a model trained on ``subjects`` saw, for its model file: each training pair's
     scans, and which of them are images of the cohort's test pairs (allowed as unlabelled
     single scans, but a reader of its scores on those pairs must know)."""
-    rows = cohort.set_index("subject", drop=False)
+    rows = {row.subject: row for row in cohort.itertuples(index=False)}
     test_images = {}
     for row in cohort.loc[cohort["split"] == "test"].itertuples(index=False):
         for column in ("baseline", "followup"):
@@ -285,9 +289,9 @@ def training_data_record(cohort: pd.DataFrame, subjects: Iterable[str]) -> dict[
     scans: dict[str, dict[str, str]] = {}
     shared: dict[str, str] = {}
     for subject in subjects:
-        row = rows.loc[subject]
-        scans[subject] = {column: str(row[column]) for column in ("baseline", "followup")
-                          if row[column]}
+        row = rows[subject]
+        scans[subject] = {column: str(getattr(row, column))
+                          for column in ("baseline", "followup") if getattr(row, column)}
         for path in scans[subject].values():
             test_pair = test_images.get(os.path.realpath(path))
             if test_pair is not None:
