@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from mschange.imagespace import RAS_TO_LPS, voxel_centres_mm
+from mschange.io import voxel_sizes
 from mschange.preprocessing.register import registration_error_mm
 from mschange.preprocessing.steps import register_step, resample_step, skullstrip_step
 from mschange.qc import brain_volume_ml
@@ -92,7 +93,9 @@ def test_hdbet_on_the_head_box_agrees_with_hdbet_on_the_whole_scan(preprocessed_
         nib.orientations.io_orientation(raw.affine),
         nib.orientations.axcodes2ornt(("L", "A", "S"))))
     data = np.asarray(image.dataobj, dtype=np.float32)
-    _, reference = hd_bet(np.ascontiguousarray(data.transpose(2, 1, 0)), (1.0, 1.0, 1.0),
+    # The exact voxel sizes (a 1 mm resampling is 1 mm only to float precision).
+    spacing = tuple(float(size) for size in voxel_sizes(image.affine)[::-1])
+    _, reference = hd_bet(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing,
                           mode="fast", device="cpu", postprocess=True, do_tta=False)
     reference = np.asarray(reference).transpose(2, 1, 0) > 0
     whole, boxed = (hdbet_brain_masks([(data, image.affine)], threads=2, crop_to_head=crop)[0]
