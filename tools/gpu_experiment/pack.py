@@ -34,7 +34,7 @@ import numpy.typing as npt
 import pandas as pd
 import yaml
 
-from mschange.config import validate_config
+from mschange.config import merge_config, validate_config
 from mschange.imagespace import to_ras_axes
 from mschange.preprocessing.resample import resample_to_grid
 from mschange.synthesis.lesions import lesion_paint_settings, slice_profile_from_raw
@@ -121,16 +121,7 @@ def load_config() -> dict[str, Any]:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     preset = yaml.safe_load((REPO / "presets" / "real_training.yaml").read_text())
 
-    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-        merged = dict(base)
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = merge(merged[key], value)
-            else:
-                merged[key] = value
-        return merged
-
-    return validate_config(merge(config, preset))
+    return validate_config(merge_config(config, preset))
 
 
 def travelling_bytes() -> int:
