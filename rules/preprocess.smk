@@ -51,6 +51,7 @@ rule skullstrip_hdbet:
         mode=config["preprocessing"]["skullstrip"]["mode"],
         tta=config["preprocessing"]["skullstrip"]["tta"],
         device=config["device"],
+        source=raw_scan,
     script:
         "../scripts/skullstrip_hdbet.py"
 

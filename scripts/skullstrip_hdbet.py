@@ -13,4 +13,5 @@ with logging_to(snakemake.log[0], "skullstrip_hdbet"):
         device=snakemake.params.device,
         tta=snakemake.params.tta,
         threads=snakemake.threads,
+        source=snakemake.params.source,
     )

@@ -202,12 +202,49 @@ def test_single_threaded_registration_reproduces_its_result_exactly(tmp_path, se
     for run in ("a", "b"):
         code = (
             "from mschange.preprocessing.steps import register_step\n"
-            f"register_step('{tmp_path}/fixed.nii.gz', '{tmp_path}/moving.nii.gz', "
-            f"'{tmp_path}/moving_mask.nii.gz', '{tmp_path}/{run}.mat', "
-            f"'{tmp_path}/{run}_moved.nii.gz', '{tmp_path}/{run}_mask.nii.gz', "
+            f"register_step(followup_brain='{tmp_path}/fixed.nii.gz', "
+            f"baseline_brain='{tmp_path}/moving.nii.gz', "
+            f"baseline_mask='{tmp_path}/moving_mask.nii.gz', "
+            f"transform_output='{tmp_path}/{run}.mat', "
+            f"moved_brain_output='{tmp_path}/{run}_moved.nii.gz', "
+            f"moved_mask_output='{tmp_path}/{run}_mask.nii.gz', "
             f"subject='p1', seed={seed}, sampling_points={sampling_points}, threads=1)\n")
         subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
         outputs.append(((tmp_path / f"{run}.mat").read_bytes(),
                         np.asarray(nib.load(tmp_path / f"{run}_moved.nii.gz").dataobj)))
     assert outputs[0][0] == outputs[1][0]
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+
+
+def _write(path, data, affine):
+    nib.save(nib.Nifti1Image(np.asarray(data, np.float32), affine), path)
+    return path
+
+
+def test_a_failed_registration_names_the_pair_and_writes_nothing(tmp_path, monkeypatch):
+    from mschange.preprocessing import steps
+    from mschange.preprocessing.steps import RegistrationError, register_step
+
+    spacing = (2.0, 2.0, 2.0)
+    shape = (48, 52, 44)
+    affine = np.diag([*spacing, 1.0])
+    head, _ = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24))
+    # The "baseline" is a small object that cannot cover the follow-up's brain.
+    small, small_mask = ellipsoid_phantom(shape, spacing, radii_mm=(8, 8, 8))
+    files = {"followup_brain": _write(tmp_path / "fu.nii.gz", head, affine),
+             "baseline_brain": _write(tmp_path / "bl.nii.gz", small, affine),
+             "baseline_mask": _write(tmp_path / "bl_mask.nii.gz", small_mask, affine)}
+    outputs = {"transform_output": tmp_path / "xfm.mat",
+               "moved_brain_output": tmp_path / "moved.nii.gz",
+               "moved_mask_output": tmp_path / "moved_mask.nii.gz"}
+    with pytest.raises(RegistrationError, match=r"subject 'p3'.*Dice of only 0\.\d\d"):
+        register_step(**files, **outputs, subject="p3", threads=1)
+    assert not outputs["moved_brain_output"].exists()
+    assert not outputs["moved_mask_output"].exists()
+
+    def ants_fails(*args, **kwargs):
+        raise RuntimeError("Exception caught in ITK: metric has no valid points")
+    monkeypatch.setattr(steps, "register_rigid", ants_fails)
+    with pytest.raises(RegistrationError, match=r"subject 'p3'.*bl\.nii\.gz.*failed.*valid "
+                                                r"points"):
+        register_step(**files, **outputs, subject="p3", threads=1)

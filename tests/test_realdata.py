@@ -50,8 +50,10 @@ def preprocessed_pair(request, tmp_path_factory):
         resample_step(pair_dir / scan, out[tp], subject=pair, resolution_mm=1.0)
         skullstrip_step(out[tp], out[f"{tp}_brain"], out[f"{tp}_mask"], subject=pair, threads=2)
     # The workflow's defaults: one ANTs thread, the config's metric sampling.
-    register_step(out["fu_brain"], out["bl_brain"], out["bl_mask"], out["xfm"], out["moved"],
-                  out["moved_mask"], subject=pair, seed=1, threads=1)
+    register_step(followup_brain=out["fu_brain"], baseline_brain=out["bl_brain"],
+                  baseline_mask=out["bl_mask"], transform_output=out["xfm"],
+                  moved_brain_output=out["moved"], moved_mask_output=out["moved_mask"],
+                  subject=pair, seed=1, threads=1)
     return pair, pair_dir, out
 
 

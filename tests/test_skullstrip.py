@@ -57,3 +57,24 @@ def test_largest_component_keeps_the_brain_and_names_an_empty_mask():
     assert largest_component(mask)[16, 16, 16]
     with pytest.raises(NoBrainFoundError, match="no brain"):
         largest_component(np.zeros((5, 5, 5), dtype=bool))
+
+
+@pytest.mark.parametrize("content", ["zeros", "noise"])
+def test_a_scan_without_a_brain_is_a_named_input_error(tmp_path, content):
+    import nibabel as nib
+
+    from mschange.io import InputError
+    from mschange.preprocessing.steps import skullstrip_step
+
+    rng = np.random.default_rng(0)
+    data = np.zeros((40, 40, 20), np.float32) if content == "zeros" else \
+        rng.random((40, 40, 20), dtype=np.float32)
+    scan = tmp_path / "resampled.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), scan)
+    with pytest.raises(InputError) as caught:
+        skullstrip_step(scan, tmp_path / "brain.nii.gz", tmp_path / "mask.nii.gz",
+                        subject="p9", source="/data/p9_flair.nii.gz")
+    message = str(caught.value)
+    assert "subject 'p9'" in message and "/data/p9_flair.nii.gz" in message
+    assert "no brain found" in message
+    assert not (tmp_path / "brain.nii.gz").exists() and not (tmp_path / "mask.nii.gz").exists()

@@ -139,11 +139,13 @@ def predict_pair(baseline: PathLike, followup: PathLike,
                 threads=threads)
     with progress.stage("registering the baseline onto the follow-up (ANTs rigid)"):
         preprocessing.register_step(
-            files["followup"]["desc-brain_FLAIR"], files["baseline"]["desc-brain_FLAIR"],
-            files["baseline"]["desc-brain_mask"],
-            work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
-            files["baseline"]["space-followup_desc-brain_FLAIR"],
-            files["baseline"]["space-followup_desc-brain_mask"], subject=subject,
+            followup_brain=files["followup"]["desc-brain_FLAIR"],
+            baseline_brain=files["baseline"]["desc-brain_FLAIR"],
+            baseline_mask=files["baseline"]["desc-brain_mask"],
+            transform_output=work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
+            moved_brain_output=files["baseline"]["space-followup_desc-brain_FLAIR"],
+            moved_mask_output=files["baseline"]["space-followup_desc-brain_mask"],
+            subject=subject,
             transform=prep["registration"]["transform"],
             sampling_points=registration["sampling_points"], seed=int(metadata.get("seed", 1)),
             threads=registration["threads"])

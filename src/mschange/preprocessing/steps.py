@@ -14,17 +14,35 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
-from mschange.io import load_checked_image, save_json, save_nifti, voxel_sizes
+from mschange.io import InputError, load_checked_image, save_json, save_nifti, voxel_sizes
 from mschange.preprocessing.bias import n4_correct
 from mschange.preprocessing.normalize import normalize_percentiles
 from mschange.preprocessing.register import register_rigid
 from mschange.preprocessing.resample import resample_isotropic
-from mschange.preprocessing.skullstrip import HdBetMode, skullstrip
+from mschange.preprocessing.skullstrip import HdBetMode, NoBrainFoundError, skullstrip
 from mschange.qc import brain_volume_ml, plot_pair_qc, registration_correlation
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
+
+# A brain mask smaller than this is not a brain (an adult brain is 1,000-1,600 ml; the QC
+# flags anything under qc.min_brain_ml): HD-BET latched onto noise or a fragment.
+MIN_BRAIN_ML = 100.0
+# After a rigid registration of two scans of one head the two brain masks overlap by a Dice
+# of 0.9 or more (0.97-0.98 on the development pairs); below this the registration failed.
+MIN_REGISTERED_BRAIN_DICE = 0.5
+
+
+class RegistrationError(RuntimeError):
+    """The rigid registration of a pair failed; the message names the pair."""
+
+
+def dice(a: npt.NDArray[np.bool_], b: npt.NDArray[np.bool_]) -> float:
+    """Dice overlap of two masks (1: identical; 0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 0.0
 
 
 def _load(path: PathLike) -> nib.Nifti1Image:
@@ -47,10 +65,22 @@ def resample_step(scan: PathLike, output: PathLike, *, subject: str, resolution_
 
 def skullstrip_step(scan: PathLike, brain_output: PathLike, mask_output: PathLike, *,
                     subject: str, mode: HdBetMode = "fast", device: str = "cpu",
-                    tta: bool = False, threads: int | None = None) -> None:
+                    tta: bool = False, threads: int | None = None,
+                    source: PathLike | None = None) -> None:
+    """HD-BET on one resampled scan. ``source``: the raw scan it came from, named in the
+    error when no brain is found (the file a user can open)."""
     image = _load(scan)
-    brain, mask = skullstrip(image, mode=mode, device=device, tta=tta, threads=threads)
-    volume = brain_volume_ml(mask, image.affine)
+    try:
+        brain, mask = skullstrip(image, mode=mode, device=device, tta=tta, threads=threads)
+        volume = brain_volume_ml(mask, image.affine)
+        if volume < MIN_BRAIN_ML:
+            raise NoBrainFoundError(f"HD-BET's brain mask holds only {volume:.1f} ml")
+    except NoBrainFoundError as error:
+        raise InputError(
+            f"no brain found ({error}): open the scan and check that it is a whole-head "
+            "FLAIR (not a localiser, a mask or a blank series), that its orientation "
+            "(affine) is right, and that it is not mostly noise", source or scan,
+            subject) from None
     log.info("%s: HD-BET (%s, tta=%s, %s) brain volume %.0f ml", subject, mode, tta, device,
              volume)
     # Same header and affine as the input: the mask must overlay it exactly.
@@ -59,19 +89,33 @@ def skullstrip_step(scan: PathLike, brain_output: PathLike, mask_output: PathLik
                dtype=np.uint8)
 
 
-def register_step(followup_brain: PathLike, baseline_brain: PathLike, baseline_mask: PathLike,
-                  transform_output: PathLike, moved_brain_output: PathLike,
-                  moved_mask_output: PathLike, *, subject: str, transform: str = "Rigid",
+def register_step(*, followup_brain: PathLike, baseline_brain: PathLike,
+                  baseline_mask: PathLike, transform_output: PathLike,
+                  moved_brain_output: PathLike, moved_mask_output: PathLike, subject: str,
+                  transform: str = "Rigid",
                   sampling_points: int = 225000, seed: int = 1,
                   threads: int | None = None) -> None:
     fixed = _load(followup_brain)
     moving = _load(baseline_brain)
     mask = _load(baseline_mask)
-    result = register_rigid(fixed.get_fdata(dtype=np.float32), fixed.affine,
-                            moving.get_fdata(dtype=np.float32), moving.affine,
-                            np.asarray(mask.dataobj), transform_output,
-                            transform_type=transform, sampling_points=sampling_points,
-                            seed=seed, threads=threads)
+    fixed_data = fixed.get_fdata(dtype=np.float32)
+    try:
+        result = register_rigid(fixed_data, fixed.affine, moving.get_fdata(dtype=np.float32),
+                                moving.affine, np.asarray(mask.dataobj), transform_output,
+                                transform_type=transform, sampling_points=sampling_points,
+                                seed=seed, threads=threads)
+    except RuntimeError as error:   # ANTs reports its failures as RuntimeError
+        raise RegistrationError(f"subject {subject!r}: registering the baseline "
+                                f"{str(baseline_brain)!r} onto the follow-up failed "
+                                f"({error})") from None
+    overlap = dice(result.moved_mask, fixed_data > 0)
+    if overlap < MIN_REGISTERED_BRAIN_DICE:
+        raise RegistrationError(
+            f"subject {subject!r}: the registered baseline brain overlaps the follow-up "
+            f"brain by a Dice of only {overlap:.2f} (a good rigid registration gives 0.9 "
+            f"or more): the registration failed. Check that both scans show the same head "
+            f"and cover the same part of it ({baseline_brain}, {followup_brain})")
+    log.info("%s: registered brains overlap by a Dice of %.3f", subject, overlap)
     log.info("%s: baseline registered onto follow-up (%s), transform %s", subject, transform,
              transform_output)
     save_nifti(result.moved_image, fixed.affine, moved_brain_output, header=fixed.header)
