@@ -24,6 +24,17 @@ requires_open_ms_data = pytest.mark.skipif(
     reason=f"real data not found at {OPEN_MS_DATA}")
 
 
+def default_preprocessing(resolution_mm: float = 1.0) -> dict:
+    """The preprocessing section a model file stores: the schema's defaults, complete
+    (a model file must say exactly how its training data was prepared)."""
+    from mschange.config import validate_config
+
+    preprocessing: dict = validate_config({"seed": 1, "cohort": {"source": "demo"},
+                                           "preprocessing": {"resolution_mm": resolution_mm},
+                                           "qc": {}})["preprocessing"]
+    return preprocessing
+
+
 def oblique_affine(spacing: tuple[float, float, float], angle_deg: float = 10.0,
                    origin: tuple[float, float, float] = (-30.0, 20.0, -15.0)) -> np.ndarray:
     """An LPS-stored (like scanner DICOM conversions), slightly rotated affine."""

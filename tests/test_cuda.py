@@ -37,7 +37,7 @@ from mschange.synthesis.vae import Vae3d, VaeArchitecture, load_vae, save_vae
 from mschange.synthesis.vae_training import VaeTrainingSettings, train_vae
 from mschange.torchrun import autocast, resolve_device
 
-from .conftest import ellipsoid_phantom, oblique_affine
+from .conftest import default_preprocessing, ellipsoid_phantom, oblique_affine
 
 DEVICE_NAME = os.environ.get("MSCHANGE_TEST_DEVICE", "cuda")
 pytestmark = [
@@ -265,7 +265,7 @@ def test_detector_fine_tunes_with_validation_on_the_device(tmp_path, device, hea
     summary = train_detector(samples, settings, model_path=tmp_path / "model.pt",
                              log_tsv=tmp_path / "log.tsv", curve_png=tmp_path / "curve.png",
                              checkpoint_dir=tmp_path / "checkpoints", device=device,
-                             metadata={"preprocessing": {"resolution_mm": 1.0}},
+                             metadata={"preprocessing": default_preprocessing()},
                              validate=validate, last_model_path=tmp_path / "model_last.pt",
                              initial_model=resolve_model(SHIPPED))
     assert seen == [(device.type, False)] * 2

@@ -43,7 +43,7 @@ from mschange.detection.training import (
 from mschange.preprocessing.resample import isotropic_grid, resample_to_grid
 from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
 
-from .conftest import oblique_affine
+from .conftest import default_preprocessing, oblique_affine
 
 TINY = DetectorArchitecture(channels=(8, 16, 32))
 
@@ -240,7 +240,7 @@ def _train(tmp_path, samples, name, settings, on_step=None):
     return train_detector(samples, settings, model_path=folder / "model.pt",
                           log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
                           checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
-                          metadata={"preprocessing": {"resolution_mm": 2.0}},
+                          metadata={"preprocessing": default_preprocessing(2.0)},
                           on_step=on_step)
 
 
@@ -266,7 +266,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     again, metadata = load_detector(tmp_path / "resumed" / "model.pt")
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
-    assert metadata["preprocessing"] == {"resolution_mm": 2.0}
+    assert metadata["preprocessing"] == default_preprocessing(2.0)
     assert metadata["training"]["settings"]["patch_size"] == [16, 16, 16]
 
 
@@ -337,7 +337,7 @@ def test_the_sample_cache_is_reused_on_resume_and_removed_when_done(tmp_path, mo
 def test_model_file_loads_safely_and_rejects_other_files(tmp_path):
     model = ChangeDetector(TINY)
     path = save_detector(model, tmp_path / "m.pt", training={"steps": 1},
-                         metadata={"preprocessing": {"resolution_mm": 1.0}})
+                         metadata={"preprocessing": default_preprocessing()})
     raw = torch.load(path, weights_only=True)  # plain values and tensors only
     assert raw["architecture"]["channels"] == [8, 16, 32]
     loaded, metadata = load_detector(path)
@@ -541,7 +541,7 @@ def test_subject_ids_from_file_names():
 
 def test_predict_cli_names_a_missing_file_and_writes_nothing(tmp_path, capsys, phantom_file):
     model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
-                          metadata={"preprocessing": {}})
+                          metadata={"preprocessing": default_preprocessing()})
     out = tmp_path / "out"
     code = cli.main(["predict", "--baseline", str(tmp_path / "nope.nii.gz"), "--followup",
                      str(phantom_file), "--model", str(model), "--out", str(out)])
@@ -549,9 +549,10 @@ def test_predict_cli_names_a_missing_file_and_writes_nothing(tmp_path, capsys, p
     error = capsys.readouterr().err
     assert "nope.nii.gz" in error and "does not exist" in error
     assert not out.exists()
-    code = cli.main(["predict", "--baseline", str(phantom_file), "--followup",
-                     str(phantom_file), "--model", str(tmp_path / "missing.pt"), "--out",
-                     str(out)])
+    copy = tmp_path / "copy.nii.gz"
+    copy.write_bytes(phantom_file.read_bytes())
+    code = cli.main(["predict", "--baseline", str(phantom_file), "--followup", str(copy),
+                     "--model", str(tmp_path / "missing.pt"), "--out", str(out)])
     assert code == 2 and "missing.pt" in capsys.readouterr().err
     assert not out.exists()
 

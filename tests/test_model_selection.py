@@ -25,6 +25,7 @@ from mschange.evaluation.validation import (
 )
 from mschange.preprocessing.normalize import match_intensities
 
+from .conftest import default_preprocessing
 from .test_detection import RESUME_SETTINGS, DifferenceNetwork, Killed, _samples
 
 
@@ -216,7 +217,7 @@ def _train_validated(tmp_path, name, validate, on_step=None, samples=None):
                           last_model_path=folder / "model_last.pt",
                           log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
                           checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
-                          metadata={"preprocessing": {}}, on_step=on_step,
+                          metadata={"preprocessing": default_preprocessing()}, on_step=on_step,
                           validate=validate)
 
 
@@ -240,7 +241,8 @@ def test_the_best_validated_weights_are_kept_and_the_last_beside_them(tmp_path):
                            log_tsv=tmp_path / "plain" / "log.tsv",
                            curve_png=tmp_path / "plain" / "curve.png",
                            checkpoint_dir=tmp_path / "plain" / "checkpoints",
-                           device=torch.device("cpu"), metadata={"preprocessing": {}})
+                           device=torch.device("cpu"),
+                           metadata={"preprocessing": default_preprocessing()})
     assert plain["selected"] == {"by": "last", "iteration": 3}
     unvalidated, _ = load_detector(tmp_path / "plain" / "model.pt")
     for key, value in unvalidated.state_dict().items():
@@ -283,14 +285,15 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
     train_detector(samples, RESUME_SETTINGS, model_path=source / "model.pt",
                    log_tsv=source / "log.tsv", curve_png=source / "curve.png",
                    checkpoint_dir=source / "checkpoints", device=torch.device("cpu"),
-                   metadata={"preprocessing": {}})
+                   metadata={"preprocessing": default_preprocessing()})
 
     def finetune(name, settings):
         folder = tmp_path / name
         return train_detector(samples, settings, model_path=folder / "model.pt",
                               log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
                               checkpoint_dir=folder / "checkpoints",
-                              device=torch.device("cpu"), metadata={"preprocessing": {}},
+                              device=torch.device("cpu"),
+                              metadata={"preprocessing": default_preprocessing()},
                               initial_model=source / "model.pt")
 
     # With a zero learning rate, fine-tuning keeps the source's weights exactly ...
@@ -366,7 +369,7 @@ def test_a_shipped_model_carries_its_settings_and_data_fingerprints(tmp_path, mo
                    log_tsv=trained / "training_log.tsv",
                    curve_png=trained / "training_curve.png",
                    checkpoint_dir=trained / "checkpoints", device=torch.device("cpu"),
-                   metadata={"preprocessing": {}, "training_data": {
+                   metadata={"preprocessing": default_preprocessing(), "training_data": {
                        "training_pairs": {"s1": {"followup": str(scan)}}}})
     models = tmp_path / "models"
     with pytest.raises(ValueError, match="unknown inference settings"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -22,13 +23,31 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
-def schema_default(*keys: str) -> Any:
-    """The config schema's default of a setting, e.g. ``("preprocessing", "registration",
-    "sampling_points")``: code outside the workflow takes its defaults from here."""
+def setting_schema(*keys: str) -> dict[str, Any]:
+    """The config schema's rule for one setting, e.g. ``("detector", "inference",
+    "kappa")``."""
     node = load_schema("config")
     for key in keys:
         node = node["properties"][key]
-    return copy.deepcopy(node["default"])
+    return node
+
+
+def schema_default(*keys: str) -> Any:
+    """The config schema's default of a setting, e.g. ``("preprocessing", "registration",
+    "sampling_points")``: code outside the workflow takes its defaults from here."""
+    return copy.deepcopy(setting_schema(*keys)["default"])
+
+
+def check_setting(value: Any, *keys: str) -> str | None:
+    """What is wrong with ``value`` for the setting ``keys`` (None: nothing), by the
+    config schema's rule, so that options given outside a config file (``mschange
+    predict``'s) follow the workflow's rules. NaN and infinities are refused (JSON Schema
+    lets NaN through every bound)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(setting_schema(*keys)).iter_errors(value))
+    return None if error is None else error.message
 
 
 def _fill_defaults(instance: Any, schema: dict[str, Any]) -> None:

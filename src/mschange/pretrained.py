@@ -72,6 +72,9 @@ def resolve_model(model: PathLike | None) -> Path:
     name; the default shipped model when ``model`` is None."""
     if model is not None and Path(model).is_file():
         return Path(model)
+    if model is not None and Path(model).exists() and \
+            not (models_folder() / str(model) / "model.pt").is_file():
+        return Path(model)   # a folder: the model file's check says what is wrong
     name = DEFAULT_MODEL if model is None else str(model)
     path = models_folder() / name / "model.pt"
     if path.is_file():
@@ -85,14 +88,20 @@ def inference_for(metadata: Mapping[str, Any], overrides: Mapping[str, Any] | No
                   ) -> InferenceSettings:
     """Inference settings for a model file: the defaults (the paper's), then those
     stored in the file (chosen for it on the validation set), then ``overrides``."""
+    from mschange.config import check_setting
     from mschange.detection.inference import InferenceSettings
 
     stored = dict(metadata.get("inference") or {})
+    values = {**stored, **(overrides or {})}
     fields = {f.name for f in dataclasses.fields(InferenceSettings)}
-    unknown = sorted(set(stored) - fields)
+    unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"unknown inference settings {unknown}; known: {sorted(fields)}")
-    values = {**stored, **(overrides or {})}
+    problems = [f"inference setting {key!r}: {problem}" for key, value in values.items()
+                if (problem := check_setting(list(value) if isinstance(value, tuple) else value,
+                                             "detector", "inference", key))]
+    if problems:
+        raise ValueError("; ".join(problems))
     for key in ("window", "mirror_axes"):
         if values.get(key) is not None:
             values[key] = tuple(int(v) for v in values[key])

@@ -8,13 +8,19 @@ are stored, so loading uses ``torch.load(weights_only=True)`` and never runs cod
 
 from __future__ import annotations
 
+import copy
+import math
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import torch
 
 from mschange import __version__
+from mschange.config import load_schema
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.io import atomic_path
 
@@ -37,18 +43,127 @@ def save_detector(model: ChangeDetector, path: str | os.PathLike[str], *,
     return Path(path)
 
 
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and every problem."""
+
+    def __init__(self, path: str | os.PathLike[str], problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"model file {str(path)!r}: " + "; ".join(problems))
+
+
+# Settings a model file may lack: they change speed, not what the network sees
+# (see mschange.pretrained.SPEED_SETTINGS), and were added after the first models shipped.
+OPTIONAL_PREPROCESSING = {"registration": ("threads", "sampling_points")}
+
+
+def _all_required(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``schema`` with every property of every object required, except those in
+    :data:`OPTIONAL_PREPROCESSING`: a model file must say exactly how its data was made."""
+    strict = copy.deepcopy(schema)
+    properties = strict.get("properties")
+    if isinstance(properties, dict):
+        optional = OPTIONAL_PREPROCESSING.get(path[-1], ()) if path else ()
+        strict["required"] = [key for key in properties if key not in optional]
+        strict["properties"] = {key: _all_required(value, (*path, key))
+                                for key, value in properties.items()}
+    return strict
+
+
+def _schema_problems(value: Any, schema: dict[str, Any], where: str) -> list[str]:
+    problems = []
+    for error in jsonschema.Draft202012Validator(schema).iter_errors(value):
+        at = ".".join([where, *map(str, error.absolute_path)])
+        problems.append(f"{at}: {error.message}")
+    return problems
+
+
+def check_payload(payload: Any) -> list[str]:
+    """Every structural problem of a loaded model file (empty when it can be used)."""
+    if not isinstance(payload, dict):
+        return [f"holds a {type(payload).__name__}, not an mschange model"]
+    if payload.get("kind") != MODEL_KIND:
+        return [f"not an mschange change-detector model file (kind {payload.get('kind')!r})"]
+    problems = [f"the key {key!r} is missing" for key in
+                ("architecture", "preprocessing", "state_dict") if key not in payload]
+    config = load_schema("config")["properties"]
+    if "preprocessing" in payload:
+        problems += _schema_problems(payload["preprocessing"],
+                                     _all_required(config["preprocessing"]), "preprocessing")
+    if payload.get("inference") is not None:
+        inference = config["detector"]["properties"]["inference"]
+        problems += _schema_problems(payload["inference"], inference, "inference")
+        problems += [f"inference.{key}: {value} is not a finite number" for key, value in
+                     payload["inference"].items()
+                     if isinstance(value, float) and not math.isfinite(value)]
+    if "seed" in payload and (not isinstance(payload["seed"], int) or payload["seed"] < 0):
+        problems.append(f"seed: {payload['seed']!r} is not a non-negative integer")
+    architecture = payload.get("architecture")
+    if architecture is not None:
+        if not isinstance(architecture, dict):
+            problems.append("architecture: not a mapping")
+        else:
+            unknown = sorted(set(architecture) - set(DetectorArchitecture.__dataclass_fields__))
+            if unknown:
+                problems.append(f"architecture: unknown key(s) {unknown}; known: "
+                                f"{sorted(DetectorArchitecture.__dataclass_fields__)}")
+            else:
+                try:
+                    DetectorArchitecture.from_dict(architecture)
+                except (TypeError, ValueError) as error:
+                    problems.append(f"architecture: {error}")
+    state = payload.get("state_dict")
+    if state is not None and not (isinstance(state, dict)
+                                  and all(isinstance(v, torch.Tensor) for v in state.values())):
+        problems.append("state_dict: not a mapping of names to tensors")
+    return problems
+
+
+def _read_payload(path: Path) -> Any:
+    """The file's contents (tensors and plain values only), or :class:`ModelFileError`
+    saying in the user's terms why not (never torch's advice to load unsafely)."""
+    if not path.exists():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    if path.is_dir():
+        inside = " (the model file inside it is model.pt)" if (path / "model.pt").is_file() \
+            else ""
+        raise ModelFileError(path, [f"this is a folder, not a model file{inside}"])
+    if path.stat().st_size == 0:
+        raise ModelFileError(path, ["the file is empty"])
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(path, ["not a PyTorch model file (those are zip archives; this "
+                                    "one is not: another format, or cut short)"])
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "GLOBAL" in str(error):   # torch's safe unpickler met a class or function
+            raise ModelFileError(path, [
+                "it holds Python objects other than tensors and plain values; mschange "
+                "refuses to load it, because loading such a file can run code it contains"]
+            ) from None
+        raise ModelFileError(path, ["the file is damaged (its contents cannot be "
+                                    "decoded)"]) from None
+    except Exception as error:   # a damaged archive: torch raises several types
+        raise ModelFileError(path, [f"the file is damaged or cut short "
+                                    f"({type(error).__name__})"]) from None
+
+
 def load_detector(path: str | os.PathLike[str], device: torch.device | str = "cpu"
                   ) -> tuple[ChangeDetector, dict[str, Any]]:
-    """The model (eval mode, on ``device``) and the file's other contents."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a truncated or foreign file
-        raise ValueError(f"{path} is not a readable mschange model file ({error})") from None
-    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
-        raise ValueError(f"{path} is not an mschange change-detector model file")
+    """The model (eval mode, on ``device``) and the file's other contents.
+
+    The whole file is checked first (:func:`check_payload`): a problem is a
+    :class:`ModelFileError` listing each one, raised before anything is built.
+    """
+    payload = _read_payload(Path(path))
+    problems = check_payload(payload)
+    if problems:
+        raise ModelFileError(path, problems)
     model = ChangeDetector(DetectorArchitecture.from_dict(payload["architecture"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:   # missing, unexpected or misshapen weights
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise ModelFileError(path, [f"the weights do not fit the architecture ({first})"]
+                             ) from None
     model.to(device).eval()
     return model, {k: v for k, v in payload.items() if k != "state_dict"}

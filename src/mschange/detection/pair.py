@@ -5,27 +5,47 @@ the workflow (resampling, HD-BET, rigid registration onto the follow-up, N4,
 intensity normalisation), with the preprocessing parameters stored in the model
 file, so that the network sees what it was trained on. Intermediates stay under
 ``OUT/preproc/``; the results sit in ``OUT/`` with the workflow's file names.
+
+Everything is checked before anything is written (the inputs by the cohort sheet's own
+checks, the model file's whole structure, every option). A run writes into a fresh
+partial folder beside ``OUT`` and moves the finished set into place at the end, so ``OUT``
+only ever holds one run's complete results: a run that fails or is killed leaves ``OUT``
+as it was, and the next run removes the partial folder a killed run left behind.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from mschange.config import schema_default
+import pandas as pd
+
+from mschange.cohort import CohortError, check_cohort_images, check_cohort_table
+from mschange.config import load_schema, schema_default
 from mschange.detection.modelfile import load_detector
 from mschange.detection.outputs import prediction_paths
 from mschange.detection.steps import model_summary, predict_with_network
-from mschange.io import load_checked_image
+from mschange.io import InputError, save_json
 from mschange.preprocessing import steps as preprocessing
 from mschange.pretrained import inference_for, resolve_model
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
+
+if TYPE_CHECKING:
+    import torch
+
+    from mschange.detection.inference import InferenceSettings
+    from mschange.detection.network import ChangeDetector
 
 PathLike = str | os.PathLike[str]
 
@@ -35,14 +55,30 @@ def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
     return {key: Path(path) for key, path in prediction_paths(str(out_dir), subject).items()}
 
 
+def subject_id_pattern() -> str:
+    """The cohort sheet's rule for a subject id (letters and digits, single hyphens
+    between): ids become file and folder names, so nothing else is allowed."""
+    pattern: str = load_schema("cohort")["properties"]["subject"]["pattern"]
+    return pattern
+
+
+def check_subject_id(subject: str) -> str:
+    if not re.fullmatch(subject_id_pattern(), subject):
+        raise InputError(f"{subject!r} is not a valid subject id: use ASCII letters and "
+                         "digits, with single hyphens between them (as in a cohort sheet); "
+                         "it becomes part of every output file name")
+    return subject
+
+
 def subject_from_path(path: PathLike) -> str:
     """A subject id from a file name: the BIDS subject (``sub-01_ses-2_FLAIR`` -> ``01``),
-    else the letters and digits of the stem, dashes between (``p7 fu.nii`` -> ``p7-fu``)."""
+    else the ASCII letters and digits of the stem, dashes between (``p7 fu.nii`` ->
+    ``p7-fu``); ``pair`` when none is left."""
     stem = Path(path).name.removesuffix(".gz").removesuffix(".nii")
     bids = re.match(r"sub-([A-Za-z0-9]+)_", stem)
     if bids:
         return bids.group(1)
-    parts = "".join(c if c.isalnum() else " " for c in stem).split()
+    parts = re.sub(r"[^A-Za-z0-9]+", " ", stem).split()
     return "-".join(parts) or "pair"
 
 
@@ -52,6 +88,7 @@ class Progress:
     def __init__(self, total: int, stream: Any = None) -> None:
         self.total = total
         self.done = 0
+        self.current = "checking the inputs"
         self.stream = stream or sys.stderr
 
     def say(self, text: str, end: str = "\n") -> None:
@@ -61,7 +98,8 @@ class Progress:
     def stage(self, text: str) -> Iterator[None]:
         self.done += 1
         started = time.perf_counter()
-        self.say(f"[{self.done}/{self.total}] {text} ...")
+        self.current = f"[{self.done}/{self.total}] {text}"
+        self.say(f"{self.current} ...")
         yield
         self.say(f"[{self.done}/{self.total}] {text}: done in "
                  f"{time.perf_counter() - started:.1f} s")
@@ -73,6 +111,127 @@ class Progress:
         return show
 
 
+class Interrupted(Exception):
+    """A signal stopped ``predict`` (see :func:`interrupt_on_signals`)."""
+
+    def __init__(self, signal_number: int) -> None:
+        self.signal_number = signal_number
+        super().__init__(f"stopped by {signal.Signals(signal_number).name}")
+
+
+@contextmanager
+def interrupt_on_signals(*signals: int) -> Iterator[None]:
+    """Turn ``signals`` (default SIGTERM, what SLURM and ``kill`` send) into
+    :class:`Interrupted` in the main thread, so that clean-up runs and the user is told."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+    previous = {sig: signal.signal(sig, stop) for sig in signals or (signal.SIGTERM,)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# Beside OUT while a run works (".OUT.mschange-partial-HOST-PID"), and the previous results
+# for the moment they are swapped out.
+PARTIAL_TAG = "mschange-partial"
+REPLACED_TAG = "mschange-replaced"
+
+
+def _sibling(out: Path, tag: str, host: str | None = None, pid: int | None = None) -> Path:
+    return out.parent / f".{out.name}.{tag}-{host or socket.gethostname()}-" \
+                        f"{os.getpid() if pid is None else pid}"
+
+
+def _written_by_predict(entry: Path) -> bool:
+    """Whether ``entry`` (in an output folder) is one that ``predict`` writes."""
+    return entry.name == "preproc" or bool(re.fullmatch(r"sub-[A-Za-z0-9-]+_.+", entry.name))
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that a finished run could not replace without harm: a file, or a
+    folder holding files that ``predict`` did not write (they would be deleted)."""
+    if out.exists() and not out.is_dir():
+        raise InputError("--out is a file, not a folder", out)
+    other = sorted(e.name for e in out.iterdir() if not _written_by_predict(e)) \
+        if out.is_dir() else []
+    if other:
+        raise InputError(
+            f"--out already holds files that mschange predict did not write "
+            f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); a finished run "
+            "replaces the whole folder, so give a new or empty folder", out)
+
+
+def remove_stale_partial_folders(out: Path) -> list[Path]:
+    """Remove what runs into ``out`` on this machine left when they were killed (their
+    process is gone); returns the folders removed."""
+    host = socket.gethostname()
+    removed: list[Path] = []
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{PARTIAL_TAG}|{REPLACED_TAG})-"
+                         rf"{re.escape(host)}-(\d+)")
+    if not out.parent.is_dir():
+        return removed
+    for folder in out.parent.iterdir():
+        match = pattern.fullmatch(folder.name)
+        if match and folder.is_dir() and not _process_alive(int(match.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def publish(partial: Path, out: Path) -> None:
+    """Put a finished run's folder in place of ``out`` (two renames on one file system:
+    ``out`` is never a mix of two runs)."""
+    if out.exists():
+        replaced = _sibling(out, REPLACED_TAG)
+        os.replace(out, replaced)
+        os.replace(partial, out)
+        shutil.rmtree(replaced)
+    else:
+        os.replace(partial, out)
+
+
+def _moved_paths(value: Any, old: str, new: str) -> Any:
+    """``value`` with every path string under the folder ``old`` moved under ``new``."""
+    if isinstance(value, dict):
+        return {k: _moved_paths(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved_paths(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
+        return new + value[len(old):]
+    return value
+
+
+def check_inputs(baseline: PathLike, followup: PathLike, subject: str) -> list[str]:
+    """The cohort sheet's checks on one pair, as a test pair without a label (one set of
+    rules for the workflow and ``predict``); raises :class:`CohortError` naming each
+    problem, returns the warnings."""
+    row = {"subject": subject, "baseline": str(baseline), "followup": str(followup),
+           "split": "test", "change": "unknown"}
+    try:
+        cohort = check_cohort_table(pd.DataFrame([row]), base_dir=Path.cwd(),
+                                    source="the command line")
+        found = check_cohort_images(cohort)
+    except CohortError as error:
+        raise CohortError(error.problems, one_line=True) from None
+    return list(found) if isinstance(found, list) else []
+
+
 def predict_pair(baseline: PathLike, followup: PathLike,
                  model: PathLike | Sequence[PathLike] | None, out_dir: PathLike,
                  *, subject: str | None = None, device: str = "cpu",
@@ -80,33 +239,60 @@ def predict_pair(baseline: PathLike, followup: PathLike,
                  progress: Progress | None = None) -> dict[str, Any]:
     """Preprocess a raw pair and detect its changes; returns the prediction record.
 
-    ``model``: a model file or the name of a shipped one (None: the default shipped
+    ``model``: a model file or the name of a shipped model (None: the default shipped
     model, :data:`mschange.pretrained.DEFAULT_MODEL`); several make an ensemble (the
     mean of their probabilities; they must share the preprocessing). Inference
-    settings are those stored in the (first) model file, else the paper's;
-    ``overrides`` replaces any (e.g. ``kappa``, ``min_blob_voxels``, ``mirror_axes``).
-    Inputs and models are checked before anything is written.
+    settings are the paper's (the config schema's defaults), replaced by those stored
+    in the (first) model file, replaced by ``overrides`` (e.g. ``kappa``,
+    ``min_blob_voxels``, ``mirror_axes``). The inputs, the model files, the settings and
+    ``out_dir`` are checked before anything is written; ``out_dir`` is replaced as a
+    whole by the finished run (see the module's docstring).
     """
-    subject = subject or subject_from_path(followup)
     progress = progress or Progress(total=7)
+    subject = check_subject_id(subject if subject is not None else subject_from_path(followup))
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, not {threads}")
     threads = threads or job_threads()
+    out = Path(out_dir)
     # Fail on bad inputs before creating any output.
-    for path in (baseline, followup):
-        load_checked_image(path, subject)
+    for warning in check_inputs(baseline, followup, subject):
+        progress.say(f"warning: {warning}")
+    check_output_folder(out)
     torch_device = resolve_device(device)
     requested = [model] if model is None or isinstance(model, str | os.PathLike) else model
     model_files = [resolve_model(m) for m in requested]
     loaded = [load_detector(path, torch_device) for path in model_files]
-    networks = [network for network, _ in loaded]
-    metadata = loaded[0][1]
-    prep = metadata["preprocessing"]
+    prep = loaded[0][1]["preprocessing"]
     for path, (_, other) in zip(model_files[1:], loaded[1:], strict=True):
         if other["preprocessing"] != prep:
             raise ValueError(f"{path}: an ensemble's models must share their preprocessing; "
                              f"it differs from {model_files[0]}'s")
-    settings = inference_for(metadata, overrides)
+    settings = inference_for(loaded[0][1], overrides)
 
-    out = Path(out_dir)
+    for removed in remove_stale_partial_folders(out):
+        progress.say(f"removed {removed}, left by a run that was killed")
+    partial = _sibling(out, PARTIAL_TAG)
+    try:
+        partial.mkdir(parents=True)
+        record = _run(baseline, followup, model_files, loaded, partial, subject=subject,
+                      settings=settings, device=device, torch_device=torch_device,
+                      threads=threads, progress=progress)
+        record = _moved_paths(record, str(partial), str(out))
+        save_json(record, output_paths(partial, subject)["record"])
+        publish(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return record
+
+
+def _run(baseline: PathLike, followup: PathLike, model_files: Sequence[Path],
+         loaded: Sequence[tuple[ChangeDetector, dict[str, Any]]], out: Path, *, subject: str,
+         settings: InferenceSettings, device: str, torch_device: torch.device, threads: int,
+         progress: Progress) -> dict[str, Any]:
+    """The seven stages, writing into ``out`` (the run's partial folder)."""
+    networks = [network for network, _ in loaded]
+    metadata = loaded[0][1]
+    prep = metadata["preprocessing"]
     work = out / "preproc"
     work.mkdir(parents=True, exist_ok=True)
     files = {tp: {kind: work / f"sub-{subject}_tp-{tp}_{kind}.nii.gz"
@@ -136,7 +322,7 @@ def predict_pair(baseline: PathLike, followup: PathLike,
                 files[tp]["desc-resampled_FLAIR"], files[tp]["desc-brain_FLAIR"],
                 files[tp]["desc-brain_mask"], subject=subject,
                 mode=prep["skullstrip"]["mode"], tta=prep["skullstrip"]["tta"], device=device,
-                threads=threads)
+                threads=threads, source=raw[tp])
     with progress.stage("registering the baseline onto the follow-up (ANTs rigid)"):
         preprocessing.register_step(
             followup_brain=files["followup"]["desc-brain_FLAIR"],
@@ -145,8 +331,7 @@ def predict_pair(baseline: PathLike, followup: PathLike,
             transform_output=work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
             moved_brain_output=files["baseline"]["space-followup_desc-brain_FLAIR"],
             moved_mask_output=files["baseline"]["space-followup_desc-brain_mask"],
-            subject=subject,
-            transform=prep["registration"]["transform"],
+            subject=subject, transform=prep["registration"]["transform"],
             sampling_points=registration["sampling_points"], seed=int(metadata.get("seed", 1)),
             threads=registration["threads"])
     with progress.stage("N4 bias correction and intensity normalisation"):
