@@ -80,6 +80,45 @@ def same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3
     return bool(np.allclose(a.affine, b.affine, atol=tolerance_mm))
 
 
+def _numbers(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def grid_differences(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3
+                     ) -> list[str]:
+    """How the grid of ``a`` differs from that of ``b``, one phrase per aspect (shape,
+    voxel size, orientation, origin), with both values; empty when :func:`same_grid`."""
+    if same_grid(a, b, tolerance_mm):
+        return []
+    differences = []
+    shape_a, shape_b = tuple(a.shape[:3]), tuple(b.shape[:3])
+    if shape_a != shape_b:
+        differences.append(f"shape {shape_a} against {shape_b}")
+    affine_a = np.asarray(a.affine, dtype=np.float64)
+    affine_b = np.asarray(b.affine, dtype=np.float64)
+    sizes_a, sizes_b = voxel_sizes(affine_a), voxel_sizes(affine_b)
+    if not np.allclose(sizes_a, sizes_b, atol=tolerance_mm):
+        differences.append(f"voxel size {_numbers(sizes_a)} mm against {_numbers(sizes_b)} mm")
+    direction_a = affine_a[:3, :3] / sizes_a
+    direction_b = affine_b[:3, :3] / sizes_b
+    if not np.allclose(direction_a, direction_b, atol=1e-4):
+        codes_a = "".join(nib.orientations.aff2axcodes(affine_a))
+        codes_b = "".join(nib.orientations.aff2axcodes(affine_b))
+        cosine = np.clip((np.trace(direction_a.T @ direction_b) - 1.0) / 2.0, -1.0, 1.0)
+        angle = float(np.degrees(np.arccos(cosine)))
+        differences.append(f"orientation {codes_a} against {codes_b} (axes turned by "
+                           f"{angle:.3g} degrees)" if codes_a == codes_b else
+                           f"orientation {codes_a} against {codes_b}")
+    if not np.allclose(affine_a[:3, 3], affine_b[:3, 3], atol=tolerance_mm):
+        differences.append(f"origin {_numbers(affine_a[:3, 3])} mm against "
+                           f"{_numbers(affine_b[:3, 3])} mm")
+    if len(differences) == int(shape_a != shape_b) and \
+            not np.allclose(affine_a, affine_b, atol=tolerance_mm):
+        # Each part within tolerance, yet not the same affine (e.g. a shear): say so.
+        differences.append("voxel-to-scanner matrix (affine) differs")
+    return differences
+
+
 def to_ras_axes(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]]
                 ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
     """The array with axes permuted and flipped to the nearest R, A, S order.
