@@ -19,7 +19,10 @@ from mschange.cohort import (
 from mschange.config import ConfigError, validate_config
 from mschange.io import InputError, load_checked_image
 
-AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+# Small images with brain-sized fields of view (20 voxels of 5 mm: 100 mm per axis), so
+# that "good" inputs pass the scan size checks (io.MIN_SCAN_FOV_MM, io.MIN_SCAN_VOXELS).
+SHAPE = (20, 20, 20)
+AFFINE = np.diag([5.0, 5.0, 5.0, 1.0])
 
 
 def write_image(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
@@ -36,9 +39,9 @@ def write_sheet(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
 
 @pytest.fixture
 def good_pair(tmp_path: Path) -> dict[str, str]:
-    volume = np.random.default_rng(0).random((12, 12, 12))
-    write_image(tmp_path / "s1_bl.nii.gz", volume)
-    write_image(tmp_path / "s1_fu.nii.gz", volume)
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "s1_bl.nii.gz", rng.random(SHAPE))
+    write_image(tmp_path / "s1_fu.nii.gz", rng.random(SHAPE))
     return {"subject": "s1", "baseline": "s1_bl.nii.gz", "followup": "s1_fu.nii.gz",
             "split": "test", "change": "yes"}
 
@@ -92,19 +95,19 @@ def test_truncated_gzip(tmp_path, good_pair):
 
 
 def test_two_dimensional_image(tmp_path, good_pair):
-    write_image(tmp_path / "s1_fu.nii.gz", np.ones((12, 12)))
+    write_image(tmp_path / "s1_fu.nii.gz", np.ones(SHAPE[:2]))
     message = cohort_problems(write_sheet(tmp_path, [good_pair]))
     assert "expected a 3D image, found a 2D image" in message
 
 
 def test_single_slice_counts_as_2d(tmp_path):
-    path = write_image(tmp_path / "slice.nii.gz", np.ones((12, 12, 1)))
+    path = write_image(tmp_path / "slice.nii.gz", np.ones((*SHAPE[:2], 1)))
     with pytest.raises(InputError, match="single slice"):
         load_checked_image(path, "s9")
 
 
 def test_four_dimensional_image(tmp_path, good_pair):
-    write_image(tmp_path / "s1_bl.nii.gz", np.ones((12, 12, 12, 3)))
+    write_image(tmp_path / "s1_bl.nii.gz", np.ones((*SHAPE, 3)))
     message = cohort_problems(write_sheet(tmp_path, [good_pair]))
     assert "s1_bl.nii.gz" in message and "found a 4D image" in message
 
@@ -116,7 +119,7 @@ def test_trailing_singleton_dimension_is_accepted(tmp_path):
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
 def test_non_finite_voxels(tmp_path, good_pair, bad_value):
-    volume = np.ones((12, 12, 12))
+    volume = np.ones(SHAPE)
     volume[3, 4, 5] = bad_value
     volume[6, 6, 6] = bad_value
     write_image(tmp_path / "s1_fu.nii.gz", volume)
@@ -131,19 +134,35 @@ def test_duplicate_subject(tmp_path, good_pair):
 
 
 def test_label_on_another_grid(tmp_path, good_pair):
-    write_image(tmp_path / "s1_label.nii.gz", np.zeros((12, 12, 10)))
+    write_image(tmp_path / "s1_label.nii.gz", np.zeros((20, 20, 18)))
     good_pair["label"] = "s1_label.nii.gz"
     message = cohort_problems(write_sheet(tmp_path, [good_pair]))
     assert "s1_label.nii.gz" in message and "differs from the follow-up's grid" in message
+    assert "shape (20, 20, 18) against (20, 20, 20)" in message
 
 
 def test_label_with_shifted_affine(tmp_path, good_pair):
     shifted = AFFINE.copy()
     shifted[0, 3] = 2.0
-    write_image(tmp_path / "s1_label.nii.gz", np.zeros((12, 12, 12)), shifted)
+    write_image(tmp_path / "s1_label.nii.gz", np.zeros(SHAPE), shifted)
     good_pair["label"] = "s1_label.nii.gz"
-    assert "differs from the follow-up's grid" in cohort_problems(write_sheet(tmp_path,
-                                                                              [good_pair]))
+    message = cohort_problems(write_sheet(tmp_path, [good_pair]))
+    # The same shape: the message names what differs, the origin, with both values.
+    assert "differs from the follow-up's grid" in message
+    assert "origin (2, 0, 0) mm against (0, 0, 0) mm" in message
+    assert "shape" not in message and "voxel size" not in message
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (np.diag([5.0, 5.0, 6.0, 1.0]), "voxel size (5, 5, 6) mm against (5, 5, 5) mm"),
+    (np.diag([-5.0, 5.0, 5.0, 1.0]), "orientation LAS against RAS"),
+])
+def test_label_grid_message_names_voxel_size_and_orientation(tmp_path, good_pair, change,
+                                                              expected):
+    write_image(tmp_path / "s1_label.nii.gz", np.zeros(SHAPE), change)
+    good_pair["label"] = "s1_label.nii.gz"
+    message = cohort_problems(write_sheet(tmp_path, [good_pair]))
+    assert expected in message
 
 
 def test_bad_values_in_sheet_are_all_reported(tmp_path, good_pair):
@@ -194,7 +213,7 @@ def test_image_check_cache_skips_unchanged_files(tmp_path, good_pair):
     check_cohort_images(cohort, cache_file=cache)
     assert len(__import__("json").loads(cache.read_text())) == 2
     # A changed file (new size and mtime) is checked again, not trusted from the cache.
-    volume = np.ones((12, 12, 12))
+    volume = np.ones(SHAPE)
     volume[0, 0, 0] = np.nan
     write_image(tmp_path / "s1_bl.nii.gz", volume)
     with pytest.raises(CohortError, match="NaN"):
@@ -203,12 +222,12 @@ def test_image_check_cache_skips_unchanged_files(tmp_path, good_pair):
 
 def test_cached_files_are_not_opened_again_unless_a_label_needs_their_grid(
         tmp_path, good_pair, monkeypatch):
-    volume = np.zeros((12, 12, 12))
-    write_image(tmp_path / "s2_bl.nii.gz", volume)
-    write_image(tmp_path / "s2_fu.nii.gz", volume)
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "s2_bl.nii.gz", rng.random(SHAPE))
+    write_image(tmp_path / "s2_fu.nii.gz", rng.random(SHAPE))
     # A label off its follow-up's grid: each file passes its own check (and is cached),
     # the pair does not.
-    write_image(tmp_path / "s2_label.nii.gz", np.zeros((10, 12, 12)))
+    write_image(tmp_path / "s2_label.nii.gz", np.zeros((18, 20, 20)))
     labelled = dict(good_pair, subject="s2", baseline="s2_bl.nii.gz",
                     followup="s2_fu.nii.gz", label="s2_label.nii.gz")
     cohort = read_cohort_sheet(write_sheet(tmp_path, [good_pair, labelled]))

@@ -54,11 +54,23 @@ def test_unknown_config_key_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results" / "preproc").exists()
 
 
+def write_good_scans(folder: Path) -> Path:
+    """good_bl.nii.gz and good.nii.gz: two head-sized phantom scans (100 x 110 x 90 mm, the
+    baseline's head 2 mm off), which pass the input checks; returns good.nii.gz."""
+    spacing = (2.5, 2.5, 2.5)
+    for name, shift in (("good_bl.nii.gz", (2.0, 0.0, 0.0)), ("good.nii.gz", (0.0, 0.0, 0.0))):
+        image, _ = ellipsoid_phantom((40, 44, 36), spacing, radii_mm=(30.0, 36.0, 28.0),
+                                     centre_shift_mm=shift)
+        nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), folder / name)
+    return folder / "good.nii.gz"
+
+
 def sheet_with_a_broken_baseline(folder: Path) -> Path:
-    """A cohort sheet of p1 (good.nii.gz twice) and p2 (baseline broken.nii.gz), in folder."""
+    """A cohort sheet of p1 (good_bl.nii.gz, good.nii.gz) and p2 (baseline broken.nii.gz),
+    in folder."""
     sheet = folder / "cohort.tsv"
     pd.DataFrame([
-        {"subject": "p1", "baseline": "good.nii.gz", "followup": "good.nii.gz",
+        {"subject": "p1", "baseline": "good_bl.nii.gz", "followup": "good.nii.gz",
          "split": "test", "change": "unknown"},
         {"subject": "p2", "baseline": "broken.nii.gz", "followup": "good.nii.gz",
          "split": "test", "change": "unknown"},
@@ -67,8 +79,7 @@ def sheet_with_a_broken_baseline(folder: Path) -> Path:
 
 
 def test_broken_input_stops_before_any_job(tmp_path):
-    good = tmp_path / "good.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), good)
+    good = write_good_scans(tmp_path)
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(good.read_bytes()[:40])
     sheet = sheet_with_a_broken_baseline(tmp_path)
@@ -84,10 +95,7 @@ def test_broken_input_stops_before_any_job(tmp_path):
 
 def test_broken_subject_fails_alone_under_keep_going(tmp_path):
     """cohort.check_inputs: per_subject: a broken image fails its subject's check job."""
-    spacing = (2.0, 2.0, 2.0)
-    image, _ = ellipsoid_phantom((40, 44, 36), spacing, radii_mm=(30.0, 36.0, 28.0))
-    good = tmp_path / "good.nii.gz"
-    nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), good)
+    good = write_good_scans(tmp_path)
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(good.read_bytes()[:-200])
     sheet = sheet_with_a_broken_baseline(tmp_path)

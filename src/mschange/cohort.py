@@ -6,7 +6,9 @@ bad input stops the run with a message naming the subject, the file and the prob
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -19,8 +21,17 @@ import nibabel as nib
 import pandas as pd
 
 from mschange.config import load_schema
-from mschange.imagespace import same_grid
-from mschange.io import InputError, atomic_path, load_checked_image
+from mschange.imagespace import grid_differences
+from mschange.io import (
+    InputError,
+    atomic_path,
+    check_label_values,
+    check_scan,
+    load_checked_image,
+    voxel_digest,
+)
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ["subject", "baseline", "followup", "split", "change", "label"]
 IMAGE_COLUMNS = ["baseline", "followup", "label"]
@@ -43,22 +54,53 @@ def read_cohort_sheet(sheet: str | os.PathLike[str]) -> pd.DataFrame:
     """Read and check a cohort TSV; relative image paths are taken from the sheet's folder.
 
     Returns one row per pair with the columns of :data:`COLUMNS` (``label`` empty
-    where absent) and absolute, normalised paths.
+    where absent) and absolute, normalised paths. Every line must have at most as many
+    tab-separated fields as the header (an extra tab shifts every later column); a line
+    with fewer has its last fields empty.
     """
     path = Path(sheet)
+    if path.is_dir():
+        raise CohortError([f"cohort sheet {str(path)!r} is a folder, not a file"])
     if not path.is_file():
         raise CohortError([f"cohort sheet {str(path)!r} does not exist"])
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.reader(stream, delimiter="\t")
+            lines = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise CohortError([f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
+                          ) from error
+    lines = [(number, row) for number, row in lines if row]  # pandas skips blank lines
+    if not lines:
+        raise CohortError([f"cohort sheet {str(path)!r} is empty"])
+    header_fields = len(lines[0][1])
+    extra = [f"{path}: line {number} has {len(row)} fields, the header {header_fields} "
+             "(tab-separated; an extra tab shifts every later column)"
+             for number, row in lines[1:] if len(row) > header_fields]
+    if extra:
+        raise CohortError(extra)
+    notes = {number: f"line {number} has {len(row)} fields, the header {header_fields}"
+             for number, row in lines[1:] if len(row) < header_fields}
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False,
                             comment=None)
     except Exception as error:
         raise CohortError([f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
                           ) from error
-    return check_cohort_table(table, base_dir=path.parent, source=str(path))
+    numbers = [number for number, _ in lines[1:]]
+    return check_cohort_table(table, base_dir=path.parent, source=str(path),
+                              line_numbers=numbers if len(numbers) == len(table) else None,
+                              line_notes=notes)
 
 
-def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str) -> pd.DataFrame:
-    """Check every row against the cohort schema; collect all problems before failing."""
+def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
+                       line_numbers: list[int] | None = None,
+                       line_notes: dict[int, str] | None = None) -> pd.DataFrame:
+    """Check every row against the cohort schema; collect all problems before failing.
+
+    ``line_numbers``: each row's line in the sheet (default: 2, 3, ...); ``line_notes``:
+    a remark added to any problem of that line (e.g. that it has fewer fields).
+    """
     problems: list[str] = []
     table = table.rename(columns=lambda c: str(c).strip())
     schema = load_schema("cohort")
@@ -74,40 +116,69 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str) -> p
         raise CohortError(problems)
     if table.empty:
         raise CohortError([f"{source}: the sheet has no rows"])
+    numbers = line_numbers or list(range(2, len(table) + 2))
+    notes = line_notes or {}
 
     validator = jsonschema.Draft202012Validator(schema)
     rows = []
-    for line, record in enumerate(table.to_dict("records"), start=2):
+    for line, record in zip(numbers, table.to_dict("records"), strict=True):
         row = {k: str(v).strip() for k, v in record.items() if str(v).strip() != ""}
         subject = row.get("subject", f"(row {line})")
+        row_problems = []
         for error in validator.iter_errors(row):
             field = ".".join(str(p) for p in error.absolute_path) or "row"
-            problems.append(f"subject {subject!r} ({source}, line {line}): {field}: "
-                            f"{error.message}")
+            row_problems.append(f"{field}: {error.message}")
         if "baseline" not in row and (row.get("change"), row.get("split")) not in (
                 ("no", "train"), ("no", "validation")):
-            problems.append(f"subject {subject!r} ({source}, line {line}): baseline is empty, "
-                            "which makes it a single scan; single scans can only be no-change "
-                            "training or validation pairs (change: no, split: train or "
-                            "validation)")
+            row_problems.append("baseline is empty, which makes it a single scan; single "
+                                "scans can only be no-change training or validation pairs "
+                                "(change: no, split: train or validation)")
         if row.get("split") == "validation" and row.get("change") != "no":
-            problems.append(f"subject {subject!r} ({source}, line {line}): validation scans "
-                            "must be without change (change: no): the workflow paints the "
-                            "validation set's changes into them")
+            row_problems.append("validation scans must be without change (change: no): the "
+                                "workflow paints the validation set's changes into them")
         for column in IMAGE_COLUMNS:
             if column in row:
                 row[column] = str(_resolve(row[column], base_dir))
+        same = _same_file_problem(row.get("baseline", ""), row.get("followup", ""))
+        if same:
+            row_problems.append(same)
+        note = f" [{notes[line]}]" if line in notes else ""
+        problems += [f"subject {subject!r} ({source}, line {line}): {problem}{note}"
+                     for problem in row_problems]
         rows.append({c: row.get(c, "") for c in COLUMNS})
 
-    seen: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
-        if row["subject"] in seen:
-            problems.append(f"subject {row['subject']!r}: duplicate subject in {source} "
-                            f"(lines {seen[row['subject']]} and {line})")
-        seen.setdefault(row["subject"], line)
+    seen: dict[str, tuple[str, int]] = {}
+    for line, row in zip(numbers, rows, strict=True):
+        # Case-insensitive: sub-P01/ and sub-p01/ are one folder on macOS and Windows.
+        key = row["subject"].casefold()
+        if key in seen:
+            first, first_line = seen[key]
+            if first == row["subject"]:
+                problems.append(f"subject {row['subject']!r}: duplicate subject in {source} "
+                                f"(lines {first_line} and {line})")
+            else:
+                problems.append(f"subject {row['subject']!r}: differs from subject {first!r} "
+                                f"only in case ({source}, lines {first_line} and {line}); "
+                                "their output folders would be one on a case-insensitive file "
+                                "system (macOS, Windows): rename one")
+        seen.setdefault(key, (row["subject"], line))
     if problems:
         raise CohortError(problems)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _same_file_problem(baseline: str, followup: str) -> str | None:
+    """Why a pair whose baseline and follow-up are one file cannot be used (None if not)."""
+    if not baseline or not followup:
+        return None
+    try:
+        same = os.path.samefile(baseline, followup)
+    except OSError:  # a missing file: reported on its own
+        same = os.path.realpath(baseline) == os.path.realpath(followup)
+    if not same:
+        return None
+    return (f"baseline and follow-up are the same file ({followup!r}): a pair needs two "
+            "scans (for a single scan, leave baseline empty)")
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
@@ -158,20 +229,45 @@ def cohort_from_bids(bids_dir: str | os.PathLike[str], *, split: str = "test",
     return check_cohort_table(pd.DataFrame(rows), base_dir=root, source=str(root))
 
 
-def _cache_key(path: Path) -> str:
+# Bump when the image checks change: cached passes of older checks are not trusted.
+CHECKS_VERSION = 2
+
+
+def _cache_key(path: Path, role: str) -> str:
     stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"v{CHECKS_VERSION}|{role}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _check_image(path: Path, column: str, subject: str, check_voxels: bool
+                 ) -> tuple[Any, str | None]:
+    """One image's checks for its column: (the image, its voxel digest or None)."""
+    image = load_checked_image(path, subject, read_voxels=check_voxels)
+    if column == "label":
+        if check_voxels:
+            check_label_values(image, path, subject)
+        return image, None
+    check_scan(image, path, subject, voxels=check_voxels)
+    return image, voxel_digest(image) if check_voxels else None
 
 
 def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
-                        cache_file: str | os.PathLike[str] | None = None) -> None:
+                        cache_file: str | os.PathLike[str] | None = None) -> list[str]:
     """Open every image of the cohort and check it; raise :class:`CohortError` listing all problems.
 
-    Checks each file (exists, readable, complete .gz, 3D, finite voxels) and that a
-    label lies on its follow-up's grid. Files that passed before, unchanged (same
-    size and modification time), are not read again when ``cache_file`` is given.
+    Each file: exists and is a file, readable, a complete .gz, a NIfTI, 3D, no zero
+    voxel size, an invertible affine, as many bytes as its header promises, finite
+    voxels. Each scan (baseline, follow-up): at least ``io.MIN_SCAN_VOXELS`` voxels and
+    ``io.MIN_SCAN_FOV_MM`` mm along every axis, not one value everywhere. Each label:
+    only 0 and 1, on its follow-up's grid. Each pair: baseline and follow-up are two
+    files. ``check_voxels=False`` checks headers only: no data are decompressed or read
+    (no truncation, NaN/Inf, blank-scan, label-value or identical-voxel check).
+
+    Returns warnings (one line each, naming subject and files) for what may be meant
+    but is suspicious: a pair whose scans hold identical voxels. Files that passed
+    before, unchanged (same size and modification time), are not read again when
+    ``cache_file`` is given.
     """
-    cache: dict[str, bool] = {}
+    cache: dict[str, Any] = {}
     cache_path = Path(cache_file) if cache_file else None
     if cache_path is not None and cache_path.is_file():
         try:
@@ -179,43 +275,59 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
         except (OSError, ValueError):
             cache = {}
     problems: list[str] = []
-    passed: dict[str, bool] = {}
+    warnings: list[str] = []
+    passed: dict[str, Any] = {}
     for row in cohort.itertuples(index=False):
-        headers: dict[str, nib.Nifti1Image] = {}
+        headers: dict[str, Any] = {}
+        digests: dict[str, str | None] = {}
         # Only a label's grid is compared with another image's (its follow-up's): a file
         # that passed before is opened again only then.
         grid_check = bool(row.label) and bool(row.followup)
+        same = _same_file_problem(row.baseline, row.followup)
+        if same:
+            problems.append(f"subject {row.subject!r}: {same}")
         for column in IMAGE_COLUMNS:
             value = getattr(row, column)
             if not value:
                 continue
             path = Path(value)
+            role = "label" if column == "label" else "scan"
             try:
-                key = _cache_key(path) if path.exists() else None
-                if key is not None and cache.get(key):
+                key = _cache_key(path, role) if path.is_file() else None
+                entry = cache.get(key) if key is not None else None
+                if isinstance(entry, dict) and (entry.get("voxels") or not check_voxels):
                     if grid_check and column in ("label", "followup"):
-                        headers[column] = nib.load(path)  # type: ignore[assignment]
-                    passed[key] = True
+                        headers[column] = nib.load(path)
+                    digests[column] = entry.get("digest")
+                    passed[key] = entry  # type: ignore[index]
                     continue
-                headers[column] = load_checked_image(path, row.subject,
-                                                     check_values=check_voxels)
+                headers[column], digests[column] = _check_image(path, column, row.subject,
+                                                                check_voxels)
                 if key is not None:
-                    passed[key] = True
+                    passed[key] = {"voxels": check_voxels, "digest": digests[column]}
             except InputError as error:
                 problems.append(f"{error} ({column} scan)")
-        if "label" in headers and "followup" in headers and \
-                not same_grid(headers["label"], headers["followup"]):
-            problems.append(
-                f"subject {row.subject!r}, file {row.label!r}: the label's grid (shape "
-                f"{tuple(headers['label'].shape[:3])}) differs from the follow-up's grid "
-                f"(shape {tuple(headers['followup'].shape[:3])}, {row.followup}); labels "
-                "must be drawn on the follow-up scan")
+        if "label" in headers and "followup" in headers:
+            differences = grid_differences(headers["label"], headers["followup"])
+            if differences:
+                problems.append(
+                    f"subject {row.subject!r}, file {row.label!r}: the label's grid differs "
+                    f"from the follow-up's grid ({row.followup}): "
+                    + "; ".join(differences)
+                    + " (the label's against the follow-up's); labels must be drawn on the "
+                    "follow-up scan's own grid")
+        if not same and digests.get("baseline") and \
+                digests.get("baseline") == digests.get("followup"):
+            warnings.append(f"subject {row.subject!r}: baseline {row.baseline!r} and "
+                            f"follow-up {row.followup!r} hold identical voxels, so the pair "
+                            "cannot show any change (one scan copied twice?)")
     if cache_path is not None and passed:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_path) as tmp:
             tmp.write_text(json.dumps({**cache, **passed}, indent=0))
     if problems:
         raise CohortError(problems)
+    return warnings
 
 
 def subjects(cohort: pd.DataFrame, split: str | None = None,
@@ -241,8 +353,10 @@ def check_cohort_files_exist(cohort: pd.DataFrame) -> None:
         for column in IMAGE_COLUMNS:
             value = getattr(row, column)
             if value and not Path(value).is_file():
-                problems.append(f"subject {row.subject!r}, file {value!r}: the file does not "
-                                f"exist ({column} scan)")
+                what = ("is a folder, not an image file" if Path(value).is_dir() else
+                        "the file does not exist")
+                problems.append(f"subject {row.subject!r}, file {value!r}: {what} "
+                                f"({column} scan)")
     if problems:
         raise CohortError(problems)
 
@@ -253,15 +367,19 @@ def check_pair_images_step(subject: str, files: dict[str, str], output: str | os
 
     ``files`` maps baseline/followup/label to paths (empty: absent). Raises
     :class:`CohortError` naming the subject, file and problem; on success writes a
-    JSON record of each file's shape, voxel size and size in bytes to ``output``.
+    JSON record of each file's shape, voxel size and size in bytes, and the check's
+    warnings (also logged), to ``output``.
     """
     row = {"subject": subject, **{column: files.get(column, "") for column in IMAGE_COLUMNS}}
     try:
-        check_cohort_images(pd.DataFrame([row]), check_voxels=check_voxels)
+        warnings = check_cohort_images(pd.DataFrame([row]), check_voxels=check_voxels)
     except CohortError as error:
         # One line: the job's log and the cohort status table show it whole.
         raise CohortError(error.problems, one_line=True) from None
-    record: dict[str, Any] = {"subject": subject, "check_voxels": check_voxels, "files": {}}
+    for warning in warnings:
+        log.warning("%s", warning)
+    record: dict[str, Any] = {"subject": subject, "check_voxels": check_voxels, "files": {},
+                              "warnings": warnings}
     for column in IMAGE_COLUMNS:
         if row[column]:
             image: Any = nib.load(row[column])

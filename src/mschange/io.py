@@ -95,37 +95,93 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def _check_gzip_complete(path: Path, subject: str | None) -> None:
-    """Read a .gz stream to its end: a truncated download fails here, not mid-pipeline."""
+def _check_gzip_complete(path: Path, subject: str | None) -> int:
+    """Read a .gz stream to its end: a truncated download fails here, not mid-pipeline.
+
+    Returns the number of decompressed bytes (compared with what the header promises).
+    """
+    total = 0
     try:
         with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 24):
-                pass
+            while chunk := stream.read(1 << 24):
+                total += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
         raise InputError(f"the gzip stream is truncated or corrupt ({error})", path,
                          subject) from error
+    return total
+
+
+# The smallest scan (baseline or follow-up) the workflow accepts. Labels are not held to
+# these: a label lies on its follow-up's grid and may be all zero. No brain FLAIR falls
+# below them: the 18 public MS FLAIRs under shared/data (open_ms_data and ISBI 2015)
+# cover at least 175 mm in-plane and 129 mm through-plane, in at least 35 slices; a
+# thick-slab acquisition may cover less, so the bar is far lower. Below it a scan
+# cannot hold a brain, and HD-BET would fail on it hours later ("attempt to get argmax
+# of an empty sequence") instead of now.
+MIN_SCAN_FOV_MM = 80.0
+MIN_SCAN_VOXELS = 16
+# A label holds 0 (no change) and 1 (change) only; scoring counts > 0 as change, so a
+# -1, 0.5 or 2 would silently mean something else.
+LABEL_VALUES = (0.0, 1.0)
+
+
+def _format_numbers(values: Any, digits: int = 3) -> str:
+    return " x ".join(f"{float(v):.{digits}g}" for v in values)
+
+
+def _raw_header(path: Path, image: Any) -> Any:
+    """The header as stored: nibabel's loader silently sets a zero pixdim to 1."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as stream:
+        return type(image.header).from_fileobj(stream, check=False)
+
+
+def _voxel_bytes_problem(image: Any, available: int) -> str | None:
+    """Why ``available`` bytes (of the file, decompressed) cannot hold the header's voxels."""
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    dtype = image.header.get_data_dtype()
+    promised = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    offset = int(image.dataobj.offset)
+    held = max(available - offset, 0)
+    if held >= promised:
+        return None
+    return (f"the header promises {promised:,} bytes of voxel data (shape {shape}, "
+            f"{dtype}, from byte {offset}), the file holds {held:,}: a truncated file or "
+            "a wrong header")
 
 
 def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
-                       *, check_values: bool = True) -> nib.Nifti1Image:
+                       *, check_values: bool = True,
+                       read_voxels: bool = True) -> nib.Nifti1Image:
     """Load a 3D NIfTI image and refuse anything the pipeline cannot use.
 
-    Checks, in order: the file exists and is a readable NIfTI, a ``.gz`` file is
-    complete, the image is 3D (trailing singleton dimensions are dropped), the
-    affine is invertible, and (``check_values``) every voxel is finite.
-    Returns the image with its data loaded as float32.
+    Checks, in order: the file exists, is a file (not a folder), is readable and not
+    empty, a ``.gz`` file is complete, it is a readable NIfTI, the image is 3D (trailing
+    singleton dimensions are dropped), no voxel size in the header (pixdim) is zero, the
+    affine is invertible, the file holds as many bytes as the header promises, and
+    (``check_values``) every voxel is finite. Returns the image with its data loaded as
+    float32.
+
+    ``read_voxels=False`` checks the header only: the data are neither decompressed nor
+    read (no truncation or value check; a plain .nii's size is still compared with the
+    header's promise, a .gz's is not) and the image is returned as nibabel loaded it.
     """
     file = Path(path)
     if not file.exists():
         raise InputError("the file does not exist", file, subject)
+    if file.is_dir():
+        raise InputError("this is a folder, not an image file", file, subject)
     if not file.is_file():
         raise InputError("this is not a regular file", file, subject)
     if not os.access(file, os.R_OK):
         raise InputError("the file is not readable (permissions)", file, subject)
-    if file.stat().st_size == 0:
+    size = file.stat().st_size
+    if size == 0:
         raise InputError("the file is empty", file, subject)
-    if file.name.endswith(".gz"):
-        _check_gzip_complete(file, subject)
+    compressed = file.name.endswith(".gz")
+    if compressed and read_voxels:
+        size = _check_gzip_complete(file, subject)
     try:
         image = nib.load(file)
     except Exception as error:  # nibabel raises many types for unreadable files
@@ -142,14 +198,30 @@ def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
     if min(shape) < 2:
         raise InputError(f"expected a 3D volume, found shape {shape} (a single slice?)", file,
                          subject)
+    try:
+        pixdim = np.asarray(_raw_header(file, image)["pixdim"][1:4], dtype=np.float64)
+    except Exception as error:  # already loaded once: unlikely
+        raise InputError(f"not a readable NIfTI header ({error})", file, subject) from error
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise InputError(f"the header's voxel size (pixdim) is {_format_numbers(pixdim)} "
+                         "mm: a zero voxel size, which nibabel would silently take as 1 mm "
+                         "and other tools reject; set the true voxel size in the header",
+                         file, subject)
     affine = image.affine
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise InputError("the image's affine (voxel-to-scanner matrix) is not invertible",
                          file, subject)
+    if read_voxels or not compressed:
+        problem = _voxel_bytes_problem(image, size)
+        if problem is not None:
+            raise InputError(problem, file, subject)
+    if not read_voxels:
+        return image
     try:
         data = np.asarray(image.dataobj, dtype=np.float32).reshape(shape)
     except Exception as error:
-        raise InputError(f"the voxel data cannot be read ({error})", file, subject) from error
+        reason = str(error) or type(error).__name__
+        raise InputError(f"the voxel data cannot be read ({reason})", file, subject) from error
     if check_values:
         bad = ~np.isfinite(data)
         if bad.any():
@@ -157,6 +229,59 @@ def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
     checked = nib.Nifti1Image(data, affine, header=image.header)
     checked.header.set_data_shape(shape)
     return checked
+
+
+def check_scan(image: nib.Nifti1Image, path: str | os.PathLike[str],
+               subject: str | None = None, *, voxels: bool = True) -> None:
+    """Refuse a baseline or follow-up scan that cannot hold a brain.
+
+    From the header: at least :data:`MIN_SCAN_VOXELS` voxels and :data:`MIN_SCAN_FOV_MM`
+    mm along every axis; with ``voxels`` (the image's data loaded, as
+    :func:`load_checked_image` returns it), not one value everywhere.
+    """
+    shape = tuple(int(n) for n in image.shape[:3])
+    sizes = voxel_sizes(image.affine)
+    fov = np.asarray(shape) * sizes
+    if min(shape) < MIN_SCAN_VOXELS:
+        raise InputError(f"the scan has only {min(shape)} voxels along axis "
+                         f"{shape.index(min(shape))} (shape {shape}); a brain scan has at "
+                         f"least {MIN_SCAN_VOXELS} along every axis", path, subject)
+    if fov.min() < MIN_SCAN_FOV_MM - 1e-3:  # a rotated affine's 1 mm is 0.9999999...
+        raise InputError(f"the scan covers only {_format_numbers(fov)} mm ({shape[0]} x "
+                         f"{shape[1]} x {shape[2]} voxels of {_format_numbers(sizes)} mm); "
+                         f"a brain scan covers at least {MIN_SCAN_FOV_MM:g} mm along every "
+                         "axis: check the voxel size in the header, or that this is the "
+                         "whole scan", path, subject)
+    if voxels:
+        data = np.asarray(image.dataobj)
+        low, high = float(data.min()), float(data.max())
+        if low == high:
+            raise InputError(f"every voxel of the scan is {low:g}: a blank image, with no "
+                             "head to find", path, subject)
+
+
+def check_label_values(image: nib.Nifti1Image, path: str | os.PathLike[str],
+                       subject: str | None = None) -> None:
+    """Refuse a label holding anything but 0 (no change) and 1 (change)."""
+    data = np.asarray(image.dataobj)
+    other = (data != LABEL_VALUES[0]) & (data != LABEL_VALUES[1])
+    if not other.any():
+        return
+    values, counts = np.unique(data[other], return_counts=True)
+    found = ", ".join(f"{float(v):g} ({int(n)} voxels)" for v, n in
+                      list(zip(values, counts, strict=True))[:5])
+    more = f" and {len(values) - 5} other values" if len(values) > 5 else ""
+    raise InputError(f"a label holds only 0 (no change) and 1 (change); this one also holds "
+                     f"{found}{more}: binarise it (e.g. 1 where > 0.5) before use", path,
+                     subject)
+
+
+def voxel_digest(image: nib.Nifti1Image) -> str:
+    """A fingerprint of an image's voxels (shape and float32 values), not its header."""
+    data = np.ascontiguousarray(np.asarray(image.dataobj, dtype=np.float32))
+    digest = hashlib.sha1(repr(data.shape).encode(), usedforsecurity=False)
+    digest.update(data.tobytes())
+    return digest.hexdigest()
 
 
 def load_float_image(path: str | os.PathLike[str]
