@@ -1,6 +1,7 @@
 # Configuration, cohort and helpers shared by every rule file.
 import functools
 import re
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -95,16 +96,20 @@ def load_cohort():
         if PER_SUBJECT_CHECKS:
             check_cohort_files_exist(cohort)
         else:
-            check_cohort_images(
+            # Warnings (e.g. a pair whose scans hold identical voxels) do not stop the run.
+            for warning in check_cohort_images(
                 cohort,
                 check_voxels=cohort_config["check_voxels"],
                 cache_file="results/cache/input_checks.json",
-            )
+            ):
+                print(f"mschange: warning: {warning}", file=sys.stderr)
     except CohortError as error:
         raise WorkflowError(str(error)) from None
     if cohort_config["include_demo"]:
         demo = demo_cohort()
-        clash = sorted(set(demo["subject"]) & set(cohort["subject"]))
+        # Case-insensitive, as within a sheet: sub-Demo01/ is sub-demo01/ on macOS.
+        demo_ids = {subject.casefold() for subject in demo["subject"]}
+        clash = sorted(s for s in cohort["subject"] if s.casefold() in demo_ids)
         if clash:
             raise WorkflowError(
                 f"cohort.include_demo: subject id(s) {', '.join(clash)} are used by both "
@@ -448,6 +453,23 @@ def needs_synthetic_data(name):
 MODELS_AVAILABLE = bool(NOCHANGE_SUBJECTS) or not any(
     needs_synthetic_data(name) for name in MODELS
 )
+if not MODELS_AVAILABLE:
+    # Said at every parse (a dry run too): otherwise the run silently plans no detector.
+    _untrainable = [name for name in MODELS if needs_synthetic_data(name)]
+    _pretrained = [name for name in MODELS if name in PRETRAINED_MODELS]
+    print(
+        "mschange: warning: the cohort has no no-change training pairs (split: train, "
+        "change: no), so no detector is trained and no pair is predicted, scored or "
+        f"validated (model(s) needing training: {', '.join(_untrainable)}). "
+        + (
+            f"The pretrained model(s) {', '.join(_pretrained)} need none: leave the "
+            "others out (experiments.compare, experiments.models) to predict with them. "
+            if _pretrained
+            else "Add no-change training pairs, or predict with a trained model: set "
+            "detector.pretrained (e.g. flair-lesions-v1, as presets/pretrained.yaml does)."
+        ),
+        file=sys.stderr,
+    )
 for _name in FINETUNE_SOURCES:
     if not ANNOTATED_SUBJECTS:
         raise WorkflowError(
