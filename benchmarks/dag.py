@@ -44,12 +44,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_cohort(folder: Path, pairs: int, workflow: Path = REPO) -> Path:
-    image = nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4))
+    # 16 voxels of 6 mm (96 mm) per axis, not blank, different at the two time points: the
+    # smallest images the input checks accept as a pair's scans.
+    ramp = np.arange(16**3, dtype=np.float32).reshape(16, 16, 16)
+    affine = np.diag([6.0, 6.0, 6.0, 1.0])
+    images = {"baseline": nib.Nifti1Image(ramp, affine),
+              "followup": nib.Nifti1Image(ramp + 1, affine)}
     (folder / "images").mkdir()
     rows = []
     for index in range(pairs):
         subject = f"p{index:05d}"
-        for tp in ("baseline", "followup"):
+        for tp, image in images.items():
             nib.save(image, folder / "images" / f"{subject}_{tp}.nii.gz")
         training = index < pairs // 2
         rows.append({"subject": subject, "baseline": f"images/{subject}_baseline.nii.gz",

@@ -66,7 +66,8 @@ def ellipsoid_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, 
 @pytest.fixture
 def phantom_file(tmp_path: Path) -> Path:
     spacing = (0.8, 0.8, 2.5)
-    image, _ = ellipsoid_phantom((80, 90, 30), spacing)
+    # 83 x 90 x 90 mm: a brain-sized field of view (the input checks refuse < 80 mm).
+    image, _ = ellipsoid_phantom((104, 112, 36), spacing)
     path = tmp_path / "phantom.nii.gz"
     nib.save(nib.Nifti1Image(image, oblique_affine(spacing)), path)
     return path

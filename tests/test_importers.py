@@ -44,18 +44,20 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 # ---------------------------------------------------------------- MSSEG-2 layout
 
-MSSEG2_AFFINE = np.diag([0.5, 0.5, 0.5, 1.0])
+# 16 voxels of 6 mm: a brain-sized field of view (the input checks refuse less than 80 mm).
+MSSEG2_AFFINE = np.diag([6.0, 6.0, 6.0, 1.0])
+MSSEG2_SHAPE = (16, 16, 16)
 
 
 def _msseg2_case(root: Path, case: str, *, lesion: bool,
                  experts: tuple[bool, ...] = (True, False, True, True)) -> Path:
-    """One fake MSSEG-2 case: two FLAIRs and the consensus/expert ground truths, 8^3."""
+    """One fake MSSEG-2 case: two FLAIRs and the consensus/expert ground truths, 16^3."""
     folder = root / case
     rng = np.random.default_rng(len(case))
     for time in ("01", "02"):
-        _save(rng.uniform(10, 100, (8, 8, 8)).astype(np.float32), MSSEG2_AFFINE,
+        _save(rng.uniform(10, 100, MSSEG2_SHAPE).astype(np.float32), MSSEG2_AFFINE,
               folder / f"flair_time{time}_on_middle_space.nii.gz")
-    blob = np.zeros((8, 8, 8), dtype=np.uint8)
+    blob = np.zeros(MSSEG2_SHAPE, dtype=np.uint8)
     blob[3:5, 3:5, 3:5] = 1
     empty = np.zeros_like(blob)
     _save(blob if lesion else empty, MSSEG2_AFFINE, folder / "ground_truth.nii.gz")
@@ -173,7 +175,8 @@ def _fake_open_ms_data(root: Path, patients: tuple[str, ...] = ("patient01",)) -
         # The raw grid holds both the right landing spot and the wrong direction's, so
         # a wrong direction shows as a misplaced blob, not just an empty label.
         for study in ("study1", "study2"):
-            _save(rng.uniform(0, 100, (40, 52, 36)).astype(np.float32),
+            # 84 x 88 x 84 mm: the input checks refuse a scan under 80 mm along an axis.
+            _save(rng.uniform(0, 100, (84, 88, 84)).astype(np.float32),
                   oblique_affine((1.0, 1.0, 1.0), angle_deg=-20.0, origin=(10.0, 20.0, -30.0)),
                   folder / f"{study}_FLAIR.nii.gz")
         gt = np.zeros((40, 40, 30), dtype=np.uint8)

@@ -72,9 +72,13 @@ def lesion_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("lesion_run")
     rng = np.random.default_rng(5)
     # The raw follow-ups (their 3 mm slices give the painted lesions' slice profile).
+    # Zero-padded to 88 x 96 x 84 mm (the input checks refuse a scan under 80 mm along an
+    # axis); the origin keeps the head where the preprocessed images have it.
+    raw_affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    raw_affine[:3, 3] = [-20.0, -20.0, -18.0]
     for subject in ("s1", "v1"):
-        _save(_head(rng)[0][:, :, ::3], workdir / "raw" / f"{subject}.nii.gz",
-              np.diag([1.0, 1.0, 3.0, 1.0]))
+        _save(np.pad(_head(rng)[0][:, :, ::3], ((20, 20), (20, 20), (6, 6))),
+              workdir / "raw" / f"{subject}.nii.gz", raw_affine)
         _preprocessed(workdir, subject, rng)
     bank = workdir / "lesion_masks"
     for k, centres in enumerate([[(10, 10, 5), (30, 30, 8)], [(20, 15, 6)]]):

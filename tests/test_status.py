@@ -153,19 +153,23 @@ def test_the_workflow_request_form_and_the_written_table(tmp_path):
 
 
 def image(path: Path, data: np.ndarray) -> str:
-    nib.save(nib.Nifti1Image(data.astype(np.float32), np.eye(4)), path)
+    # 5 mm voxels: a brain-sized field of view (the input checks refuse less than 80 mm).
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([5.0, 5.0, 5.0, 1.0])), path)
     return str(path)
 
 
 def test_per_subject_input_check_records_or_names_the_problem(tmp_path):
-    good = image(tmp_path / "good.nii.gz", np.ones((6, 7, 8)))
-    nan = np.ones((6, 7, 8))
+    rng = np.random.default_rng(0)
+    good_bl = image(tmp_path / "good_bl.nii.gz", rng.random((16, 17, 18)))
+    good = image(tmp_path / "good.nii.gz", rng.random((16, 17, 18)))
+    nan = rng.random((16, 17, 18))
     nan[2, 3, 4] = np.nan
     bad = image(tmp_path / "nan.nii.gz", nan)
-    record = check_pair_images_step("p1", {"baseline": good, "followup": good},
+    record = check_pair_images_step("p1", {"baseline": good_bl, "followup": good},
                                     tmp_path / "p1.json")
-    assert record["files"]["followup"]["shape"] == [6, 7, 8]
-    assert json.loads((tmp_path / "p1.json").read_text())["files"]["baseline"]["path"] == good
+    assert record["files"]["followup"]["shape"] == [16, 17, 18]
+    assert record["warnings"] == []
+    assert json.loads((tmp_path / "p1.json").read_text())["files"]["baseline"]["path"] == good_bl
     with pytest.raises(CohortError) as error:
         check_pair_images_step("p2", {"baseline": bad, "followup": good}, tmp_path / "p2.json")
     assert str(error.value) == (f"subject 'p2', file '{bad}': 1 voxels are NaN or infinite "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -16,9 +18,14 @@ from mschange.io import atomic_path
 
 def _check(args: argparse.Namespace) -> int:
     cohort = read_cohort_sheet(args.sheet)
-    check_cohort_images(cohort, check_voxels=not args.headers_only)
+    warnings = check_cohort_images(cohort, check_voxels=not args.headers_only)
+    for warning in warnings:
+        print(f"mschange: warning: {warning}", file=sys.stderr)
     counts = cohort.groupby(["split", "change"]).size()
-    print(f"{args.sheet}: {len(cohort)} pairs, all inputs readable")
+    checked = "headers readable (voxels not read)" if args.headers_only else \
+        "all inputs readable"
+    print(f"{args.sheet}: {len(cohort)} pairs, {checked}"
+          + (f", {len(warnings)} warning(s)" if warnings else ""))
     for (split, change), n in counts.items():
         print(f"  split={split} change={change}: {n}")
     return 0
@@ -111,15 +118,25 @@ def _predict(args: argparse.Namespace) -> int:
     from mschange.torchrun import flush_denormals
 
     flush_denormals()  # first: before any torch work creates CPU worker threads
-    from mschange.detection.pair import predict_pair
+    from mschange.detection.pair import Interrupted, Progress, interrupt_on_signals, predict_pair
 
     overrides = {key: value for key, value in (("kappa", args.kappa),
                                                ("min_blob_voxels", args.min_blob_voxels),
                                                ("mirror_axes", args.mirror_axes))
                  if value is not None}
-    record = predict_pair(args.baseline, args.followup, args.model or None, args.out,
-                          subject=args.subject, device=args.device, threads=args.threads,
-                          overrides=overrides)
+    progress = Progress(total=7)
+    try:
+        with interrupt_on_signals():
+            record = predict_pair(args.baseline, args.followup, args.model or None, args.out,
+                                  subject=args.subject, device=args.device,
+                                  threads=args.threads, overrides=overrides, progress=progress)
+    except (Interrupted, KeyboardInterrupt) as stop:
+        number = stop.signal_number if isinstance(stop, Interrupted) else signal.SIGINT
+        print(f"mschange predict: stopped by {signal.Signals(number).name} during "
+              f"{progress.current}; {args.out} was not changed (it holds what it held "
+              "before, if anything) and this run's partial results were removed",
+              file=sys.stderr)
+        return 128 + int(number)
     print(f"{record['subject']}: {record['changes']} change(s): "
           f"{record['brighter_at_followup']} brighter at follow-up (new or enlarging), "
           f"{record['darker_at_followup']} darker (shrinking or resolving), "
@@ -127,6 +144,40 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"results in {args.out}/ (lesion table: sub-{record['subject']}_desc-changes_"
           "lesions.tsv; masks on the follow-up's own grid: *_space-native_*)")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _inference_option(key: str) -> Callable[[str], Any]:
+    """An option parsed and checked by the config schema's rule for
+    ``detector.inference.<key>``: the workflow and ``predict`` accept the same values."""
+    from mschange.config import check_setting, setting_schema
+
+    integer = setting_schema("detector", "inference", key)["type"] == "integer"
+
+    def parse(text: str) -> Any:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if integer else 'a number'}") from None
+        problem = check_setting(value, "detector", "inference", key)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    parse.__name__ = key   # argparse names the type in its messages
+    return parse
+
+
+def _inference_default(key: str) -> Any:
+    from mschange.config import schema_default
+
+    return schema_default("detector", "inference", key)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-cohort", help="check a cohort sheet and all its images")
     check.add_argument("sheet", type=Path)
     check.add_argument("--headers-only", action="store_true",
-                       help="skip reading every voxel (no NaN/Inf or truncation check)")
+                       help="read only each file's header, not its voxels (no NaN/Inf, "
+                            "truncation, blank-scan, label-value or identical-scan check)")
     check.set_defaults(run=_check)
 
     bids = commands.add_parser("bids-to-sheet",
@@ -212,13 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--subject", help="id used in file names (default: from --followup)")
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    predict.add_argument("--threads", type=int, help="CPU threads (default: all available)")
-    predict.add_argument("--kappa", type=float,
-                         help="change where the probability exceeds this (default: the "
-                              "model's, chosen on the validation set; else 0.1)")
-    predict.add_argument("--min-blob-voxels", type=int,
+    predict.add_argument("--threads", type=_positive_int,
+                         help="CPU threads (default: all available)")
+    predict.add_argument("--kappa", type=_inference_option("kappa"),
+                         help="change where the probability exceeds this, from 0 to 1 "
+                              "(default: the model's, chosen on the validation set; else "
+                              f"{_inference_default('kappa')})")
+    predict.add_argument("--min-blob-voxels", type=_inference_option("min_blob_voxels"),
                          help="smallest change kept, in 1 mm voxels (default: the model's; "
-                              "else 20)")
+                              f"else {_inference_default('min_blob_voxels')})")
     predict.add_argument("--mirror-axes", type=int, nargs="*", choices=(0, 1, 2),
                          help="test-time mirroring over these RAS axes (0 left-right); "
                               "2^n network passes (default: the model's)")

@@ -98,7 +98,8 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
                        line_notes: dict[int, str] | None = None) -> pd.DataFrame:
     """Check every row against the cohort schema; collect all problems before failing.
 
-    ``line_numbers``: each row's line in the sheet (default: 2, 3, ...); ``line_notes``:
+    ``line_numbers``: each row's line in the sheet (default: 2, 3, ...; 0 for a row not
+    from a sheet, named without a line); ``line_notes``:
     a remark added to any problem of that line (e.g. that it has fewer fields).
     """
     problems: list[str] = []
@@ -143,7 +144,8 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
         if same:
             row_problems.append(same)
         note = f" [{notes[line]}]" if line in notes else ""
-        problems += [f"subject {subject!r} ({source}, line {line}): {problem}{note}"
+        where = f"{source}, line {line}" if line else source
+        problems += [f"subject {subject!r} ({where}): {problem}{note}"
                      for problem in row_problems]
         rows.append({c: row.get(c, "") for c in COLUMNS})
 

@@ -196,14 +196,22 @@ def _process_alive(pid: int) -> bool:
 
 def publish(partial: Path, out: Path) -> None:
     """Put a finished run's folder in place of ``out`` (two renames on one file system:
-    ``out`` is never a mix of two runs)."""
-    if out.exists():
-        replaced = _sibling(out, REPLACED_TAG)
-        os.replace(out, replaced)
-        os.replace(partial, out)
+    ``out`` is never a mix of two runs). SIGTERM and SIGINT wait until both renames are
+    done: stopping between them would leave no ``out`` at all."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        if out.exists():
+            replaced = _sibling(out, REPLACED_TAG)
+            os.replace(out, replaced)
+            os.replace(partial, out)
+        else:
+            os.replace(partial, out)
+            replaced = None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if replaced is not None:
         shutil.rmtree(replaced)
-    else:
-        os.replace(partial, out)
 
 
 def _moved_paths(value: Any, old: str, new: str) -> Any:
@@ -225,11 +233,10 @@ def check_inputs(baseline: PathLike, followup: PathLike, subject: str) -> list[s
            "split": "test", "change": "unknown"}
     try:
         cohort = check_cohort_table(pd.DataFrame([row]), base_dir=Path.cwd(),
-                                    source="the command line")
-        found = check_cohort_images(cohort)
+                                    source="--baseline and --followup", line_numbers=[0])
+        return check_cohort_images(cohort)
     except CohortError as error:
         raise CohortError(error.problems, one_line=True) from None
-    return list(found) if isinstance(found, list) else []
 
 
 def predict_pair(baseline: PathLike, followup: PathLike,
