@@ -143,9 +143,9 @@ PARTIAL_TAG = "mschange-partial"
 REPLACED_TAG = "mschange-replaced"
 
 
-def _sibling(out: Path, tag: str, host: str | None = None, pid: int | None = None) -> Path:
-    return out.parent / f".{out.name}.{tag}-{host or socket.gethostname()}-" \
-                        f"{os.getpid() if pid is None else pid}"
+def _sibling(out: Path, tag: str) -> Path:
+    """This process's folder beside ``out`` (``out`` absolute, so that ``.`` has a name)."""
+    return out.parent / f".{out.name}.{tag}-{socket.gethostname()}-{os.getpid()}"
 
 
 def _written_by_predict(entry: Path) -> bool:
@@ -260,7 +260,7 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
     threads = threads or job_threads()
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))
     # Fail on bad inputs before creating any output.
     for warning in check_inputs(baseline, followup, subject):
         progress.say(f"warning: {warning}")
