@@ -399,9 +399,14 @@ for _name, _model in MODELS.items():
                 f"model {_name}: detector.pretrained: {PRETRAINED_MODELS[_name]} lacks "
                 f"{', '.join(_missing)} (a model folder holds {', '.join(SHIPPED_FILES)})"
             )
-        _differences = preprocessing_differences(
-            PRETRAINED_MODELS[_name] / "model.pt", config["preprocessing"]
-        )
+        try:
+            _differences = preprocessing_differences(
+                PRETRAINED_MODELS[_name] / "model.pt", config["preprocessing"]
+            )
+        except ValueError as error:  # the model file is broken: say so before any job
+            raise WorkflowError(
+                f"model {_name}: detector.pretrained: {error}"
+            ) from None
         if _differences:
             raise WorkflowError(
                 f"model {_name}: detector.pretrained was trained on pairs preprocessed "

@@ -585,3 +585,19 @@ def test_slurm_profile_sends_exactly_the_gpu_jobs_to_the_gpu_partition(tmp_path)
     assert {partition for rule, partition in chosen.items() if rule not in network_rules} == \
         {"cpu"}
     assert len(chosen) >= 12
+
+
+def test_a_broken_pretrained_model_file_stops_before_any_job(tmp_path):
+    folder = tmp_path / "mymodel"
+    folder.mkdir()
+    (folder / "model.pt").write_text("not a model")
+    (folder / "training_log.tsv").write_text("step\tloss\n")
+    (folder / "training_curve.png").write_bytes(b"")
+    config = write_config(tmp_path / "config.yaml",
+                          detector={"pretrained": str(folder / "model.pt")})
+    result = snakemake(tmp_path, "-n", configfile=config)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"detector.pretrained: model file '{folder / 'model.pt'}'" in output
+    assert "not a PyTorch model file" in output
+    assert "Traceback" not in output

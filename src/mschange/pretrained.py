@@ -45,10 +45,11 @@ SPEED_SETTINGS = {"registration": ("threads", "sampling_points")}
 def preprocessing_differences(model: PathLike, preprocessing: Mapping[str, Any]) -> list[str]:
     """Where a model file's preprocessing differs from ``preprocessing`` (a config's):
     a pair prepared otherwise is not what the network learned from. Speed settings
-    (:data:`SPEED_SETTINGS`) do not count."""
-    import torch
+    (:data:`SPEED_SETTINGS`) do not count. The model file is checked whole first
+    (:class:`~mschange.detection.modelfile.ModelFileError`)."""
+    from mschange.detection.modelfile import read_model_file
 
-    stored = torch.load(model, map_location="cpu", weights_only=True).get("preprocessing", {})
+    stored = read_model_file(model)["preprocessing"]
 
     def relevant(key: str, value: Any) -> Any:
         if isinstance(value, Mapping) and key in SPEED_SETTINGS:

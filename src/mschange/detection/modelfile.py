@@ -147,6 +147,17 @@ def _read_payload(path: Path) -> Any:
                                     f"({type(error).__name__})"]) from None
 
 
+def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A model file's contents, checked whole (:func:`check_payload`); a problem is a
+    :class:`ModelFileError` listing each one."""
+    payload = _read_payload(Path(path))
+    problems = check_payload(payload)
+    if problems:
+        raise ModelFileError(path, problems)
+    checked: dict[str, Any] = payload
+    return checked
+
+
 def load_detector(path: str | os.PathLike[str], device: torch.device | str = "cpu"
                   ) -> tuple[ChangeDetector, dict[str, Any]]:
     """The model (eval mode, on ``device``) and the file's other contents.
@@ -154,10 +165,7 @@ def load_detector(path: str | os.PathLike[str], device: torch.device | str = "cp
     The whole file is checked first (:func:`check_payload`): a problem is a
     :class:`ModelFileError` listing each one, raised before anything is built.
     """
-    payload = _read_payload(Path(path))
-    problems = check_payload(payload)
-    if problems:
-        raise ModelFileError(path, problems)
+    payload = read_model_file(path)
     model = ChangeDetector(DetectorArchitecture.from_dict(payload["architecture"]))
     try:
         model.load_state_dict(payload["state_dict"])
