@@ -412,3 +412,14 @@ def test_the_record_names_the_final_folder_not_the_partial_one():
     moved = _moved_paths(record, "/w/.out.x", "/w/out")
     assert moved == {"inputs": {"baseline": "/w/out/preproc/a.nii.gz",
                                 "followup": "/w/.out.xy"}, "list": ["/w/out"]}
+
+
+def test_a_pair_of_identical_scans_is_warned_of(tmp_path, capsys, pair):
+    copy = tmp_path / "copy.nii.gz"
+    copy.write_bytes(pair[0].read_bytes())
+    (tmp_path / "empty.pt").write_bytes(b"")
+    # The model is checked after the inputs: the run stops there, having warned.
+    assert run_predict((pair[0], copy), tmp_path / "empty.pt", tmp_path / "out") == 2
+    error = capsys.readouterr().err
+    assert "mschange: warning: subject 'copy'" in error and "identical voxels" in error
+    assert "the file is empty" in error

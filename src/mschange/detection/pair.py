@@ -263,7 +263,7 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     out = Path(os.path.abspath(out_dir))
     # Fail on bad inputs before creating any output.
     for warning in check_inputs(baseline, followup, subject):
-        progress.say(f"warning: {warning}")
+        progress.say(f"mschange: warning: {warning}")
     check_output_folder(out)
     torch_device = resolve_device(device)
     requested = [model] if model is None or isinstance(model, str | os.PathLike) else model
