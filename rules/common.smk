@@ -16,7 +16,13 @@ from mschange.cohort import (
     read_cohort_sheet,
     training_data_record,
 )
-from mschange.config import BASELINE_NAME, ConfigError, model_configs, validate_config
+from mschange.config import (
+    BASELINE_NAME,
+    ConfigError,
+    config_warnings,
+    model_configs,
+    validate_config,
+)
 from mschange.detection.outputs import prediction_paths
 from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
 from mschange.pretrained import SHIPPED_FILES, preprocessing_differences, resolve_model
@@ -27,6 +33,8 @@ except ConfigError as error:
     raise WorkflowError(str(error)) from None
 config.clear()
 config.update(_validated)
+for _warning in config_warnings(config):
+    print(f"mschange: warning: {_warning}", file=sys.stderr)
 
 SUBJECT_PATTERN = r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
 # Check each subject's images in its own job (rules/status.smk) rather than all before

@@ -206,3 +206,21 @@ def model_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for merged in models.values():
         merged.setdefault("finetune_from", None)
     return models
+
+
+def config_warnings(config: dict[str, Any]) -> list[str]:
+    """Settings of a validated config that cannot take effect as a reader would expect:
+    the run goes on, and the workflow prints each at parse time."""
+    warnings = []
+    scored = config["experiments"]["min_blob_voxels"]
+    models = config["experiments"]["models"]
+    settings = {"detector": config["detector"]["inference"].get("min_blob_voxels"),
+                **{f"experiments.models.{name}": models[name].get("inference", {})
+                   .get("min_blob_voxels") for name in config["experiments"]["compare"]}}
+    for where, own in settings.items():
+        if own is not None and own not in scored:   # None: inherited, warned of once
+            warnings.append(
+                f"{where}.inference.min_blob_voxels is {own}, but every score is computed "
+                f"at experiments.min_blob_voxels {scored}: it shapes only the predicted "
+                f"change masks; add {own} to experiments.min_blob_voxels to score it")
+    return warnings

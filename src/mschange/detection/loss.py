@@ -28,7 +28,7 @@ class LossSettings:
     gamma_final: float = 1.0        # paper: 0.75 or 1.0 on the final map
     gamma_intermediate: float = 0.75  # paper: 0.75 on the deeply supervised maps
     smooth: float = 1.0             # added to TP and to the denominator (empty labels)
-    l2: float = 0.0                 # paper: 1e-6 or 1e-4 for the siamese U-Net
+    l2: float = 1e-6                # paper: 1e-6 or 1e-4 for the siamese U-Net
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:

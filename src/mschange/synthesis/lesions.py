@@ -287,7 +287,7 @@ class LesionPaintSettings:
     border_sigma_mm: tuple[float, float] = (0.3, 1.0)  # Gaussian border, ~U
     edge_margin_mm: float = 6.0                        # centres this far inside the brain
     min_volume_mm3: float = 10.0                       # bank lesions painted: [min, max]
-    max_volume_mm3: float = 5000.0
+    max_volume_mm3: float = 1500.0                     # larger would reach the cortex
     enlarge_volume_ratio: tuple[float, float] = (0.5, 3.0)  # bank lesion / grown component
     white_matter_percentiles: tuple[float, float] = (30.0, 80.0)  # NAWM band (brain)
     smoothing_sigma_mm: float = 2.0                    # for the band and the noise texture
