@@ -26,7 +26,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from mschange.detection.inference import InferenceSettings, find_changes, predict_probability
+from mschange.changemap import find_changes
+from mschange.detection.inference import InferenceSettings, predict_probability
 from mschange.detection.loss import LossSettings, detector_loss
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.torchrun import autocast

@@ -14,14 +14,13 @@ import torch
 from torch import nn
 
 from mschange import cli
+from mschange.changemap import find_changes, to_native_grid
 from mschange.detection import training as detector_training
 from mschange.detection.augment import AugmentationSettings
 from mschange.detection.inference import (
     InferenceSettings,
-    find_changes,
     lesion_table,
     predict_probability,
-    to_native_grid,
 )
 from mschange.detection.loss import (
     LossSettings,

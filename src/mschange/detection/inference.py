@@ -8,8 +8,8 @@ Each remaining component is one detected change, listed in a table with its size
 place (scanner mm) and whether the follow-up is brighter there (new or enlarging
 lesion) or darker (shrinking or resolving).
 
-The results are also mapped onto the follow-up's native grid, the grid of the file
-the user gave, so that they overlay it in any viewer.
+Thresholding and the mapping onto the follow-up's native grid (the grid of the file the
+user gave) live in :mod:`mschange.changemap`, shared with the baseline and the evaluation.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from mschange.detection.network import ChangeDetector
 from mschange.imagespace import from_ras_axes, to_ras_axes
 from mschange.io import voxel_sizes
 from mschange.preprocessing.normalize import match_intensities
-from mschange.preprocessing.resample import resample_to_grid
 from mschange.tiling import blend_weights, brain_box, round_up, tile_starts
 from mschange.torchrun import autocast
 
@@ -196,24 +195,6 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
     return np.ascontiguousarray(probability, dtype=np.float32)
 
 
-def find_changes(probability: npt.NDArray[Any], kappa: float, min_blob_voxels: int
-                 ) -> npt.NDArray[np.int32]:
-    """Label map of the detected changes, ids 1..n from the largest to the smallest.
-
-    ``p > kappa``, 26-connected components, components under ``min_blob_voxels`` dropped.
-    """
-    components, count = ndimage.label(np.asarray(probability) > kappa,
-                                      structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return np.zeros(np.shape(probability), dtype=np.int32)
-    sizes = np.bincount(components.ravel())[1:]
-    kept = [label + 1 for label in np.argsort(-sizes, kind="stable")
-            if sizes[label] >= min_blob_voxels]
-    relabel = np.zeros(count + 1, dtype=np.int32)
-    relabel[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
-    return relabel[components]
-
-
 def lesion_table(labels: npt.NDArray[Any], probability: npt.NDArray[Any],
                  baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
                  affine: npt.NDArray[np.floating[Any]]) -> pd.DataFrame:
@@ -237,79 +218,3 @@ def lesion_table(labels: npt.NDArray[Any], probability: npt.NDArray[Any],
         "mean_intensity_change": mean_change,
         "direction": np.where(np.asarray(mean_change) > 0, BRIGHTER, DARKER)})
     return table[LESION_COLUMNS]
-
-
-def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
-                   affine: npt.NDArray[np.floating[Any]], native_shape: tuple[int, int, int],
-                   native_affine: npt.NDArray[np.floating[Any]]
-                   ) -> tuple[F32, npt.NDArray[np.uint8]]:
-    """Probability and binary change mask on another grid of the same scanner space.
-
-    The probability is interpolated (trilinear) at the native voxel centres; the mask
-    comes from :func:`changes_to_grid`.
-    """
-    native_probability = resample_to_grid(probability, affine, native_shape, native_affine,
-                                          order=1, antialias=False)
-    return native_probability, changes_to_grid(labels, affine, native_shape, native_affine)
-
-
-class NearestGrid:
-    """Nearest-neighbour sampling from one grid at the voxel centres of another.
-
-    The index of the source voxel behind every target voxel is worked out once, so a
-    label map can be carried over many times (a threshold sweep) for the cost of an
-    indexing operation.
-    """
-
-    def __init__(self, source_shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]],
-                 target_shape: tuple[int, int, int],
-                 target_affine: npt.NDArray[np.floating[Any]]) -> None:
-        self.source_shape = tuple(int(n) for n in source_shape[:3])
-        self.target_shape = target_shape
-        self.affine = np.asarray(affine, dtype=np.float64)
-        self.target_affine = np.asarray(target_affine, dtype=np.float64)
-        mapping = np.linalg.solve(self.affine, self.target_affine)
-        index = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
-        source = mapping[:3, :3].astype(np.float32) @ index + mapping[:3, 3:4].astype(
-            np.float32)
-        # Round half up, as scipy's order-0 interpolation does.
-        voxel = np.floor(source + 0.5).astype(np.int64)
-        inside = np.all((voxel >= 0) & (voxel < np.array(self.source_shape)[:, None]), axis=0)
-        self.flat = np.full(voxel.shape[1], -1, dtype=np.int64)
-        self.flat[inside] = np.ravel_multi_index(tuple(voxel[:, inside]), self.source_shape)
-
-    def sample(self, data: npt.NDArray[Any]) -> npt.NDArray[Any]:
-        values = np.asarray(data).ravel()[np.maximum(self.flat, 0)]
-        values[self.flat < 0] = 0
-        return values.reshape(self.target_shape)
-
-
-def changes_to_grid(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                    native_shape: tuple[int, int, int],
-                    native_affine: npt.NDArray[np.floating[Any]],
-                    grid: NearestGrid | None = None) -> npt.NDArray[np.uint8]:
-    """Binary mask of the changes in ``labels`` (ids 1..n) on another grid.
-
-    The label map is sampled at the native voxel centres (nearest neighbour; ``grid``
-    caches that mapping); a change too thin to cover any native voxel centre (e.g.
-    between two 3 mm slices) still marks the native voxel that holds its centroid, so
-    that no detection disappears.
-    """
-    if grid is None:
-        grid = NearestGrid(labels.shape, affine, native_shape, native_affine)
-    native_labels = grid.sample(labels)
-    mask = native_labels > 0
-    present = set(np.unique(native_labels[mask]).astype(int))
-    count = int(labels.max()) if labels.size else 0
-    missing = [i for i in range(1, count + 1) if i not in present]
-    if missing:
-        centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, missing))
-        homogeneous = np.c_[centroids, np.ones(len(missing))]
-        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T
-                        )[:, :3]
-        for voxel in np.rint(native_index).astype(int):
-            if all(0 <= v < n for v, n in zip(voxel, native_shape, strict=True)):
-                mask[tuple(voxel)] = True
-        log.debug("%d change(s) thinner than the native grid kept at their centroid",
-                  len(missing))
-    return mask.astype(np.uint8)

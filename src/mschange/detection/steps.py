@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mschange.changemap import find_changes, to_native_grid
 from mschange.detection.augment import augmentation_settings
 from mschange.detection.inference import (
     BRIGHTER,
     InferenceSettings,
-    find_changes,
     lesion_table,
     predict_probability,
-    to_native_grid,
 )
 from mschange.detection.loss import LossSettings
 from mschange.detection.modelfile import load_detector

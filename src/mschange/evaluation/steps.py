@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from mschange.detection.inference import NearestGrid, changes_to_grid, find_changes
+from mschange.changemap import NearestGrid, changes_to_grid, find_changes
 from mschange.evaluation.figures import (
     plot_change_overlay,
     plot_metric_boxplots,
