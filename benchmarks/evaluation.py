@@ -72,12 +72,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         def job() -> None:
             evaluate_pair_step(
-                f"{predict}_space-followup_desc-change_probseg.nii.gz",
-                f"{preproc}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-                f"{preproc}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-                [f"{preproc}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-                 f"{preproc}_tp-followup_desc-brain_mask.nii.gz"],
-                native, label, evaluation_paths(folder, subject), subject=subject,
+                score=f"{predict}_space-followup_desc-change_probseg.nii.gz",
+                baseline=f"{preproc}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
+                followup=f"{preproc}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+                masks=[f"{preproc}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+                       f"{preproc}_tp-followup_desc-brain_mask.nii.gz"],
+                native_followup=native, label=label,
+                outputs=evaluation_paths(folder, subject), subject=subject,
                 method=args.model, threshold=0.1,
                 sweep_thresholds=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
                 min_blob_voxels=20, settings=MetricSettings())

@@ -6,13 +6,13 @@ from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "evaluate_pair"):
     evaluate_pair_step(
-        snakemake.input.score,
-        snakemake.input.baseline,
-        snakemake.input.followup,
-        [snakemake.input.baseline_mask, snakemake.input.followup_mask],
-        snakemake.input.native_followup,
-        snakemake.input.label or None,
-        dict(snakemake.output.items()),
+        score=snakemake.input.score,
+        baseline=snakemake.input.baseline,
+        followup=snakemake.input.followup,
+        masks=[snakemake.input.baseline_mask, snakemake.input.followup_mask],
+        native_followup=snakemake.input.native_followup,
+        label=snakemake.input.label or None,
+        outputs=dict(snakemake.output.items()),
         subject=snakemake.wildcards.subject,
         method=snakemake.wildcards.method,
         threshold=snakemake.params.threshold,

@@ -5,12 +5,12 @@ from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "predict_pair"):
     predict_pair_step(
-        snakemake.input.baseline,
-        snakemake.input.followup,
-        [snakemake.input.baseline_mask, snakemake.input.followup_mask],
-        snakemake.input.native_followup,
-        snakemake.input.model,
-        dict(snakemake.output.items()),
+        baseline=snakemake.input.baseline,
+        followup=snakemake.input.followup,
+        masks=[snakemake.input.baseline_mask, snakemake.input.followup_mask],
+        native_followup=snakemake.input.native_followup,
+        model=snakemake.input.model,
+        outputs=dict(snakemake.output.items()),
         subject=snakemake.wildcards.subject,
         settings=inference_settings(snakemake.params.inference),
         device=snakemake.params.device,

@@ -325,9 +325,10 @@ def test_prediction_on_the_device_matches_the_cpu(tmp_path, device, head):
             (ensemble, difference.max(), difference.mean())
 
     outputs = prediction_paths(str(tmp_path / "predict"), "gpu01")
-    record = predict_pair_step(files["baseline"], files["followup"],
-                               [files["baseline_mask"], files["followup_mask"]],
-                               files["followup"], resolve_model(SHIPPED), outputs,
+    record = predict_pair_step(baseline=files["baseline"], followup=files["followup"],
+                               masks=[files["baseline_mask"], files["followup_mask"]],
+                               native_followup=files["followup"],
+                               model=resolve_model(SHIPPED), outputs=outputs,
                                subject="gpu01", settings=settings, device=DEVICE_NAME,
                                threads=1)
     assert record["device"] == str(device)

@@ -93,12 +93,18 @@ def scored_pair(tmp_path):
     return files, tmp_path
 
 
+def _pair_inputs(files: dict, *, label, native: str = "followup") -> dict:
+    """evaluate_pair_step's image inputs from a fixture's files."""
+    return {"score": files["score"], "baseline": files["baseline"],
+            "followup": files["followup"], "masks": [files["mask"]],
+            "native_followup": files[native], "label": label}
+
+
 def test_evaluate_pair_scores_all_changes_and_each_direction(scored_pair):
     files, folder = scored_pair
     outputs = evaluation_paths(str(folder / "out"), "p1")
     metrics = evaluate_pair_step(
-        files["score"], files["baseline"], files["followup"], [files["mask"]],
-        files["followup"], files["label"], outputs, subject="p1", method="m",
+        **_pair_inputs(files, label=files["label"]), outputs=outputs, subject="p1", method="m",
         threshold=0.5, sweep_thresholds=[0.95], min_blob_voxels=5,
         settings=MetricSettings())
     rows = metrics.set_index("direction")
@@ -133,8 +139,7 @@ def test_min_blob_size_drops_small_detections_before_scoring(scored_pair):
     outputs = evaluation_paths(str(folder / "out"), "p1")
     false_voxels = int(_ball((12, 5, 12), 1.5).sum())
     metrics = evaluate_pair_step(
-        files["score"], files["baseline"], files["followup"], [files["mask"]],
-        files["followup"], files["label"], outputs, subject="p1", method="m",
+        **_pair_inputs(files, label=files["label"]), outputs=outputs, subject="p1", method="m",
         threshold=0.5, sweep_thresholds=[], min_blob_voxels=false_voxels + 1,
         settings=MetricSettings())
     row = metrics.set_index("direction").loc["all"]
@@ -145,8 +150,7 @@ def test_pair_without_label_is_scored_as_no_change(scored_pair):
     files, folder = scored_pair
     outputs = evaluation_paths(str(folder / "out"), "p1")
     metrics = evaluate_pair_step(
-        files["score"], files["baseline"], files["followup"], [files["mask"]],
-        files["followup"], None, outputs, subject="p1", method="m", threshold=0.5,
+        **_pair_inputs(files, label=None), outputs=outputs, subject="p1", method="m", threshold=0.5,
         sweep_thresholds=[], min_blob_voxels=1, settings=MetricSettings())
     row = metrics.set_index("direction").loc["all"]
     assert row["truth_lesions"] == 0
@@ -175,9 +179,9 @@ def test_evaluation_maps_the_prediction_onto_an_anisotropic_label_grid(tmp_path)
              "label": _save(label, tmp_path / "l.nii.gz", native_affine)}
     outputs = evaluation_paths(str(tmp_path / "out"), "p1")
     metrics = evaluate_pair_step(
-        files["score"], files["baseline"], files["followup"], [files["mask"]],
-        files["native"], files["label"], outputs, subject="p1", method="m", threshold=0.5,
-        sweep_thresholds=[], min_blob_voxels=1, settings=MetricSettings())
+        **_pair_inputs(files, label=files["label"], native="native"), outputs=outputs,
+        subject="p1", method="m", threshold=0.5, sweep_thresholds=[], min_blob_voxels=1,
+        settings=MetricSettings())
     row = metrics.set_index("direction").loc["all"]
     assert row["msseg_dice"] == pytest.approx(1.0)
     assert row["truth_volume_mm3"] == pytest.approx(6 * 6 * 2 * 3.0)

@@ -122,9 +122,9 @@ def train_detector_step(samples: Sequence[TrainingSample], *, model: PathLike,
              summary["resumed_from_step"], summary["final_loss"], summary["elapsed_s"])
 
 
-def predict_pair_step(baseline: PathLike, followup: PathLike, masks: Sequence[PathLike],
+def predict_pair_step(*, baseline: PathLike, followup: PathLike, masks: Sequence[PathLike],
                       native_followup: PathLike, model: PathLike,
-                      outputs: Mapping[str, PathLike], *, subject: str,
+                      outputs: Mapping[str, PathLike], subject: str,
                       settings: InferenceSettings, device: str, threads: int | None = None,
                       on_window: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Predict the changes of one preprocessed pair with the model file ``model``.

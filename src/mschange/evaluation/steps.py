@@ -103,9 +103,9 @@ def load_truth(label: PathLike | None, native_followup: PathLike, subject: str
     return np.zeros(shape, dtype=bool), np.asarray(native.affine, dtype=np.float64)
 
 
-def evaluate_pair_step(score: PathLike, baseline: PathLike, followup: PathLike,
+def evaluate_pair_step(*, score: PathLike, baseline: PathLike, followup: PathLike,
                        masks: Sequence[PathLike], native_followup: PathLike,
-                       label: PathLike | None, outputs: Mapping[str, PathLike], *,
+                       label: PathLike | None, outputs: Mapping[str, PathLike],
                        subject: str, method: str, threshold: float,
                        sweep_thresholds: Sequence[float], min_blob_voxels: int,
                        settings: MetricSettings, max_slices: int = 12) -> pd.DataFrame:
