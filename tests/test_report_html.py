@@ -22,12 +22,12 @@ from mschange.evaluation.html import (
     Report,
     Section,
     Table,
-    check_images_in_browser,
-    find_chromium,
     render_html,
     table_markdown,
     write_html,
 )
+
+from .browser import check_images_in_browser, find_chromium
 
 # -- lesion_slices -------------------------------------------------------------------
 

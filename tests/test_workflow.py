@@ -461,7 +461,7 @@ def test_tiny_run_scores_every_method_and_writes_the_report(tiny_run):
 
 @pytest.mark.slow
 def test_tiny_report_loads_every_image_in_chromium(tiny_run):
-    from mschange.evaluation.html import check_images_in_browser, find_chromium
+    from .browser import check_images_in_browser, find_chromium
 
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (Debian: apt-get install chromium)")

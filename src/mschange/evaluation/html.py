@@ -15,10 +15,8 @@ import math
 import numbers
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +33,11 @@ IMAGE_TYPES = {
     ".jpeg": "image/jpeg",
 }
 
-_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_POLICY_META = f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">'
+CONTENT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_POLICY_META = f'<meta http-equiv="Content-Security-Policy" content="{CONTENT_POLICY}">'
 
-_CSS = """
-:root { color-scheme: light; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       color: #1d2330; background: #fff; margin: 0 auto; padding: 1.5em 2em 3em;
-       max-width: 1100px; }
-h1 { font-size: 1.7em; margin-bottom: 0.3em; }
-h2 { font-size: 1.35em; margin-top: 2em; border-bottom: 1px solid #d5d9e0;
-     padding-bottom: 0.2em; }
-h3, h4, h5, h6 { font-size: 1.1em; margin-top: 1.5em; }
-p { margin: 0.6em 0; max-width: 75ch; }
-.summary { background: #f3f6fb; border-left: 4px solid #3b6fd8; padding: 0.6em 1.2em;
-           margin: 1em 0; }
-nav.toc { margin: 1em 0 2em; }
-nav.toc ul { margin: 0.2em 0; padding-left: 1.4em; }
-nav.toc a { text-decoration: none; color: #2a56b5; }
-nav.toc a:hover { text-decoration: underline; }
-.table-wrap { max-height: 80vh; overflow: auto; margin: 0.8em 0 0.2em;
-              border: 1px solid #d5d9e0; display: inline-block; max-width: 100%; }
-table { border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums; }
-th, td { padding: 0.3em 0.8em; text-align: left; white-space: nowrap; }
-thead th { position: sticky; top: 0; background: #e8ecf3; border-bottom: 1px solid #b9c0cc;
-           z-index: 1; }
-tbody tr:nth-child(even) { background: #f6f8fb; }
-tbody tr:hover { background: #eaf1ff; }
-th.num, td.num { text-align: right; }
-td.missing { color: #8a93a3; }
-.caption { font-size: 0.88em; color: #4a5261; margin: 0.2em 0 1.2em; }
-figure { margin: 1.2em 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #e1e4ea; }
-figcaption { font-size: 0.88em; color: #4a5261; margin-top: 0.3em; max-width: 75ch; }
-footer { margin-top: 3em; padding-top: 0.6em; border-top: 1px solid #d5d9e0;
-         font-size: 0.85em; color: #5f6775; }
-"""
+# The report's style sheet, inlined into every page (package data beside this module).
+_CSS = (resources.files("mschange.evaluation") / "report.css").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -321,70 +288,3 @@ def write_html(report: Report, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(document, encoding="utf-8")
     return Path(path)
-
-
-# -- checking in a browser -----------------------------------------------------------
-
-_CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-_NONCE = "mschange-image-check"
-_CHECK_SCRIPT = f"""<script nonce="{_NONCE}">
-window.addEventListener("load", function () {{
-  var images = Array.prototype.slice.call(document.images);
-  var loaded = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }});
-  document.body.setAttribute("data-images-loaded", loaded.length + "/" + images.length);
-}});
-</script>
-"""
-_RESULT = re.compile(r'data-images-loaded="(\d+)/(\d+)"')
-
-
-def find_chromium() -> str | None:
-    """A Chromium-like browser on PATH (or Debian's /usr/bin/chromium), else None."""
-    for name in _CHROMIUM_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
-
-
-def chromium_command(chromium: str, profile: str | os.PathLike[str]) -> list[str]:
-    """Headless Chromium that neither reaches the network nor keeps state between runs."""
-    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
-
-
-def check_images_in_browser(html_path: str | os.PathLike[str], chromium: str | None = None,
-                            *, timeout: float = 60.0) -> tuple[int, int]:
-    """(loaded, total): how many ``<img>`` of the page a headless Chromium decoded.
-
-    Catches what string checks cannot: a corrupt image, a wrong MIME type, or an image
-    blocked by the page's own security policy. A copy of the page with a small script
-    (allowed by nonce) is written beside the original, so relative references resolve
-    as they would for the original; the copy is removed afterwards.
-    """
-    browser = chromium or find_chromium()
-    if browser is None:
-        raise FileNotFoundError(errno.ENOENT, "no Chromium browser found", "chromium")
-    page = Path(html_path).resolve()
-    document = page.read_text(encoding="utf-8")
-    document = document.replace(_POLICY, _POLICY.replace(
-        "default-src 'none';", f"default-src 'none'; script-src 'nonce-{_NONCE}';"))
-    closing = document.lower().rfind("</body>")
-    document = (document[:closing] + _CHECK_SCRIPT + document[closing:] if closing >= 0
-                else document + _CHECK_SCRIPT)
-    copy = page.with_name(f".{page.stem}.imagecheck{os.getpid()}.html")
-    try:
-        copy.write_text(document, encoding="utf-8")
-        with tempfile.TemporaryDirectory(prefix="mschange-chromium-") as profile:
-            command = [*chromium_command(browser, profile), "--virtual-time-budget=5000",
-                       "--dump-dom", copy.as_uri()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                    check=False)
-    finally:
-        copy.unlink(missing_ok=True)
-    match = _RESULT.search(result.stdout)
-    if match is None:
-        raise RuntimeError(f"Chromium did not report the images of {page} (exit code "
-                           f"{result.returncode}): {result.stderr[-2000:]}")
-    return int(match.group(1)), int(match.group(2))
