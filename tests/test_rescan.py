@@ -10,9 +10,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from mschange.artefacts import add_rician_noise_inplace, draw_rigid_motion
 from mschange.synthesis.rescan import (
     RescanSettings,
+    apply_gamma,
     apply_motion,
+    apply_rician_noise,
+    draw_choices,
     replay_rescan,
     rigid_mm_transform,
     simulate_rescan,
@@ -196,6 +200,40 @@ def test_gamma_changes_contrast_around_the_recorded_scale():
     expected = scale * (np.clip(image, 0, None) / scale) ** 0.9
     np.testing.assert_allclose(rescan, expected, rtol=1e-5, atol=1e-4)
     assert (rescan[mask] > image[mask]).mean() > 0.9   # gamma < 1 brightens below the scale
+
+
+def test_shared_effects_in_place_and_copy_agree():
+    # The demo applies the rescan's effects in place on float32 views (mschange.artefacts).
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-5.0, 400.0, SHAPE)
+    copy = apply_gamma(image, 0.87, 300.0)
+    in_place = image.copy()
+    assert apply_gamma(in_place, 0.87, 300.0, out=in_place) is in_place
+    assert np.array_equal(copy, in_place) and copy.min() == 0.0
+    single = image.astype(np.float32)
+    view = single[2:-2, ::2]
+    apply_gamma(view, 0.87, 300.0, out=view)
+    np.testing.assert_allclose(view, copy[2:-2, ::2], rtol=1e-5)
+    assert np.array_equal(single[:2], image[:2].astype(np.float32))  # only the view changed
+    # Float32 Rician noise in place: the magnitude statistics of the float64 form.
+    zeros = np.zeros((40, 40, 40), np.float32)
+    add_rician_noise_inplace(zeros, 2.0, np.random.default_rng(1))
+    assert zeros.dtype == np.float32
+    assert zeros.mean() == pytest.approx(2.0 * np.sqrt(np.pi / 2.0), rel=0.02)
+    assert apply_rician_noise(np.zeros((40, 40, 40)), 2.0, 1).mean() == pytest.approx(
+        float(zeros.mean()), rel=0.02)
+
+
+def test_motion_draws_are_the_demos():
+    # The rescan's motion draws are draw_rigid_motion's, which the demo's time points use.
+    settings = RescanSettings(max_rotation_deg=2.5, max_translation_mm=3.0)
+    choices = draw_choices(settings, 4)
+    expected = draw_rigid_motion(np.random.default_rng(4), 2.5, 3.0)
+    assert choices.rotation_deg == expected["rotation_deg"]
+    assert choices.translation_mm == expected["translation_mm"]
+    rng = np.random.default_rng(4)   # the same values as numpy's vectorised uniform draws
+    assert list(expected["rotation_deg"]) == rng.uniform(-2.5, 2.5, size=3).tolist()
+    assert list(expected["translation_mm"]) == rng.uniform(-3.0, 3.0, size=3).tolist()
 
 
 def test_settings_are_validated():

@@ -1,27 +1,45 @@
-"""MR acquisition effects shared by the simulated rescan and the detector's augmentation.
+"""MR acquisition effects shared by the demo, the simulated rescan and the augmentation.
 
-One implementation of each effect that both need: rigid head motion (resampling),
-thicker slices, a smooth multiplicative bias field, a gamma contrast change and
-Rician noise. The rescan (:mod:`mschange.synthesis.rescan`) draws their parameters
-from a seed and records them for an exact replay; the augmentation
-(:mod:`mschange.detection.augment`) draws them per training patch. Effects only the
+One module for what a repeated acquisition changes: rigid head motion, thicker
+slices, a smooth multiplicative bias field, a gamma contrast change and Rician
+noise. Its users: the demo cohort's phantom (:mod:`mschange.demo_phantom`), the
+simulated rescan (:mod:`mschange.synthesis.rescan`), which records every parameter
+for an exact replay, and the detector's training augmentation
+(:mod:`mschange.detection.augment`), which draws them per patch. Effects only the
 augmentation uses and that TorchIO implements (blur, anisotropic down-sampling,
 k-space motion, ghosting, spikes) come from TorchIO there.
 
-Every function is deterministic given its arguments (the noise from a given seed), so
-a recorded set of parameters replays to identical voxels.
+TorchIO's habit: ``draw_*`` functions take a :class:`numpy.random.Generator` and
+return plain parameters (floats, lists, dicts: JSON as they are); every other
+function is deterministic given its arguments (the noise given its seed or
+generator), so recorded parameters replay to identical voxels.
+
+Two effects come in two forms, each kept because its users' recorded outputs depend
+on its exact arithmetic (merging them would change the demo's or the rescan's voxels):
+
+* the bias field's polynomial (:data:`BIAS_EXPONENTS`) is normalised either over the
+  field of view, ``sum |c| = strength`` on coordinates in [-1, 1]
+  (:func:`draw_bias_coefficients`, :func:`bias_field`: rescan and augmentation), or
+  in millimetres about a centre, spanning exactly ``±amplitude`` over a box
+  (:func:`draw_bias_span`, :func:`bias_field_on_axes`: the demo);
+* Rician noise is either a float64 copy from a recorded seed
+  (:func:`apply_rician_noise`) or float32 in place from a generator
+  (:func:`add_rician_noise_inplace`: the demo's whole heads, memory-lean).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
+F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+Out = TypeVar("Out", bound=npt.NDArray[Any])
+Axes = tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]  # x, y, z, broadcastable
 # Exponents (x, y, z) of the order-2 polynomial terms of the log bias field; the
 # constant term is left out because a global gain is the contrast step's business.
 BIAS_EXPONENTS: tuple[tuple[int, int, int], ...] = (
@@ -38,6 +56,15 @@ def uniform(rng: np.random.Generator, low: float, high: float) -> float:
 
 
 # --- rigid motion ---------------------------------------------------------------------
+
+
+def draw_rigid_motion(rng: np.random.Generator, max_rotation_deg: float,
+                      max_translation_mm: float) -> dict[str, tuple[float, float, float]]:
+    """Three angles ~ U(-max, max) degrees, then three shifts ~ U(-max, max) mm."""
+    rotation = [uniform(rng, -max_rotation_deg, max_rotation_deg) for _ in range(3)]
+    translation = [uniform(rng, -max_translation_mm, max_translation_mm) for _ in range(3)]
+    return {"rotation_deg": (rotation[0], rotation[1], rotation[2]),
+            "translation_mm": (translation[0], translation[1], translation[2])}
 
 
 def rotation_matrix(angles_deg: tuple[float, float, float]) -> F64:
@@ -61,7 +88,7 @@ def rigid_mm_transform(angles_deg: tuple[float, float, float],
     rotation = rotation_matrix(angles_deg)
     transform = np.eye(4)
     transform[:3, :3] = rotation
-    transform[:3, 3] = centre + np.asarray(translation_mm) - rotation @ centre
+    transform[:3, 3] = centre - rotation @ centre + np.asarray(translation_mm)
     return transform
 
 
@@ -148,15 +175,66 @@ def bias_field(shape: tuple[int, ...], coefficients: tuple[float, ...]) -> F64:
     return np.exp(log_field)
 
 
+def log_bias_polynomial(coefficients: list[float], x: Any, y: Any, z: Any) -> Any:
+    """The :data:`BIAS_EXPONENTS` polynomial at (broadcastable) coordinates x, y, z.
+
+    Python-float coefficients keep float32 coordinates in float32.
+    """
+    c = coefficients
+    return (c[0] * x + c[3] * x * x) + (c[1] * y + c[4] * y * y) + \
+        (c[2] * z + c[5] * z * z) + c[6] * x * y + c[7] * x * z + c[8] * y * z
+
+
+def draw_bias_span(rng: np.random.Generator, amplitude: tuple[float, float],
+                   axes: Axes) -> dict[str, Any]:
+    """A bias field whose log spans exactly ``±log1p(amplitude)`` over ``axes``.
+
+    The amplitude ~ U(low, high), then normal coefficients, scaled so that the largest
+    ``|log field|`` over the coordinates ``axes`` (those of the box the field must
+    bound, possibly subsampled) is ``log1p(amplitude)``.
+    """
+    drawn = uniform(rng, *amplitude)
+    raw = rng.normal(size=len(BIAS_EXPONENTS)).tolist()
+    peak = float(np.abs(log_bias_polynomial(raw, *axes)).max())
+    scale = math.log1p(drawn) / peak
+    return {"amplitude": drawn, "coefficients": [c * scale for c in raw]}
+
+
+def bias_field_on_axes(coefficients: list[float], axes: Axes) -> F32:
+    """The multiplicative field ``exp(polynomial)`` (float32) on the grid of ``axes``."""
+    c = [float(value) for value in coefficients]  # float64 scalars would upcast
+    log_field = np.asarray(log_bias_polynomial(c, *axes), dtype=np.float32)
+    return np.exp(log_field, out=log_field)
+
+
 # --- contrast -------------------------------------------------------------------------
 
 
-def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float) -> F64:
-    """``scale * (image / scale) ** gamma`` after clipping negative values to 0."""
-    clipped = np.clip(np.asarray(image, dtype=np.float64), 0.0, None)
+@overload
+def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float) -> F64: ...
+
+
+@overload
+def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float, *, out: Out) -> Out: ...
+
+
+def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float, *,
+                out: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
+    """``scale * (image / scale) ** gamma`` after clipping negative values to 0.
+
+    Into a new float64 array, or into ``out`` in its own dtype (``out`` may be
+    ``image`` itself, e.g. a float32 view that must not be copied).
+    """
+    if out is None:
+        out = np.clip(np.asarray(image, dtype=np.float64), 0.0, None)
+    else:
+        np.clip(image, 0.0, None, out=out)
     if scale <= 0:
-        return clipped
-    return np.asarray(scale * (clipped / scale) ** gamma, dtype=np.float64)
+        return out
+    out /= scale
+    np.power(out, gamma, out=out)
+    out *= scale
+    return out
 
 
 # --- Rician noise ---------------------------------------------------------------------
@@ -168,3 +246,17 @@ def apply_rician_noise(image: npt.NDArray[Any], sigma: float, noise_seed: int) -
         return np.asarray(image, dtype=np.float64)
     noise = np.random.default_rng(noise_seed).standard_normal((2, *image.shape)) * sigma
     return np.asarray(np.hypot(image + noise[0], noise[1]), dtype=np.float64)
+
+
+def add_rician_noise_inplace(image: F32, sigma: float, rng: np.random.Generator) -> None:
+    """:func:`apply_rician_noise` in place on a float32 image, the noise (float32, real
+    then imaginary channel) drawn from ``rng``: one extra image of memory, not four."""
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    noise *= sigma
+    image += noise
+    np.square(image, out=image)
+    rng.standard_normal(dtype=np.float32, out=noise)
+    noise *= sigma
+    np.square(noise, out=noise)
+    image += noise
+    np.sqrt(image, out=image)

@@ -42,6 +42,7 @@ from mschange.artefacts import (
     bias_field,
     centre_mm,
     draw_bias_coefficients,
+    draw_rigid_motion,
     rigid_mm_transform,
     rotation_matrix,
     thick_slice_operator,
@@ -117,17 +118,14 @@ def settings_dict(settings: RescanSettings) -> dict[str, Any]:
 def draw_choices(settings: RescanSettings, seed: int) -> RescanChoices:
     """Draw every random choice, in the order of the steps."""
     rng = np.random.default_rng(seed)
-    rotation = [uniform(rng, -settings.max_rotation_deg, settings.max_rotation_deg)
-                for _ in range(3)]
-    translation = [uniform(rng, -settings.max_translation_mm, settings.max_translation_mm)
-                   for _ in range(3)]
+    motion = draw_rigid_motion(rng, settings.max_rotation_deg, settings.max_translation_mm)
     factor = uniform(rng, *settings.slice_thickness_factor)
     bias_coefficients = draw_bias_coefficients(rng, settings.bias_field_strength)
     gamma = uniform(rng, *settings.gamma)
     fraction = uniform(rng, *settings.noise_fraction)
     noise_seed = int(rng.integers(0, MAX_NOISE_SEED))
-    return RescanChoices(rotation_deg=(rotation[0], rotation[1], rotation[2]),
-                         translation_mm=(translation[0], translation[1], translation[2]),
+    return RescanChoices(rotation_deg=motion["rotation_deg"],
+                         translation_mm=motion["translation_mm"],
                          slice_thickness_factor=factor,
                          bias_coefficients=bias_coefficients,
                          gamma=gamma, noise_fraction=fraction, noise_seed=noise_seed)
