@@ -6,7 +6,6 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from mschange import demo as mschange_demo
 from mschange.cohort import (
     IMAGE_COLUMNS,
     CohortError,
@@ -23,9 +22,11 @@ from mschange.config import (
     model_configs,
     validate_config,
 )
+from mschange.demo_cohort import demo_cohort_rows
 from mschange.detection.outputs import prediction_paths
 from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
 from mschange.pretrained import SHIPPED_FILES, preprocessing_differences, resolve_model
+from mschange.subject_id import SUBJECT_ID_WILDCARD
 
 try:
     _validated = validate_config(config)
@@ -36,7 +37,7 @@ config.update(_validated)
 for _warning in config_warnings(config):
     print(f"mschange: warning: {_warning}", file=sys.stderr)
 
-SUBJECT_PATTERN = r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
+SUBJECT_PATTERN = SUBJECT_ID_WILDCARD  # mschange.subject_id: one rule for subject ids
 # Check each subject's images in its own job (rules/status.smk) rather than all before
 # the run, so that one broken image fails only its subject under --keep-going.
 PER_SUBJECT_CHECKS = config["cohort"]["check_inputs"] == "per_subject"
@@ -53,36 +54,12 @@ def demo_cohort():
     """The demo cohort's rows, known from the config before the images exist."""
     import pandas as pd
 
-    rows = []
-    for subject, has_change in mschange_demo.demo_subject_ids(
-        config["demo"]["n_train"], config["demo"]["n_test"]
-    ):
-        paths = mschange_demo.demo_subject_paths(Path(DEMO_DIR), subject)
-        rows.append(
-            {
-                "subject": subject,
-                "baseline": str(paths.baseline),
-                "followup": str(paths.followup),
-                "split": "test" if has_change else "train",
-                "change": "yes" if has_change else "no",
-                "label": str(paths.change_mask) if has_change else "",
-            }
+    demo = config["demo"]
+    return pd.DataFrame(
+        demo_cohort_rows(
+            Path(DEMO_DIR), demo["n_train"], demo["n_test"], demo["n_single"]
         )
-    for subject in mschange_demo.demo_single_ids(
-        config["demo"]["n_train"], config["demo"]["n_test"], config["demo"]["n_single"]
-    ):
-        paths = mschange_demo.demo_subject_paths(Path(DEMO_DIR), subject)
-        rows.append(
-            {
-                "subject": subject,
-                "baseline": "",
-                "followup": str(paths.followup),
-                "split": "train",
-                "change": "no",
-                "label": "",
-            }
-        )
-    return pd.DataFrame(rows)
+    )
 
 
 def load_cohort():

@@ -1,8 +1,8 @@
-"""Rule make_demo_subject: thin adapter to mschange.demo."""
+"""Rule make_demo_subject: thin adapter to mschange.demo_phantom."""
 
 from pathlib import Path
 
-from mschange.demo import make_demo_subject
+from mschange.demo_phantom import make_demo_subject
 from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "make_demo_subject"):

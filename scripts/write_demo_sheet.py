@@ -1,8 +1,8 @@
-"""Rule write_demo_sheet: thin adapter to mschange.demo."""
+"""Rule write_demo_sheet: thin adapter to mschange.demo_cohort."""
 
 from pathlib import Path
 
-from mschange.demo import demo_single_ids, demo_subject_ids, write_demo_sheet
+from mschange.demo_cohort import demo_single_ids, demo_subject_ids, write_demo_sheet
 from mschange.logs import logging_to
 
 with logging_to(snakemake.log[0], "write_demo_sheet"):

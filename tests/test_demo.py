@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +21,16 @@ import pytest
 from scipy import ndimage as ndi
 
 from mschange.cohort import read_cohort_sheet
-from mschange.demo import (
-    TEMPLATES,
+from mschange.config import load_schema
+from mschange.demo_cohort import (
     DemoSubjectPaths,
-    _template_dir,
+    demo_cohort_rows,
+    demo_single_ids,
     demo_subject_ids,
-    make_demo_subject,
     write_demo_sheet,
 )
+from mschange.demo_phantom import TEMPLATES, _template_dir, make_demo_subject
+from mschange.subject_id import SUBJECT_ID_PATTERN, SUBJECT_ID_WILDCARD, is_subject_id
 
 VOXEL = 2.0
 SEED = 7
@@ -292,3 +297,43 @@ def test_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cohort = read_cohort_sheet(sheet)
     assert cohort["followup"].iloc[0] == str(
         tmp_path / "demo/sub-demo01/sub-demo01_tp-followup_FLAIR.nii.gz")
+
+
+def test_sheet_rows_are_the_workflows_rows(tmp_path: Path) -> None:
+    # One builder of rows: the workflow's (paths under the demo folder, read while the
+    # DAG is built) and the sheet's (the same paths, relative to the sheet's folder).
+    out = tmp_path / "demo"
+    sheet = write_demo_sheet(out, demo_subject_ids(1, 1), out / "cohort.tsv",
+                             single=demo_single_ids(1, 1, 1))
+    with sheet.open() as stream:
+        rows = list(csv.DictReader(stream, delimiter="\t"))
+    workflow = demo_cohort_rows(out, 1, 1, 1)
+    assert [r["subject"] for r in workflow] == ["demo01", "demo02", "demo03"]
+    for row, expected in zip(rows, workflow, strict=True):
+        for key, value in expected.items():
+            assert (str(out / row[key]) if key in ("baseline", "followup", "label")
+                    and row[key] else row[key]) == value
+    assert rows[2]["baseline"] == "" and rows[2]["split"] == "train"
+    assert rows[2]["followup"] == "sub-demo03/sub-demo03_tp-followup_FLAIR.nii.gz"
+
+
+def test_cohort_module_is_light_to_import() -> None:
+    # The workflow imports it while Snakemake builds the DAG.
+    code = ("import sys, mschange.demo_cohort, mschange.subject_id; "
+            "print(sorted({'numpy', 'scipy', 'nibabel', 'torch', 'pandas'} & set(sys.modules)))")
+    heavy = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    assert heavy == "[]"
+
+
+def test_one_subject_id_rule() -> None:
+    # The cohort sheet's schema states the same rule.
+    assert load_schema("cohort")["properties"]["subject"]["pattern"] == SUBJECT_ID_PATTERN
+    # The workflow's wildcard constraint: the same rule, unanchored, no capturing group.
+    assert SUBJECT_ID_WILDCARD == "[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*"
+    for text in ["demo01", "A-b-3", "x", "-a", "a-", "a--b", "a_b", "a b", "é", "demo01\n", ""]:
+        assert is_subject_id(text) == (re.fullmatch(SUBJECT_ID_WILDCARD, text) is not None)
+    assert all(is_subject_id(s) for s, _ in demo_subject_ids(2, 3))
+    assert not is_subject_id("demo01\n") and not is_subject_id("a--b")
+    with pytest.raises(ValueError, match="subject id"):
+        make_demo_subject("demo_01", Path("unused"), has_change=False, seed=SEED)

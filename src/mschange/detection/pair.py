@@ -32,13 +32,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from mschange.cohort import CohortError, check_cohort_images, check_cohort_table
-from mschange.config import load_schema, schema_default
+from mschange.config import schema_default
 from mschange.detection.modelfile import load_detector
 from mschange.detection.outputs import prediction_paths
 from mschange.detection.steps import model_summary, predict_with_network
 from mschange.io import InputError, save_json
 from mschange.preprocessing import steps as preprocessing
 from mschange.pretrained import inference_for, resolve_model
+from mschange.subject_id import SUBJECT_ID_PATTERN
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
 
 if TYPE_CHECKING:
@@ -58,8 +59,7 @@ def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
 def subject_id_pattern() -> str:
     """The cohort sheet's rule for a subject id (letters and digits, single hyphens
     between): ids become file and folder names, so nothing else is allowed."""
-    pattern: str = load_schema("cohort")["properties"]["subject"]["pattern"]
-    return pattern
+    return SUBJECT_ID_PATTERN
 
 
 def check_subject_id(subject: str) -> str:
