@@ -15,7 +15,6 @@ from torch import nn
 
 from mschange import cli
 from mschange.changemap import find_changes, to_native_grid
-from mschange.detection import training as detector_training
 from mschange.detection.augment import AugmentationSettings
 from mschange.detection.inference import (
     InferenceSettings,
@@ -37,10 +36,9 @@ from mschange.detection.training import (
     TrainingSample,
     cached_sample,
     load_sample,
-    train_detector,
 )
 from mschange.preprocessing.resample import isotropic_grid, resample_to_grid
-from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
+from mschange.scancache import DiskArray, ScanCache
 
 from .conftest import default_preprocessing, oblique_affine
 
@@ -200,7 +198,8 @@ def test_learning_rate_decays_like_keras():
     assert settings.total_steps == 60 * 50
 
 
-# ------------------------------------------------------------------ training files and resume
+# ------------------------------------------------------------------ training samples
+# (resuming and stopping: tests/test_training_loop.py)
 
 
 def _samples(tmp_path: Path, n: int = 2) -> list[TrainingSample]:
@@ -234,61 +233,6 @@ class Killed(Exception):
     pass
 
 
-def _train(tmp_path, samples, name, settings, on_step=None):
-    folder = tmp_path / name
-    return train_detector(samples, settings, model_path=folder / "model.pt",
-                          log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
-                          checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
-                          metadata={"preprocessing": default_preprocessing(2.0)},
-                          on_step=on_step)
-
-
-def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
-    samples = _samples(tmp_path)
-    straight = _train(tmp_path, samples, "straight", RESUME_SETTINGS)
-    assert straight["steps"] == 6 and straight["resumed_from_step"] == 0
-
-    def kill_at_step_5(step, loss):
-        if step == 5:
-            raise Killed
-    with pytest.raises(Killed):
-        _train(tmp_path, samples, "resumed", RESUME_SETTINGS, on_step=kill_at_step_5)
-    assert (tmp_path / "resumed" / "checkpoints" / "last.pt").is_file()
-    assert not (tmp_path / "resumed" / "model.pt").exists()
-    resumed = _train(tmp_path, samples, "resumed", RESUME_SETTINGS)
-    assert resumed["resumed_from_step"] == 4 and resumed["steps_this_run"] == 2
-    assert not (tmp_path / "resumed" / "checkpoints").exists()
-    log = pd.read_csv(tmp_path / "resumed" / "log.tsv", sep="\t")
-    assert list(log["step"]) == [2, 4, 6]
-    assert log["learning_rate"].is_monotonic_decreasing
-    first, _ = load_detector(tmp_path / "straight" / "model.pt")
-    again, metadata = load_detector(tmp_path / "resumed" / "model.pt")
-    for key, value in first.state_dict().items():
-        assert torch.equal(value, again.state_dict()[key]), key
-    assert metadata["preprocessing"] == default_preprocessing(2.0)
-    assert metadata["training"]["settings"]["patch_size"] == [16, 16, 16]
-
-
-def test_sigterm_saves_a_checkpoint_and_a_changed_config_is_refused(tmp_path):
-    import dataclasses
-    import os
-    import signal
-
-    from mschange.checkpoints import CheckpointMismatch, TrainingInterrupted
-
-    samples = _samples(tmp_path)
-
-    def terminate_at_step_3(step, loss):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-    with pytest.raises(TrainingInterrupted, match="step 3"):
-        _train(tmp_path, samples, "run", RESUME_SETTINGS, on_step=terminate_at_step_3)
-    changed = dataclasses.replace(RESUME_SETTINGS, loss=LossSettings(l2=1e-4))
-    with pytest.raises(CheckpointMismatch, match="l2"):
-        _train(tmp_path, samples, "run", changed)
-    assert _train(tmp_path, samples, "run", RESUME_SETTINGS)["resumed_from_step"] == 3
-
-
 @pytest.mark.parametrize("patch_size, augmentation", [
     ((16, 16, 16), False), ((8, 16, 8), True), (None, False)])
 def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_size,
@@ -312,25 +256,6 @@ def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_
         for name in ("baseline", "followup", "label", "changed"):
             assert isinstance(getattr(sample, name), DiskArray), name
     assert cache.built == 3 and len(list(cache.folder.glob("*.npy"))) == 12
-
-
-def test_the_sample_cache_is_reused_on_resume_and_removed_when_done(tmp_path, monkeypatch):
-    samples = _samples(tmp_path)
-    cache = tmp_path / "run" / "checkpoints" / CACHE_FOLDER
-
-    def kill_at_step_3(step, loss):
-        if step == 3:
-            raise Killed
-    with pytest.raises(Killed):
-        _train(tmp_path, samples, "run", RESUME_SETTINGS, on_step=kill_at_step_3)
-    assert len(list(cache.glob("*.json"))) == 2
-
-    def no_decoding(sample):
-        raise AssertionError("a sample was decoded again instead of read from the cache")
-    monkeypatch.setattr(detector_training, "load_sample", no_decoding)
-    resumed = _train(tmp_path, samples, "run", RESUME_SETTINGS)
-    assert resumed["resumed_from_step"] == 2
-    assert not cache.parent.exists()   # gone with the checkpoints
 
 
 def test_model_file_loads_safely_and_rejects_other_files(tmp_path):
@@ -577,8 +502,8 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
                      "--out", str(out), "--threads", "2", "--min-blob-voxels", "3"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "[1/7] resampling the baseline" in captured.err
-    assert "[7/7] detecting changes" in captured.err
+    assert "[1/6] resampling the baseline and the follow-up" in captured.err
+    assert "[6/6] detecting changes" in captured.err
     assert "change(s)" in captured.out
     raw = nib.load(paths.followup)
     stem = out / "sub-demo02"  # the subject id comes from the BIDS-like file name
@@ -594,5 +519,5 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]
     assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000
-    assert (out / "preproc" / "sub-demo02_tp-baseline_space-followup_desc-preproc_FLAIR"
-            ".nii.gz").is_file()
+    assert (out / "preproc" / "sub-demo02" / "sub-demo02_tp-baseline_space-followup_desc-"
+            "preproc_FLAIR.nii.gz").is_file()

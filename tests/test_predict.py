@@ -22,6 +22,7 @@ from mschange.detection.modelfile import ModelFileError, load_detector, save_det
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.detection.pair import (
     PARTIAL_TAG,
+    STAGES,
     check_subject_id,
     predict_pair,
     publish,
@@ -354,7 +355,7 @@ def _interrupt_at(command: list[str], stage: int, signum: int) -> tuple[int, str
     lines = []
     for line in process.stderr:
         lines.append(line)
-        if line.startswith(f"[{stage}/7]") and line.rstrip().endswith("..."):
+        if line.startswith(f"[{stage}/{STAGES}]") and line.rstrip().endswith("..."):
             process.send_signal(signum)
             break
     lines += process.stderr.readlines()
@@ -364,7 +365,7 @@ def _interrupt_at(command: list[str], stage: int, signum: int) -> tuple[int, str
 @pytest.mark.slow
 def test_a_run_killed_at_any_stage_leaves_the_folder_as_it_was(tmp_path):
     """The fault test: a folder holding pair A's results; predicting pair B into it is
-    killed (SIGKILL) or stopped (SIGTERM) at each of the seven stages, each time leaving
+    killed (SIGKILL) or stopped (SIGTERM) at each of its stages, each time leaving
     A's results exactly; then an unbroken run of B gives exactly what B gives in a fresh
     folder, and nothing of A or of the killed runs is left."""
     from mschange.demo import make_demo_subject
@@ -382,14 +383,14 @@ def test_a_run_killed_at_any_stage_leaves_the_folder_as_it_was(tmp_path):
     before = _snapshot(out)
     assert any(name.startswith("sub-demo01_") for name in before)
 
-    for stage in range(1, 8):
+    for stage in range(1, STAGES + 1):
         signum = signal.SIGKILL if stage % 2 else signal.SIGTERM
         code, stderr = _interrupt_at(_predict_command(second, model, out), stage, signum)
         assert _snapshot(out) == before, f"stage {stage}"
         leftovers = [p.name for p in tmp_path.iterdir() if PARTIAL_TAG in p.name]
         if signum == signal.SIGTERM:
             assert code == 128 + signal.SIGTERM, stderr
-            assert f"stopped by SIGTERM during [{stage}/7]" in stderr
+            assert f"stopped by SIGTERM during [{stage}/{STAGES}]" in stderr
             assert f"{out} was not changed" in stderr
             assert "Traceback" not in stderr
             assert not leftovers

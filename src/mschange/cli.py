@@ -124,7 +124,7 @@ def _predict(args: argparse.Namespace) -> int:
                                                ("min_blob_voxels", args.min_blob_voxels),
                                                ("mirror_axes", args.mirror_axes))
                  if value is not None}
-    progress = Progress(total=7)
+    progress = Progress()
     try:
         with interrupt_on_signals():
             record = predict_pair(args.baseline, args.followup, args.model or None, args.out,

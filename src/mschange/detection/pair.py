@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from mschange.cohort import CohortError, check_cohort_images, check_cohort_table
-from mschange.config import schema_default
 from mschange.detection.modelfile import load_detector
 from mschange.detection.outputs import prediction_paths
 from mschange.detection.steps import model_summary, predict_with_network
 from mschange.io import InputError, save_json
-from mschange.preprocessing import steps as preprocessing
+from mschange.layout import preprocessed_pair
+from mschange.preprocessing.pipeline import STEPS, plan_pair
 from mschange.pretrained import inference_for, resolve_model
 from mschange.subject_id import SUBJECT_ID_PATTERN
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
@@ -82,11 +82,15 @@ def subject_from_path(path: PathLike) -> str:
     return "-".join(parts) or "pair"
 
 
+# predict's progress stages: each preprocessing step (both time points), then the network.
+STAGES = len(STEPS) + 1
+
+
 class Progress:
     """Numbered stage lines with timings, on stderr (stdout stays for results)."""
 
-    def __init__(self, total: int, stream: Any = None) -> None:
-        self.total = total
+    def __init__(self, total: int | None = None, stream: Any = None) -> None:
+        self.total = total or STAGES
         self.done = 0
         self.current = "checking the inputs"
         self.stream = stream or sys.stderr
@@ -255,7 +259,7 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     ``out_dir`` are checked before anything is written; ``out_dir`` is replaced as a
     whole by the finished run (see the module's docstring).
     """
-    progress = progress or Progress(total=7)
+    progress = progress or Progress()
     subject = check_subject_id(subject if subject is not None else subject_from_path(followup))
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
@@ -296,69 +300,28 @@ def _run(baseline: PathLike, followup: PathLike, model_files: Sequence[Path],
          loaded: Sequence[tuple[ChangeDetector, dict[str, Any]]], out: Path, *, subject: str,
          settings: InferenceSettings, device: str, torch_device: torch.device, threads: int,
          progress: Progress) -> dict[str, Any]:
-    """The seven stages, writing into ``out`` (the run's partial folder)."""
+    """The preprocessing steps and the detection, one progress stage each, writing into
+    ``out`` (the run's partial folder)."""
     networks = [network for network, _ in loaded]
     metadata = loaded[0][1]
-    prep = metadata["preprocessing"]
-    work = out / "preproc"
-    work.mkdir(parents=True, exist_ok=True)
-    files = {tp: {kind: work / f"sub-{subject}_tp-{tp}_{kind}.nii.gz"
-                  for kind in ("desc-resampled_FLAIR", "desc-brain_FLAIR", "desc-brain_mask",
-                               "space-followup_desc-brain_FLAIR",
-                               "space-followup_desc-brain_mask", "space-followup_desc-n4_FLAIR",
-                               "space-followup_desc-preproc_FLAIR")}
-             for tp in ("baseline", "followup")}
-    # The follow-up is the reference: its own brain is already "on the follow-up grid".
-    for kind in ("FLAIR", "mask"):
-        files["followup"][f"space-followup_desc-brain_{kind}"] = \
-            files["followup"][f"desc-brain_{kind}"]
-    raw = {"baseline": baseline, "followup": followup}
-    # Speed settings are not part of what the model learned from (SPEED_SETTINGS): they
-    # come from the schema, so that predict registers as fast as the workflow and, with
-    # one ANTs thread, reproducibly.
-    registration = {key: schema_default("preprocessing", "registration", key)
-                    for key in ("threads", "sampling_points")}
-
-    for tp in ("baseline", "followup"):
-        with progress.stage(f"resampling the {tp} to {prep['resolution_mm']} mm"):
-            preprocessing.resample_step(raw[tp], files[tp]["desc-resampled_FLAIR"],
-                                        subject=subject, resolution_mm=prep["resolution_mm"],
-                                        order=prep["interpolation_order"])
-        with progress.stage(f"skull stripping the {tp} (HD-BET, {prep['skullstrip']['mode']})"):
-            preprocessing.skullstrip_step(
-                files[tp]["desc-resampled_FLAIR"], files[tp]["desc-brain_FLAIR"],
-                files[tp]["desc-brain_mask"], subject=subject,
-                mode=prep["skullstrip"]["mode"], tta=prep["skullstrip"]["tta"], device=device,
-                threads=threads, source=raw[tp])
-    with progress.stage("registering the baseline onto the follow-up (ANTs rigid)"):
-        preprocessing.register_step(
-            followup_brain=files["followup"]["desc-brain_FLAIR"],
-            baseline_brain=files["baseline"]["desc-brain_FLAIR"],
-            baseline_mask=files["baseline"]["desc-brain_mask"],
-            transform_output=work / f"sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
-            moved_brain_output=files["baseline"]["space-followup_desc-brain_FLAIR"],
-            moved_mask_output=files["baseline"]["space-followup_desc-brain_mask"],
-            subject=subject, transform=prep["registration"]["transform"],
-            sampling_points=registration["sampling_points"], seed=int(metadata.get("seed", 1)),
-            threads=registration["threads"])
-    with progress.stage("N4 bias correction and intensity normalisation"):
-        for tp in ("baseline", "followup"):
-            brain = files[tp]["space-followup_desc-brain_FLAIR"]
-            mask = files[tp]["space-followup_desc-brain_mask"]
-            preprocessing.n4_step(brain, mask, files[tp]["space-followup_desc-n4_FLAIR"],
-                                  subject=subject, threads=threads, **prep["n4"])
-            preprocessing.normalize_step(files[tp]["space-followup_desc-n4_FLAIR"], mask,
-                                         files[tp]["space-followup_desc-preproc_FLAIR"],
-                                         subject=subject, **prep["normalize"])
+    work = str(out / "preproc")
+    plan = plan_pair({"baseline": baseline, "followup": followup}, subject=subject,
+                     settings=metadata["preprocessing"], folder=work,
+                     seed=int(metadata.get("seed", 1)), device=device, threads=threads)
+    for step in STEPS:   # one progress stage per step, both time points in it
+        calls = [call for call in plan if call.step == step]
+        with progress.stage(calls[0].label if len(calls) == 1 else
+                            f"{step.does} the baseline and the follow-up"):
+            for call in calls:
+                call.run()
+    ready = preprocessed_pair(subject, work)
     outputs = output_paths(out, subject)
     with progress.stage(f"detecting changes on {torch_device}"), \
             cpu_threads(threads, torch_device):
         record = predict_with_network(
-            networks, files["baseline"]["space-followup_desc-preproc_FLAIR"],
-            files["followup"]["space-followup_desc-preproc_FLAIR"],
-            [files["baseline"]["space-followup_desc-brain_mask"],
-             files["followup"]["desc-brain_mask"]],
-            followup, outputs, subject=subject, settings=settings, device=torch_device,
+            networks, ready["baseline"], ready["followup"],
+            [ready["baseline_mask"], ready["followup_mask"]], followup, outputs,
+            subject=subject, settings=settings, device=torch_device,
             on_window=progress.windows(),
             record_extra={"model": model_summary(model_files[0], metadata),
                           **({"ensemble": [model_summary(path, other) for path, (_, other)
