@@ -55,14 +55,13 @@ bench: install
 	$(BIN)/python benchmarks/dag.py --pairs 1000 --repeats 3
 	$(BIN)/python benchmarks/sampler.py --threads $(CORES)
 
-# The GPU check (README "Benchmarks"): the CUDA tests, then one table of training
+# The GPU check (docs/benchmarks.md): the CUDA tests, then one table of training
 # throughput in float32 and bf16, peak GPU memory, prediction time and the paper preset's
 # projected training time. Without a GPU: the tests on the CPU and a quick mode.
 gpu-check: install
 	bash benchmarks/gpu_check.sh --out results/gpu_check
 
-# The shipped detector (src/mschange/models/flair-lesions-v1/, README "Pretrained
-# model"), reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
+# The shipped detector (src/mschange/models/flair-lesions-v1/, docs/pretrained.md), reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
 # real pairs, lesion painting, training with validation (about 2.5 h on 2 CPU cores),
 # then copied into the package with its inference settings and data fingerprints.
 DATA ?= ../shared/data

@@ -1,4 +1,4 @@
-# Evaluation (../shared/specs/metrics.md) and the report: every method (each trained
+# Evaluation (docs/metrics.md) and the report: every method (each trained
 # model and the subtraction baseline) at every minimum blob size, on every test pair
 # with a ground truth. Helpers: rules/common.smk.
 

@@ -51,7 +51,7 @@ rule list_training_scans:
 rule train_vae:
     input:
         # One table of the no-change scans: thousands of inputs listed here would make
-        # the job graph of a large cohort slow to build (README, "Scale").
+        # the job graph of a large cohort slow to build (docs/benchmarks.md, "Scale").
         scans="results/vae/training_scans.tsv",
     output:
         model="results/vae/encoder-{encoder}/vae.pt",

@@ -1,7 +1,7 @@
 """Lesion-change metrics (MSSEG-2, To et al., Krueger et al.) and their aggregation.
 
 Every expected value is worked out by hand in a comment next to the case, from the
-rules in shared/specs/metrics.md, on 12^3 masks built from boxes.
+rules in docs/metrics.md, on 12^3 masks built from boxes.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ class AugmentationSettings:
     rotation_probability: float = 0.5
     max_rotation_deg: float = 10.0           # per axis, ~U(-max, max)
     # residual misalignment: the baseline only. Real registrations of the two development
-    # pairs have mean errors of 0.32 mm and 1.06 mm (README, "Results on real scans").
+    # pairs have mean errors of 0.32 mm and 1.06 mm (docs/real-data.md).
     misalignment_probability: float = 1.0
     misalignment_translation_mm: float = 1.0   # per axis, ~U(-max, max)
     misalignment_rotation_deg: float = 1.0     # per axis, ~U(-max, max)

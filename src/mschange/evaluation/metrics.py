@@ -2,7 +2,7 @@
 
 The papers this pipeline is compared with report three incompatible sets of numbers,
 so all three are computed, each exactly as its source defines it (specification:
-``shared/specs/metrics.md``):
+``docs/metrics.md``):
 
 * **MSSEG-2** (animaSegPerfAnalyzer): 6-connected lesions, those of 3 mm^3 or less
   dropped, the alpha/beta/gamma detection rule on the overlap table, lesion

@@ -20,7 +20,7 @@ from mschange.io import atomic_path
 
 PathLike = str | os.PathLike[str]
 
-# Column -> short label, for the three metric families (../shared/specs/metrics.md).
+# Column -> short label, for the three metric families (docs/metrics.md).
 MSSEG_METRICS = {"msseg_dice": "Dice", "msseg_f1": "lesion F1",
                  "msseg_sensitivity": "lesion sensitivity", "msseg_ppv": "lesion PPV",
                  "msseg_fp_count": "FP lesions (no-change pairs)",
