@@ -61,7 +61,8 @@ bench: install
 gpu-check: install
 	bash benchmarks/gpu_check.sh --out results/gpu_check
 
-# The shipped detector (src/mschange/models/flair-lesions-v1/, docs/pretrained.md), reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
+# The shipped detector (src/mschange/models/flair-lesions-v1/, docs/pretrained.md),
+# reproduced from ../shared/data in $(PRETRAINED_RUN): preprocessing of the 20
 # real pairs, lesion painting, training with validation (about 2.5 h on 2 CPU cores),
 # then copied into the package with its inference settings and data fingerprints.
 DATA ?= ../shared/data
