@@ -22,56 +22,44 @@ from typing import Any
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "open_ms_data"
 
 
-def _run(queue: Any, step: str, kwargs: dict[str, Any]) -> None:
-    from mschange.preprocessing import steps
-
+def _run(queue: Any, call: Any) -> None:
     started = time.perf_counter()
-    getattr(steps, step)(**kwargs)
+    call.run()
     seconds = time.perf_counter() - started
     queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))
 
 
-def run_step(step: str, **kwargs: Any) -> tuple[float, float]:
+def run_call(call: Any) -> tuple[float, float]:
+    """One step call in a fresh process, as a Snakemake job runs it: (seconds, peak MB)."""
     context = mp.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_run, args=(queue, step, kwargs))
+    process = context.Process(target=_run, args=(queue, call))
     process.start()
     result = queue.get()
     process.join()
     if process.exitcode != 0:
-        raise RuntimeError(f"{step} failed")
+        raise RuntimeError(f"{call.label} failed")
     return result
 
 
 def preprocess_once(pair_dir: Path, work: Path, threads: int, registration_threads: int
                     ) -> dict[str, tuple[float, float]]:
-    s = "bench"
-    p = {name: str(work / f"{name}.nii.gz") for name in [
-        "bl_res", "fu_res", "bl_brain", "bl_mask", "fu_brain", "fu_mask", "bl_moved",
-        "bl_moved_mask", "bl_n4", "fu_n4", "bl_norm", "fu_norm"]}
-    xfm = str(work / "xfm.mat")
+    """Every step of the pipeline's plan for the pair (the workflow's own steps, in order,
+    with the default preprocessing settings); per step, the summed time and peak memory
+    over its time points."""
+    from mschange.config import section_defaults
+    from mschange.preprocessing.pipeline import plan_pair
+
+    plan = plan_pair({"baseline": pair_dir / "study1_FLAIR.nii.gz",
+                      "followup": pair_dir / "study2_FLAIR.nii.gz"}, subject="bench",
+                     settings=section_defaults("preprocessing", resolution_mm=1.0),
+                     folder=str(work), threads=threads,
+                     registration_threads=registration_threads)
     record: dict[str, tuple[float, float]] = {}
-
-    def add(name: str, result: tuple[float, float]) -> None:
-        seconds, mem = record.get(name, (0.0, 0.0))
-        record[name] = (seconds + result[0], max(mem, result[1]))
-
-    for tp, scan in (("bl", "study1_FLAIR.nii.gz"), ("fu", "study2_FLAIR.nii.gz")):
-        add("resample_isotropic", run_step("resample_step", scan=pair_dir / scan,
-                                           output=p[f"{tp}_res"], subject=s, resolution_mm=1.0))
-        add("skullstrip_hdbet", run_step("skullstrip_step", scan=p[f"{tp}_res"],
-                                         brain_output=p[f"{tp}_brain"],
-                                         mask_output=p[f"{tp}_mask"], subject=s,
-                                         threads=threads))
-    add("register_baseline_to_followup", run_step(
-        "register_step", followup_brain=p["fu_brain"], baseline_brain=p["bl_brain"],
-        baseline_mask=p["bl_mask"], transform_output=xfm, moved_brain_output=p["bl_moved"],
-        moved_mask_output=p["bl_moved_mask"], subject=s, threads=registration_threads))
-    for tp, brain, mask in (("bl", "bl_moved", "bl_moved_mask"), ("fu", "fu_brain", "fu_mask")):
-        add("correct_bias_n4", run_step("n4_step", brain=p[brain], mask=p[mask],
-                                        output=p[f"{tp}_n4"], subject=s, threads=threads))
-        add("normalize_intensity", run_step("normalize_step", brain=p[f"{tp}_n4"],
-                                            mask=p[mask], output=p[f"{tp}_norm"], subject=s))
+    for call in plan:
+        seconds, memory = run_call(call)
+        total, peak = record.get(call.step.rule, (0.0, 0.0))
+        record[call.step.rule] = (total + seconds, max(peak, memory))
     return record
 
 

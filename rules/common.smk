@@ -25,6 +25,8 @@ from mschange.config import (
 from mschange.demo_cohort import demo_cohort_rows
 from mschange.detection.outputs import prediction_paths
 from mschange.evaluation.outputs import REPORT_FIGURES, REPORT_TABLES, evaluation_paths
+from mschange import layout
+from mschange.preprocessing.pipeline import STEP_RULES
 from mschange.pretrained import SHIPPED_FILES, preprocessing_differences, resolve_model
 from mschange.subject_id import SUBJECT_ID_WILDCARD
 
@@ -41,7 +43,11 @@ SUBJECT_PATTERN = SUBJECT_ID_WILDCARD  # mschange.subject_id: one rule for subje
 # Check each subject's images in its own job (rules/status.smk) rather than all before
 # the run, so that one broken image fails only its subject under --keep-going.
 PER_SUBJECT_CHECKS = config["cohort"]["check_inputs"] == "per_subject"
-TIMEPOINTS = ["baseline", "followup"]
+TIMEPOINTS = list(layout.TIMEPOINTS)
+# Every preprocessed file of a time point, and the pair every later stage reads, as
+# wildcard patterns (mschange.layout names them for the rules and the package alike).
+PREPROC_FILES = layout.timepoint_files()
+PREPROCESSED_PAIR = layout.preprocessed_pair()
 DEMO_DIR = "results/demo"
 
 
@@ -158,24 +164,12 @@ def gpu_count():
 
 def preprocessed_pairs():
     """Final preprocessed images of every pair (both time points on the follow-up grid)."""
-    return expand(
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
-        subject=SUBJECTS,
-        tp=TIMEPOINTS,
-    )
+    return expand(PREPROC_FILES["preproc"], subject=SUBJECTS, tp=TIMEPOINTS)
 
 
 def brain_on_followup_grid(wildcards):
     """Skull-stripped image and mask of a time point, on the follow-up's 1 mm grid."""
-    if wildcards.tp == "followup":
-        return {
-            "brain": "results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_FLAIR.nii.gz",
-            "mask": "results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
-        }
-    return {
-        "brain": "results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_FLAIR.nii.gz",
-        "mask": "results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-    }
+    return layout.brain_on_followup_grid(wildcards.tp)
 
 
 def demo_sheet():
@@ -228,23 +222,16 @@ def nochange_scans():
             "the VAE and SuperMix need no-change training pairs (change: no, split: train), "
             "and the cohort has none"
         )
-    return expand(
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
-        subject=NOCHANGE_SUBJECTS,
-        tp=TIMEPOINTS,
-    )
+    return expand(PREPROC_FILES["preproc"], subject=NOCHANGE_SUBJECTS, tp=TIMEPOINTS)
 
 
 def nochange_masks():
     """Brain masks matching :func:`nochange_scans`, in the same order."""
-    masks = []
-    for subject in NOCHANGE_SUBJECTS:
-        folder = f"results/preproc/sub-{subject}"
-        masks += [
-            f"{folder}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-            f"{folder}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
-        ]
-    return masks
+    return [
+        layout.preprocessed_pair(subject)[f"{tp}_mask"]
+        for subject in NOCHANGE_SUBJECTS
+        for tp in TIMEPOINTS
+    ]
 
 
 def synthesis_targets():
@@ -305,19 +292,11 @@ LESION_PAINT_SETTINGS = {
 }
 
 
-# A subject's preprocessed files start with this (rules/preprocess.smk).
-PREPROC = "results/preproc/sub-{subject}/sub-{subject}"
-
-
 def preprocessed_pair_of(subject):
     """A subject's preprocessed pair and brain masks (follow-up grid), and its raw
     follow-up, whose slice thickness painted lesions take."""
-    folder = PREPROC.format(subject=subject)
     return {
-        "baseline": f"{folder}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        "followup": f"{folder}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        "baseline_mask": f"{folder}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        "followup_mask": f"{folder}_tp-followup_desc-brain_mask.nii.gz",
+        **layout.preprocessed_pair(subject),
         "raw_followup": COHORT_ROWS[subject]["followup"],
     }
 
@@ -859,18 +838,11 @@ def status_plan():
     plan = []
     if PER_SUBJECT_CHECKS:
         plan.append({"stage": "inputs checked", "rules": [rule_plan("check_inputs")]})
-    preprocessing = [
-        "resample_isotropic",
-        "skullstrip_hdbet",
-        "register_baseline_to_followup",
-        "correct_bias_n4",
-        "normalize_intensity",
-    ]
     plan.append(
         {
             "stage": "preprocessed",
             "rules": [rule_plan("simulate_rescan", "single")]
-            + [rule_plan(name) for name in preprocessing],
+            + [rule_plan(name) for name in STEP_RULES],
         }
     )
     plan.append({"stage": "quality control", "rules": [rule_plan("qc_pair")]})

@@ -21,7 +21,7 @@ rule list_training_samples:
 rule annotated_change_mask:
     input:
         label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"],
-        followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
+        followup=PREPROCESSED_PAIR["followup"],
     output:
         ANNOTATED_LABEL,
     log:
@@ -145,10 +145,7 @@ rule train_detector:
 
 rule predict_pair:
     input:
-        baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+        **PREPROCESSED_PAIR,
         native_followup=lambda wildcards: COHORT_ROWS[wildcards.subject]["followup"],
         model=f"{DETECTOR_DIR}/model.pt",
     output:

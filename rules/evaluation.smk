@@ -5,10 +5,7 @@
 
 rule subtraction_baseline:
     input:
-        baseline=f"{PREPROC}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline_mask=f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        followup_mask=f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz",
+        **PREPROCESSED_PAIR,
     output:
         zmap="results/baseline/sub-{subject}/sub-{subject}_space-followup_desc-subtraction_zmap.nii.gz",
         record="results/baseline/sub-{subject}/sub-{subject}_desc-subtraction.json",
@@ -30,11 +27,8 @@ rule subtraction_baseline:
 
 rule evaluate_pair:
     input:
+        **PREPROCESSED_PAIR,
         score=change_score,
-        baseline=f"{PREPROC}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup=f"{PREPROC}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline_mask=f"{PREPROC}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-        followup_mask=f"{PREPROC}_tp-followup_desc-brain_mask.nii.gz",
         native_followup=lambda wildcards: COHORT_ROWS[wildcards.subject]["followup"],
         label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"] or [],
     output:

@@ -8,7 +8,7 @@ rule resample_isotropic:
         **CHECKED_INPUTS,
         scan=raw_scan,
     output:
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-resampled_FLAIR.nii.gz",
+        PREPROC_FILES["resampled"],
     log:
         "results/logs/resample_isotropic/sub-{subject}_tp-{tp}.log",
     benchmark:
@@ -30,10 +30,10 @@ rule resample_isotropic:
 
 rule skullstrip_hdbet:
     input:
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-resampled_FLAIR.nii.gz",
+        rules.resample_isotropic.output[0],
     output:
-        brain="results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-brain_FLAIR.nii.gz",
-        mask="results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_desc-brain_mask.nii.gz",
+        brain=PREPROC_FILES["brain"],
+        mask=PREPROC_FILES["brain_mask"],
     log:
         "results/logs/skullstrip_hdbet/sub-{subject}_tp-{tp}.log",
     benchmark:
@@ -58,13 +58,11 @@ rule skullstrip_hdbet:
 
 rule register_baseline_to_followup:
     input:
-        followup_brain="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_FLAIR.nii.gz",
-        baseline_brain="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_desc-brain_FLAIR.nii.gz",
-        baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_desc-brain_mask.nii.gz",
+        followup_brain=layout.timepoint_files(tp="followup")["brain"],
+        baseline_brain=layout.timepoint_files(tp="baseline")["brain"],
+        baseline_mask=layout.timepoint_files(tp="baseline")["brain_mask"],
     output:
-        transform="results/preproc/sub-{subject}/sub-{subject}_from-baseline_to-followup_mode-image_xfm.mat",
-        brain="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_FLAIR.nii.gz",
-        mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        **layout.registration_files(),
     log:
         "results/logs/register_baseline_to_followup/sub-{subject}.log",
     benchmark:
@@ -90,7 +88,7 @@ rule correct_bias_n4:
     input:
         unpack(brain_on_followup_grid),
     output:
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-n4_FLAIR.nii.gz",
+        PREPROC_FILES["n4"],
     log:
         "results/logs/correct_bias_n4/sub-{subject}_tp-{tp}.log",
     benchmark:
@@ -113,10 +111,10 @@ rule correct_bias_n4:
 
 rule normalize_intensity:
     input:
-        image="results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-n4_FLAIR.nii.gz",
+        image=rules.correct_bias_n4.output[0],
         mask=lambda wildcards: brain_on_followup_grid(wildcards)["mask"],
     output:
-        "results/preproc/sub-{subject}/sub-{subject}_tp-{tp}_space-followup_desc-preproc_FLAIR.nii.gz",
+        PREPROC_FILES["preproc"],
     log:
         "results/logs/normalize_intensity/sub-{subject}_tp-{tp}.log",
     benchmark:

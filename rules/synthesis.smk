@@ -96,10 +96,7 @@ if SAMPLES:
 
     rule supermix_subject:
         input:
-            baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-            followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-            baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-            followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
+            **PREPROCESSED_PAIR,
             model=f"results/vae/encoder-{MAIN_ENCODER}/vae.pt",
         output:
             synthesised=expand(

@@ -27,12 +27,9 @@ requires_open_ms_data = pytest.mark.skipif(
 def default_preprocessing(resolution_mm: float = 1.0) -> dict:
     """The preprocessing section a model file stores: the schema's defaults, complete
     (a model file must say exactly how its training data was prepared)."""
-    from mschange.config import validate_config
+    from mschange.config import section_defaults
 
-    preprocessing: dict = validate_config({"seed": 1, "cohort": {"source": "demo"},
-                                           "preprocessing": {"resolution_mm": resolution_mm},
-                                           "qc": {}})["preprocessing"]
-    return preprocessing
+    return section_defaults("preprocessing", resolution_mm=resolution_mm)
 
 
 def oblique_affine(spacing: tuple[float, float, float], angle_deg: float = 10.0,

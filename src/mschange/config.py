@@ -38,6 +38,15 @@ def schema_default(*keys: str) -> Any:
     return copy.deepcopy(setting_schema(*keys)["default"])
 
 
+def section_defaults(*keys: str, **values: Any) -> dict[str, Any]:
+    """A config section as the schema fills it, with ``values`` set on top, e.g.
+    ``section_defaults("preprocessing", resolution_mm=1.0)``: the settings a run of the
+    defaults uses, for code outside the workflow (benchmarks, tests)."""
+    section = copy.deepcopy(values)
+    _fill_defaults(section, setting_schema(*keys))
+    return section
+
+
 def check_setting(value: Any, *keys: str) -> str | None:
     """What is wrong with ``value`` for the setting ``keys`` (None: nothing), by the
     config schema's rule, so that options given outside a config file (``mschange
