@@ -19,6 +19,9 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/helpers/evaluation.smk"
+include: "rules/helpers/validation.smk"
+include: "rules/helpers/status.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/qc.smk"

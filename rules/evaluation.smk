@@ -1,6 +1,6 @@
 # Evaluation (docs/metrics.md) and the report: every method (each trained
 # model and the subtraction baseline) at every minimum blob size, on every test pair
-# with a ground truth. Helpers: rules/common.smk.
+# with a ground truth. Helpers: rules/helpers/evaluation.smk, rules/common.smk.
 
 
 rule subtraction_baseline:

@@ -1,6 +1,6 @@
 # Which pairs finished: the per-subject input check (cohort.check_inputs: per_subject)
 # and the cohort status table, written after every run that did something, whether it
-# succeeded or not (results/status/cohort_status.tsv). Helpers: rules/common.smk.
+# succeeded or not (results/status/cohort_status.tsv). Helpers: rules/helpers/status.smk, rules/common.smk.
 
 
 rule check_inputs:

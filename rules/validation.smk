@@ -1,6 +1,6 @@
 # The validation set: lesion-based changes painted with fixed seeds into the held-out
 # scans (split: validation), plus their no-change pairs; every method scored on it with
-# the evaluation code. Helpers: rules/common.smk, rules/lesions.smk.
+# the evaluation code. Helpers: rules/helpers/validation.smk, rules/common.smk, rules/lesions.smk.
 
 
 if VALIDATION_SUBJECTS and VALIDATION_SAMPLES:
