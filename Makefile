@@ -40,8 +40,11 @@ lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules
 
+# The unit tests first, stopping at the first failure (a broken unit fails in seconds),
+# then the slow ones (HD-BET, ANTs on real data, Snakemake runs).
 test: lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra -m "not slow" --maxfail=1
+	$(BIN)/pytest -ra -m slow
 
 # Unit tests only (seconds): no HD-BET, ANTs-on-real-data or Snakemake runs.
 test-fast: install
