@@ -328,21 +328,13 @@ def training_precision(module: ModuleType, bf16: bool) -> Iterator[None]:
                            "precision of this measurement is unknown")
 
 
-def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def paper_config(repo: Path = REPO) -> dict[str, Any]:
     """config.yaml with presets/paper.yaml on top, as Snakemake merges ``--configfile``
     (read without the schema check, whose jsonschema a bare GPU machine lacks)."""
+    from mschange.config import merge_config
+
     config = yaml.safe_load((repo / "config.yaml").read_text())
-    return deep_merge(config, yaml.safe_load((repo / "presets" / "paper.yaml").read_text()))
+    return merge_config(config, yaml.safe_load((repo / "presets" / "paper.yaml").read_text()))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:

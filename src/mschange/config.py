@@ -1,4 +1,8 @@
-"""Validation of the workflow configuration against its schema, before any job starts."""
+"""Validation of the workflow configuration against its schema, before any job starts.
+
+``jsonschema`` is imported where it is used: the merging and defaults here also serve
+scripts on machines without it (benchmarks/gpu_check.py on a bare GPU machine).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import copy
 import math
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 class ConfigError(ValueError):
@@ -52,6 +58,8 @@ def check_setting(value: Any, *keys: str) -> str | None:
     config schema's rule, so that options given outside a config file (``mschange
     predict``'s) follow the workflow's rules. NaN and infinities are refused (JSON Schema
     lets NaN through every bound)."""
+    import jsonschema
+
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} is not a finite number"
     error = jsonschema.exceptions.best_match(
@@ -86,6 +94,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 
     Every problem is reported at once, one line each.
     """
+    import jsonschema
+
     schema = load_schema("config")
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -174,6 +184,8 @@ def _experiment_problems(config: dict[str, Any]) -> list[str]:
     if main in experiments["compare"]:
         problems.append(f"experiments.compare lists {main!r}, which is detector.name "
                         "(the main model is always trained)")
+    import jsonschema
+
     schema = load_schema("config")["properties"]["detector"]
     validator = jsonschema.Draft202012Validator(schema)
     for name in experiments["compare"]:

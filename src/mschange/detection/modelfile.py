@@ -11,18 +11,14 @@ from __future__ import annotations
 import copy
 import math
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import torch
 
-from mschange import __version__
 from mschange.config import load_schema
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
-from mschange.io import atomic_path
+from mschange.model_files import ModelFileError, read_model_payload, save_model_file
 
 MODEL_KIND = "mschange-change-detector"
 
@@ -30,25 +26,8 @@ MODEL_KIND = "mschange-change-detector"
 def save_detector(model: ChangeDetector, path: str | os.PathLike[str], *,
                   training: dict[str, Any], metadata: dict[str, Any]) -> Path:
     """Write the model file atomically. ``metadata``: at least ``preprocessing``."""
-    payload = {
-        "kind": MODEL_KIND,
-        "package_version": __version__,
-        "architecture": model.architecture.as_dict(),
-        "training": training,
-        **metadata,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used; the message names the file and every problem."""
-
-    def __init__(self, path: str | os.PathLike[str], problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__(f"model file {str(path)!r}: " + "; ".join(problems))
+    return save_model_file(model, path, MODEL_KIND, {
+        "architecture": model.architecture.as_dict(), "training": training, **metadata})
 
 
 # Settings a model file may lack: they change speed, not what the network sees
@@ -70,6 +49,10 @@ def _all_required(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[st
 
 
 def _schema_problems(value: Any, schema: dict[str, Any], where: str) -> list[str]:
+    try:
+        import jsonschema
+    except ImportError:   # only outside an install (benchmarks/gpu_check.py on a bare GPU
+        return []         # machine): the package's own dependencies include it
     problems = []
     for error in jsonschema.Draft202012Validator(schema).iter_errors(value):
         at = ".".join([where, *map(str, error.absolute_path)])
@@ -118,39 +101,10 @@ def check_payload(payload: Any) -> list[str]:
     return problems
 
 
-def _read_payload(path: Path) -> Any:
-    """The file's contents (tensors and plain values only), or :class:`ModelFileError`
-    saying in the user's terms why not (never torch's advice to load unsafely)."""
-    if not path.exists():
-        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
-    if path.is_dir():
-        inside = " (the model file inside it is model.pt)" if (path / "model.pt").is_file() \
-            else ""
-        raise ModelFileError(path, [f"this is a folder, not a model file{inside}"])
-    if path.stat().st_size == 0:
-        raise ModelFileError(path, ["the file is empty"])
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(path, ["not a PyTorch model file (those are zip archives; this "
-                                    "one is not: another format, or cut short)"])
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "GLOBAL" in str(error):   # torch's safe unpickler met a class or function
-            raise ModelFileError(path, [
-                "it holds Python objects other than tensors and plain values; mschange "
-                "refuses to load it, because loading such a file can run code it contains"]
-            ) from None
-        raise ModelFileError(path, ["the file is damaged (its contents cannot be "
-                                    "decoded)"]) from None
-    except Exception as error:   # a damaged archive: torch raises several types
-        raise ModelFileError(path, [f"the file is damaged or cut short "
-                                    f"({type(error).__name__})"]) from None
-
-
 def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A model file's contents, checked whole (:func:`check_payload`); a problem is a
     :class:`ModelFileError` listing each one."""
-    payload = _read_payload(Path(path))
+    payload = read_model_payload(path)
     problems = check_payload(payload)
     if problems:
         raise ModelFileError(path, problems)
