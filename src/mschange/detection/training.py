@@ -26,36 +26,24 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 
-from mschange.checkpoints import (
-    CheckpointFolder,
-    TrainingInterrupted,
-    fingerprint_of_files,
-    random_states,
-    restore_random_states,
-    stop_on_signals,
-)
 from mschange.detection.augment import AugmentationSettings, augment_patch
 from mschange.detection.loss import LossSettings, detector_loss
 from mschange.detection.modelfile import load_detector, save_detector
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.imagespace import to_ras_axes
-from mschange.io import atomic_path
-from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
+from mschange.scancache import DiskArray, ScanCache
 from mschange.tiling import round_up
 from mschange.torchrun import autocast
+from mschange.training_loop import Panel, ResumableTraining
 
 log = logging.getLogger(__name__)
 
@@ -232,39 +220,152 @@ class PairSampler:
         return baseline, followup, label
 
 
-def _write_training_log(rows: list[dict[str, Any]], log_tsv: str | os.PathLike[str],
-                        curve_png: str | os.PathLike[str], title: str,
-                        selected_iteration: int | None = None) -> None:
-    table = pd.DataFrame(rows, columns=LOG_COLUMNS + VALIDATION_COLUMNS)
-    validated = table.dropna(subset=["val_f1"])
-    with atomic_path(log_tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
-    panels = 2 if len(validated) else 1
-    figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.5), dpi=100, squeeze=False)
-    axis = axes[0, 0]
-    axis.plot(table["iteration"], table["loss"], marker="o", label="total")
-    axis.plot(table["iteration"], table["loss_final"], marker=".", label="final map")
-    axis.set_xlabel("iteration")
-    axis.set_ylabel("loss (mean per iteration)")
-    axis.set_title(title)
-    axis.legend()
-    if len(validated):
-        axis = axes[0, 1]
-        for column, name in (("val_f1", "lesion F1 (To)"), ("val_ltpr", "LTPR"),
-                             ("val_ppv", "PPV")):
-            axis.plot(validated["iteration"], validated[column], marker="o", label=name)
-        if selected_iteration is not None:
-            axis.axvline(selected_iteration, color="grey", linestyle="--",
-                         label=f"kept: iteration {selected_iteration}")
-        axis.set_xlabel("iteration")
-        axis.set_ylabel("validation set (pooled, best threshold)")
-        axis.set_ylim(0, 1)
-        axis.set_title("validation")
-        axis.legend(fontsize="small")
-    figure.tight_layout()
-    with atomic_path(curve_png) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
+class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetector]):
+    """The detector's hooks to :class:`~mschange.training_loop.ResumableTraining`: its
+    samples, its learning-rate decay, validation and the best weights kept."""
+
+    name = "detector"
+    unit = "pairs"
+    columns = LOG_COLUMNS + VALIDATION_COLUMNS
+    logger = log
+    second_curve = ("loss_final", "final map")
+    na_rep = "NaN"
+
+    def __init__(self, samples: Sequence[TrainingSample], settings: DetectorTrainingSettings,
+                 *, model_path: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
+                 curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
+                 device: torch.device, metadata: dict[str, Any] | None = None,
+                 on_step: Callable[[int, float], None] | None = None,
+                 validate: Validator | None = None,
+                 last_model_path: str | os.PathLike[str] | None = None,
+                 initial_model: str | os.PathLike[str] | None = None) -> None:
+        files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
+        if initial_model is not None:
+            files.append(str(initial_model))
+        super().__init__(settings, inputs=files, checkpoint_dir=checkpoint_dir,
+                         log_tsv=log_tsv, curve_png=curve_png, device=device, on_step=on_step)
+        self.samples = list(samples)
+        self.model_path, self.last_model_path = model_path, last_model_path
+        self.metadata = metadata or {}
+        self.validate = validate
+        self.initial_model = initial_model
+        self.best: dict[str, Any] = {}   # the best validated iteration's row and weights
+        self.learning_rate = settings.learning_rate
+
+    def build_model(self) -> ChangeDetector:
+        model = ChangeDetector(self.settings.architecture).to(self.device)
+        if self.initial_model is not None:
+            start, _ = load_detector(self.initial_model)
+            if start.architecture != self.settings.architecture:
+                raise ValueError(f"{self.initial_model}: its architecture {start.architecture} "
+                                 f"is not the one to train, {self.settings.architecture}")
+            model.load_state_dict(start.state_dict())
+        return model
+
+    @property
+    def samples_per_iteration(self) -> int:
+        return self.settings.pairs_per_iteration
+
+    def load_data(self, cache: ScanCache) -> None:
+        started_loading = time.perf_counter()
+        loaded = [cached_sample(s, cache) for s in self.samples]
+        cache.prune()
+        self.sampler = PairSampler(loaded, self.settings, self.rng)
+        log.info("%d training samples ready in %.0f s (%d decoded now, %.1f GB in %s); "
+                 "training on %s voxels per pair", len(loaded),
+                 time.perf_counter() - started_loading, cache.built, cache.size_bytes() / 1e9,
+                 cache.folder, list(self.sampler.shape))
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        self.learning_rate = self.settings.learning_rate_at(step - 1)
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.learning_rate
+        baseline, followup, label = (t.to(self.device) for t in self.sampler.batch())
+        with autocast(self.device):
+            logits = self.model(baseline, followup)
+        loss, parts = detector_loss(logits, label, self.settings.loss, self.model)
+        return loss, {"loss_final": parts["final"]}
+
+    def iteration_values(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate}
+
+    def end_of_iteration(self, row: dict[str, Any]) -> None:
+        settings = self.settings
+        log.info("iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
+                 row["iteration"], settings.iterations, row["loss"], row["loss_final"],
+                 row["learning_rate"], row["pairs_per_second"])
+        if settings.validate_every and (row["iteration"] % settings.validate_every == 0
+                                        or row["step"] == settings.total_steps):
+            self._validate(row)
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        assert self.validate is not None
+        started = time.perf_counter()
+        self.model.eval()
+        row.update(self.validate(self.model, self.device))
+        self.model.train()
+        log.info("iteration %d: validation lesion F1 %.3f (LTPR %.2f, PPV %.2f at kappa %g, "
+                 "%.1f detections per no-change pair), %.0f s", row["iteration"],
+                 row["val_f1"], row["val_ltpr"], row["val_ppv"], row["val_kappa"],
+                 row["val_fp_nochange"], time.perf_counter() - started)
+        if not self.best or row["val_f1"] > self.best["row"]["val_f1"]:
+            self.best["row"] = dict(row)
+            self.best["state"] = {k: v.detach().cpu().clone()
+                                  for k, v in self.model.state_dict().items()}
+
+    def state(self) -> dict[str, Any]:
+        best = self.best
+        return {"sampler_order": json.dumps(self.sampler.order),
+                **({"best_model": best["state"], "best_row": json.dumps(best["row"])}
+                   if best else {})}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.sampler.order = json.loads(saved["sampler_order"])
+        if "best_model" in saved:
+            self.best = {"row": json.loads(saved["best_row"]), "state": saved["best_model"]}
+
+    def summary_values(self) -> dict[str, Any]:
+        best = self.best
+        return {"training_samples": [s.followup for s in self.samples],
+                "initial_model": None if self.initial_model is None else str(self.initial_model),
+                # The kept weights: the best validated iteration, else the last.
+                "selected": ({"by": "validation", **best["row"]} if best
+                             else {"by": "last", "iteration": self.settings.iterations})}
+
+    def curve_title(self) -> str:
+        return "change detector"
+
+    def more_curves(self, table: pd.DataFrame) -> Panel | None:
+        validated = table.dropna(subset=["val_f1"])
+        if not len(validated):
+            return None
+        selected = self.best["row"]["iteration"] if self.best else None
+
+        def panel(axis: Axes) -> None:
+            for column, name in (("val_f1", "lesion F1 (To)"), ("val_ltpr", "LTPR"),
+                                 ("val_ppv", "PPV")):
+                axis.plot(validated["iteration"], validated[column], marker="o", label=name)
+            if selected is not None:
+                axis.axvline(selected, color="grey", linestyle="--",
+                             label=f"kept: iteration {selected}")
+            axis.set_xlabel("iteration")
+            axis.set_ylabel("validation set (pooled, best threshold)")
+            axis.set_ylim(0, 1)
+            axis.set_title("validation")
+            axis.legend(fontsize="small")
+        return panel
+
+    def save_models(self, summary: dict[str, Any]) -> None:
+        training = json.loads(json.dumps(summary))
+        if self.last_model_path is not None:
+            save_detector(self.model, self.last_model_path, training={**training, "selected": {
+                "by": "last", "iteration": self.settings.iterations}}, metadata=self.metadata)
+        if self.best:
+            self.model.load_state_dict(self.best["state"])
+            log.info("kept the weights of iteration %d (validation lesion F1 %.3f at kappa %g)",
+                     self.best["row"]["iteration"], self.best["row"]["val_f1"],
+                     self.best["row"]["val_kappa"])
+        save_detector(self.model, self.model_path, training=training, metadata=self.metadata)
 
 
 def train_detector(samples: Sequence[TrainingSample], settings: DetectorTrainingSettings, *,
@@ -288,143 +389,7 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     """
     if settings.validate_every and validate is None:
         raise ValueError("validate_every is set but no validation set was given")
-    files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
-    if initial_model is not None:
-        files.append(str(initial_model))
-    checkpoints = CheckpointFolder(checkpoint_dir, {"settings": settings.as_dict(),
-                                                    "inputs": fingerprint_of_files(files)})
-    saved = checkpoints.load()
-
-    torch.manual_seed(settings.seed)  # before building: the initial weights come from it
-    model = ChangeDetector(settings.architecture).to(device)
-    if initial_model is not None:
-        start, _ = load_detector(initial_model)
-        if start.architecture != settings.architecture:
-            raise ValueError(f"{initial_model}: its architecture {start.architecture} is not "
-                             f"the one to train, {settings.architecture}")
-        model.load_state_dict(start.state_dict())
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    rng = np.random.default_rng(settings.seed)
-    rows: list[dict[str, Any]] = []
-    start_step, elapsed_before = 0, 0.0
-    best: dict[str, Any] = {}   # the best validated iteration's row and weights
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        restore_random_states(saved, rng, device)
-        rows = json.loads(saved["rows"])
-        if "best_model" in saved:
-            best = {"row": json.loads(saved["best_row"]), "state": saved["best_model"]}
-        start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
-        log.info("resuming detector training from the checkpoint at step %d of %d (%s)",
-                 start_step, settings.total_steps, checkpoints.state_path)
-    else:
-        log.info("training the detector from scratch: %d steps (%d iterations x %d pairs, "
-                 "batch %d) on %s", settings.total_steps, settings.iterations,
-                 settings.pairs_per_iteration, settings.batch_size, device)
-
-    started_loading = time.perf_counter()
-    cache = ScanCache(Path(checkpoint_dir) / CACHE_FOLDER)
-    loaded = [cached_sample(s, cache) for s in samples]
-    cache.prune()
-    sampler = PairSampler(loaded, settings, rng)
-    if saved is not None:
-        sampler.order = json.loads(saved["sampler_order"])
-    log.info("%d training samples ready in %.0f s (%d decoded now, %.1f GB in %s); training "
-             "on %s voxels per pair", len(loaded), time.perf_counter() - started_loading,
-             cache.built, cache.size_bytes() / 1e9, cache.folder, list(sampler.shape))
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        checkpoints.save({
-            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-            "elapsed_s": elapsed, "rows": json.dumps(rows),
-            "sampler_order": json.dumps(sampler.order), **random_states(rng, device),
-            **({"best_model": best["state"], "best_row": json.dumps(best["row"])}
-               if best else {})})
-
-    def validate_now(row: dict[str, Any]) -> None:
-        assert validate is not None
-        started = time.perf_counter()
-        model.eval()
-        row.update(validate(model, device))
-        model.train()
-        log.info("iteration %d: validation lesion F1 %.3f (LTPR %.2f, PPV %.2f at kappa %g, "
-                 "%.1f detections per no-change pair), %.0f s", row["iteration"],
-                 row["val_f1"], row["val_ltpr"], row["val_ppv"], row["val_kappa"],
-                 row["val_fp_nochange"], time.perf_counter() - started)
-        if not best or row["val_f1"] > best["row"]["val_f1"]:
-            best["row"] = dict(row)
-            best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-    model.train()
-    run_started = iteration_started = time.perf_counter()
-    sums = {"loss": 0.0, "final": 0.0, "pairs": 0}
-    step = start_step
-    with stop_on_signals() as stop:
-        for step in range(start_step + 1, settings.total_steps + 1):
-            learning_rate = settings.learning_rate_at(step - 1)
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate
-            baseline, followup, label = (t.to(device) for t in sampler.batch())
-            with autocast(device):
-                logits = model(baseline, followup)
-            loss, parts = detector_loss(logits, label, settings.loss, model)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            value = float(loss.detach())
-            sums["loss"] += value * settings.batch_size
-            sums["final"] += parts["final"] * settings.batch_size
-            sums["pairs"] += settings.batch_size
-            if on_step is not None:
-                on_step(step, value)
-            elapsed = elapsed_before + time.perf_counter() - run_started
-            at_boundary = step % settings.steps_per_iteration == 0
-            if at_boundary:
-                pairs = int(sums["pairs"])
-                rows.append({"iteration": step // settings.steps_per_iteration, "step": step,
-                             "pairs": pairs, "loss": sums["loss"] / pairs,
-                             "loss_final": sums["final"] / pairs,
-                             "learning_rate": learning_rate,
-                             "pairs_per_second": pairs / (time.perf_counter()
-                                                          - iteration_started),
-                             "elapsed_s": elapsed})
-                log.info("iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
-                         rows[-1]["iteration"], settings.iterations, rows[-1]["loss"],
-                         rows[-1]["loss_final"], learning_rate, rows[-1]["pairs_per_second"])
-                iteration = rows[-1]["iteration"]
-                if settings.validate_every and (iteration % settings.validate_every == 0
-                                                or step == settings.total_steps):
-                    validate_now(rows[-1])
-                sums = {"loss": 0.0, "final": 0.0, "pairs": 0}
-                iteration_started = time.perf_counter()
-            if stop or (at_boundary and step < settings.total_steps) or \
-                    step % settings.checkpoint_every == 0:
-                checkpoint(step, elapsed)
-            if stop:
-                raise TrainingInterrupted(
-                    f"stopped by signal {stop.signal_number} at step {step}; the checkpoint "
-                    f"in {checkpoint_dir} resumes it on the next run")
-
-    elapsed = elapsed_before + time.perf_counter() - run_started
-    summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
-               "resumed_from_step": start_step, "steps_this_run": step - start_step,
-               "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
-               "device": str(device), "training_samples": [s.followup for s in samples],
-               "initial_model": None if initial_model is None else str(initial_model),
-               # The kept weights: the best validated iteration, else the last.
-               "selected": ({"by": "validation", **best["row"]} if best
-                            else {"by": "last", "iteration": settings.iterations})}
-    _write_training_log(rows, log_tsv, curve_png, title="change detector",
-                        selected_iteration=best["row"]["iteration"] if best else None)
-    training = json.loads(json.dumps(summary))
-    if last_model_path is not None:
-        save_detector(model, last_model_path, training={**training, "selected": {
-            "by": "last", "iteration": settings.iterations}}, metadata=metadata or {})
-    if best:
-        model.load_state_dict(best["state"])
-        log.info("kept the weights of iteration %d (validation lesion F1 %.3f at kappa %g)",
-                 best["row"]["iteration"], best["row"]["val_f1"], best["row"]["val_kappa"])
-    save_detector(model, model_path, training=training, metadata=metadata or {})
-    checkpoints.clear()
-    return summary
+    return DetectorTraining(
+        samples, settings, model_path=model_path, log_tsv=log_tsv, curve_png=curve_png,
+        checkpoint_dir=checkpoint_dir, device=device, metadata=metadata, on_step=on_step,
+        validate=validate, last_model_path=last_model_path, initial_model=initial_model).run()

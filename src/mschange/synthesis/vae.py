@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mschange import __version__
-from mschange.io import atomic_path
+from mschange.model_files import ModelFileError, read_model_payload, save_model_file
 
 ENCODERS = ("maxpool", "strided")
 LOGVAR_LIMIT = 10.0  # keeps exp(logvar) finite early in training
@@ -127,32 +126,34 @@ def vae_loss(reconstruction: torch.Tensor, target: torch.Tensor, mu: torch.Tenso
     return l1 + kl_weight * kl, l1, kl
 
 
+VAE_KIND = "mschange-vae"
+
+
 def save_vae(model: Vae3d, path: str | os.PathLike[str], *, training: dict[str, Any]) -> Path:
     """Write weights, architecture, training settings and package version, atomically.
 
-    Only tensors and plain values go in, so :func:`load_vae` can use
-    ``torch.load(weights_only=True)`` and never unpickles code.
+    Only tensors and plain values go in (:func:`mschange.model_files.save_model_file`), so
+    :func:`load_vae` never unpickles code.
     """
     architecture = asdict(model.architecture)
     architecture["channels"] = list(model.architecture.channels)
-    payload = {
-        "kind": "mschange-vae",
-        "package_version": __version__,
-        "architecture": architecture,
-        "training": training,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
+    return save_model_file(model, path, VAE_KIND,
+                           {"architecture": architecture, "training": training})
 
 
 def load_vae(path: str | os.PathLike[str], device: torch.device | str = "cpu"
              ) -> tuple[Vae3d, dict[str, Any]]:
-    """The model (in eval mode, on ``device``) and the file's metadata."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("kind") != "mschange-vae":
-        raise ValueError(f"{path} is not an mschange VAE model file")
+    """The model (in eval mode, on ``device``) and the file's metadata.
+
+    A file that cannot be read safely or holds something else is a
+    :class:`~mschange.model_files.ModelFileError` (a ``ValueError``) saying why.
+    """
+    payload = read_model_payload(path)
+    if not isinstance(payload, dict):
+        raise ModelFileError(path, [f"holds a {type(payload).__name__}, not an mschange model"])
+    if payload.get("kind") != VAE_KIND:
+        raise ModelFileError(path, [f"not an mschange VAE model file (kind "
+                                    f"{payload.get('kind')!r})"])
     model = Vae3d(VaeArchitecture.from_dict(payload["architecture"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

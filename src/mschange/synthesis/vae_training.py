@@ -22,32 +22,18 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 
-from mschange.checkpoints import (
-    CheckpointFolder,
-    TrainingInterrupted,
-    fingerprint_of_files,
-    random_states,
-    restore_random_states,
-    stop_on_signals,
-)
 from mschange.imagespace import to_ras_axes
-from mschange.io import atomic_path
-from mschange.scancache import CACHE_FOLDER, DiskArray, ScanCache
+from mschange.scancache import DiskArray, ScanCache
 from mschange.synthesis.vae import Vae3d, VaeArchitecture, save_vae, vae_loss
 from mschange.torchrun import autocast
+from mschange.training_loop import ResumableTraining
 
 log = logging.getLogger(__name__)
 
@@ -226,24 +212,65 @@ def load_training_scans(images: Sequence[str], masks: Sequence[str]
     return volumes, brains
 
 
-def _write_loss_outputs(rows: list[dict[str, Any]], loss_tsv: str | os.PathLike[str],
-                        curve_png: str | os.PathLike[str], title: str) -> None:
-    table = pd.DataFrame(rows, columns=LOSS_COLUMNS)
-    with atomic_path(loss_tsv) as tmp:
-        table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    axis.plot(table["iteration"], table["loss"], marker="o", label="total")
-    axis.plot(table["iteration"], table["l1"], marker=".", label="L1 reconstruction")
-    axis.set_xlabel("iteration")
-    axis.set_ylabel("loss (mean per iteration)")
-    if (table["loss"] > 0).all():
-        axis.set_yscale("log")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    with atomic_path(curve_png) as tmp:
-        figure.savefig(tmp)
-    plt.close(figure)
+class VaeTraining(ResumableTraining[VaeTrainingSettings, Vae3d]):
+    """The VAE's hooks to :class:`~mschange.training_loop.ResumableTraining`: random
+    crops of the training scans and the VAE's loss."""
+
+    name = "VAE"
+    unit = "crops"
+    columns = LOSS_COLUMNS
+    logger = log
+    second_curve = ("l1", "L1 reconstruction")
+    log_scale = True
+
+    def __init__(self, images: Sequence[str], masks: Sequence[str],
+                 settings: VaeTrainingSettings, *, model_path: str | os.PathLike[str],
+                 loss_tsv: str | os.PathLike[str], curve_png: str | os.PathLike[str],
+                 checkpoint_dir: str | os.PathLike[str], device: torch.device,
+                 on_step: Callable[[int, float], None] | None = None) -> None:
+        super().__init__(settings, inputs=[*images, *masks], checkpoint_dir=checkpoint_dir,
+                         log_tsv=loss_tsv, curve_png=curve_png, device=device, on_step=on_step)
+        self.images, self.masks = images, masks
+        self.model_path = model_path
+
+    def build_model(self) -> Vae3d:
+        return Vae3d(self.settings.architecture).to(self.device)
+
+    @property
+    def samples_per_iteration(self) -> int:
+        return self.settings.crops_per_iteration
+
+    def load_data(self, cache: ScanCache) -> None:
+        started_loading = time.perf_counter()
+        self.sampler = CropSampler.from_files(self.images, self.masks, self.settings.crop_size,
+                                              self.rng, cache)
+        cache.prune()
+        log.info("%d training scans ready in %.0f s (%d decoded now, %.1f GB in %s); crops "
+                 "of %s voxels (RAS order)", len(self.sampler.sources), time.perf_counter()
+                 - started_loading, cache.built, cache.size_bytes() / 1e9, cache.folder,
+                 list(self.settings.crop_size))
+
+    def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = torch.from_numpy(self.sampler.crop_batch(self.settings.batch_size)
+                                 ).to(self.device)
+        with autocast(self.device):
+            reconstruction, mu, logvar = self.model(batch)
+        loss, l1, kl = vae_loss(reconstruction, batch, mu, logvar, self.settings.kl_weight)
+        return loss, {"l1": l1.item(), "kl": kl.item()}
+
+    def end_of_iteration(self, row: dict[str, Any]) -> None:
+        log.info("iteration %d/%d: loss %.5f (L1 %.5f, KL %.4f), %.2f crops/s",
+                 row["iteration"], self.settings.iterations, row["loss"], row["l1"],
+                 row["kl"], row["crops_per_second"])
+
+    def summary_values(self) -> dict[str, Any]:
+        return {"training_scans": [str(p) for p in self.images]}
+
+    def curve_title(self) -> str:
+        return f"VAE ({self.settings.architecture.encoder} encoder)"
+
+    def save_models(self, summary: dict[str, Any]) -> None:
+        save_vae(self.model, self.model_path, training=json.loads(json.dumps(summary)))
 
 
 def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTrainingSettings, *,
@@ -256,94 +283,6 @@ def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTraining
     ``on_step(step, loss)`` is called after each optimiser step (progress display).
     Returns a summary: steps run now, the step resumed from, final loss.
     """
-    fingerprint = {"settings": settings.as_dict(),
-                   "inputs": fingerprint_of_files([*images, *masks])}
-    checkpoints = CheckpointFolder(checkpoint_dir, fingerprint)
-    saved = checkpoints.load()
-
-    torch.manual_seed(settings.seed)  # before building: the initial weights come from it
-    model = Vae3d(settings.architecture).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-    rng = np.random.default_rng(settings.seed)
-    rows: list[dict[str, Any]] = []
-    start_step, elapsed_before = 0, 0.0
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        restore_random_states(saved, rng, device)
-        rows = json.loads(saved["rows"])
-        start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
-        log.info("resuming VAE training from the checkpoint at step %d of %d (%s)",
-                 start_step, settings.total_steps, checkpoints.state_path)
-    else:
-        log.info("training the VAE from scratch: %d steps (%d iterations x %d crops, "
-                 "batch %d) on %s", settings.total_steps, settings.iterations,
-                 settings.crops_per_iteration, settings.batch_size, device)
-
-    started_loading = time.perf_counter()
-    cache = ScanCache(Path(checkpoint_dir) / CACHE_FOLDER)
-    sampler = CropSampler.from_files(images, masks, settings.crop_size, rng, cache)
-    cache.prune()
-    log.info("%d training scans ready in %.0f s (%d decoded now, %.1f GB in %s); crops of "
-             "%s voxels (RAS order)", len(sampler.sources), time.perf_counter()
-             - started_loading, cache.built, cache.size_bytes() / 1e9, cache.folder,
-             list(settings.crop_size))
-
-    def checkpoint(step: int, elapsed: float) -> None:
-        checkpoints.save({
-            "model": model.state_dict(), "optimiser": optimiser.state_dict(), "step": step,
-            "elapsed_s": elapsed, "rows": json.dumps(rows), **random_states(rng, device)})
-
-    model.train()
-    run_started = time.perf_counter()
-    sums = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "crops": 0}
-    iteration_started = time.perf_counter()
-    step = start_step
-    with stop_on_signals() as stop:
-        for step in range(start_step + 1, settings.total_steps + 1):
-            batch = torch.from_numpy(sampler.crop_batch(settings.batch_size)).to(device)
-            with autocast(device):
-                reconstruction, mu, logvar = model(batch)
-            loss, l1, kl = vae_loss(reconstruction, batch, mu, logvar, settings.kl_weight)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            sums["loss"] += loss.item() * len(batch)
-            sums["l1"] += l1.item() * len(batch)
-            sums["kl"] += kl.item() * len(batch)
-            sums["crops"] += len(batch)
-            if on_step is not None:
-                on_step(step, loss.item())
-            elapsed = elapsed_before + time.perf_counter() - run_started
-            at_boundary = step % settings.steps_per_iteration == 0
-            if at_boundary:
-                seconds = time.perf_counter() - iteration_started
-                crops = int(sums["crops"])
-                rows.append({"iteration": step // settings.steps_per_iteration, "step": step,
-                             "crops": crops, "loss": sums["loss"] / crops,
-                             "l1": sums["l1"] / crops, "kl": sums["kl"] / crops,
-                             "crops_per_second": crops / seconds, "elapsed_s": elapsed})
-                log.info("iteration %d/%d: loss %.5f (L1 %.5f, KL %.4f), %.2f crops/s",
-                         rows[-1]["iteration"], settings.iterations, rows[-1]["loss"],
-                         rows[-1]["l1"], rows[-1]["kl"], rows[-1]["crops_per_second"])
-                sums = {"loss": 0.0, "l1": 0.0, "kl": 0.0, "crops": 0}
-                iteration_started = time.perf_counter()
-            if stop or (at_boundary and step < settings.total_steps) or \
-                    step % settings.checkpoint_every == 0:
-                # A resumed run restarts the current iteration's statistics, not its steps.
-                checkpoint(step, elapsed)
-            if stop:
-                raise TrainingInterrupted(
-                    f"stopped by signal {stop.signal_number} at step {step}; the checkpoint "
-                    f"in {checkpoint_dir} resumes it on the next run")
-
-    elapsed = elapsed_before + time.perf_counter() - run_started
-    summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
-               "resumed_from_step": start_step, "steps_this_run": step - start_step,
-               "final_loss": rows[-1]["loss"] if rows else None, "elapsed_s": elapsed,
-               "device": str(device), "training_scans": [str(p) for p in images]}
-    _write_loss_outputs(rows, loss_tsv, curve_png,
-                        title=f"VAE ({settings.architecture.encoder} encoder)")
-    save_vae(model, model_path, training=json.loads(json.dumps(summary)))
-    checkpoints.clear()
-    return summary
+    return VaeTraining(images, masks, settings, model_path=model_path, loss_tsv=loss_tsv,
+                       curve_png=curve_png, checkpoint_dir=checkpoint_dir, device=device,
+                       on_step=on_step).run()
