@@ -601,3 +601,33 @@ def test_a_broken_pretrained_model_file_stops_before_any_job(tmp_path):
     assert f"detector.pretrained: model file '{folder / 'model.pt'}'" in output
     assert "not a PyTorch model file" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_predict_gives_exactly_what_the_workflow_gives(tiny_run, tmp_path):
+    """`mschange predict` and the workflow run one definition of the preprocessing: on
+    the tiny run's test pair, with its trained model and inference settings, predict's
+    preprocessed images and change probability equal the workflow's, voxel for voxel."""
+    from mschange.cohort import read_cohort_sheet
+    from mschange.config import validate_config
+    from mschange.detection.pair import predict_pair
+
+    from .workflow_comparison import _same_file, compare_results
+
+    workdir, config_file = tiny_run
+    config = validate_config(yaml.safe_load(config_file.read_text()))
+    cohort = read_cohort_sheet(workdir / "results" / "demo" / "cohort.tsv")
+    pair = cohort[cohort["split"] == "test"].iloc[0]
+    model = config["detector"]["name"]
+    out = tmp_path / "predict"
+    predict_pair(pair["baseline"], pair["followup"],
+                 workdir / "results" / "detector" / f"model-{model}" / "model.pt", out,
+                 subject=pair["subject"], threads=2,
+                 overrides=config["detector"]["inference"])
+    subject = f"sub-{pair['subject']}"
+    compared = compare_results(workdir / "results" / "preproc" / subject,
+                               out / "preproc" / subject)
+    assert compared == 13   # every step's files of both time points, and the registration's
+    probability = f"{subject}_space-followup_desc-change_probseg.nii.gz"
+    assert _same_file(workdir / "results" / "predict" / f"model-{model}" / subject
+                      / probability, out / probability) is None
