@@ -292,6 +292,7 @@ def test_detector_training_resumes_on_the_device(tmp_path, device, head):
         return train_detector(samples, settings, model_path=folder / "model.pt",
                               log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
                               checkpoint_dir=folder / "checkpoints", device=device,
+                              metadata={"preprocessing": default_preprocessing()},
                               on_step=on_step)
 
     train("straight")
