@@ -32,6 +32,9 @@ rule qc_pair:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        min_similarity=config["qc"]["min_registration_similarity"],
+        max_contrast=config["qc"]["max_contrast_difference"],
     script:
         "../scripts/qc_pair.py"
 
@@ -54,7 +57,8 @@ rule aggregate_qc:
         cohort=COHORT[["subject", "split", "change"]].to_dict("records"),
         steps=PREPROC_STEPS,
         benchmark_dir="results/benchmarks",
-        min_correlation=config["qc"]["min_registration_correlation"],
+        min_similarity=config["qc"]["min_registration_similarity"],
+        max_contrast=config["qc"]["max_contrast_difference"],
         min_brain_ml=config["qc"]["min_brain_ml"],
         max_brain_ml=config["qc"]["max_brain_ml"],
     script:

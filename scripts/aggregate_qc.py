@@ -10,7 +10,8 @@ with logging_to(snakemake.log[0], "aggregate_qc"):
         cohort=snakemake.params.cohort,
         steps=snakemake.params.steps,
         benchmark_dir=snakemake.params.benchmark_dir,
-        min_correlation=snakemake.params.min_correlation,
+        min_similarity=snakemake.params.min_similarity,
+        max_contrast=snakemake.params.max_contrast,
         min_brain_ml=snakemake.params.min_brain_ml,
         max_brain_ml=snakemake.params.max_brain_ml,
     )

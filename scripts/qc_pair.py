@@ -12,4 +12,6 @@ with logging_to(snakemake.log[0], "qc_pair"):
         snakemake.output.png,
         snakemake.output.json,
         subject=snakemake.wildcards.subject,
+        min_similarity=snakemake.params.min_similarity,
+        max_contrast=snakemake.params.max_contrast,
     )

@@ -216,3 +216,50 @@ def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
         pair_dir / "study2_FLAIR_to_common_space.txt").dataobj) > 0
     assert mask.shape == truth.shape
     assert (np.asarray(mask.dataobj) > 0)[truth].any()
+
+
+def test_development_pairs_pass_registration_qc_and_a_moved_baseline_does_not(
+        preprocessed_pair, tmp_path):
+    """Registration QC on the two development pairs, whose registration the data's own
+    transforms check (test_registration_matches_known_alignment): after N4 and
+    normalisation as in the workflow, both pass the registration and contrast checks at
+    the shipped thresholds (patient03 has Pearson 0.76, which the old check flagged);
+    the same baseline moved by 4 mm is flagged for registration, not for contrast."""
+    from mschange.config import schema_default
+    from mschange.preprocessing.steps import n4_step, normalize_step
+    from mschange.qc import (
+        contrast_difference,
+        qc_table,
+        registration_correlation,
+        registration_similarity,
+    )
+
+    pair, _, out = preprocessed_pair
+    images, masks = {}, {}
+    for tp, brain, mask in (("fu", "fu_brain", "fu_mask"), ("bl", "moved", "moved_mask")):
+        n4_step(out[brain], out[mask], tmp_path / f"{tp}_n4.nii.gz", subject=pair, threads=2)
+        normalize_step(tmp_path / f"{tp}_n4.nii.gz", out[mask], tmp_path / f"{tp}.nii.gz",
+                       subject=pair)
+        images[tp] = nib.load(tmp_path / f"{tp}.nii.gz").get_fdata(dtype=np.float32)
+        masks[tp] = np.asarray(nib.load(out[mask]).dataobj) > 0
+    shifted = np.roll(images["bl"], 4, axis=0)  # 4 voxels of 1 mm
+    shifted_mask = np.roll(masks["bl"], 4, axis=0)
+    rows = []
+    for case, baseline, baseline_mask in (("registered", images["bl"], masks["bl"]),
+                                          ("moved 4 mm", shifted, shifted_mask)):
+        both = masks["fu"] & baseline_mask
+        rows.append({"subject": case, "brain_volume_ml_baseline": 1200.0,
+                     "brain_volume_ml_followup": 1200.0,
+                     "registration_correlation": registration_correlation(
+                         images["fu"], baseline, both),
+                     "registration_similarity": registration_similarity(
+                         images["fu"], baseline, both),
+                     "contrast_difference": contrast_difference(
+                         images["fu"], baseline, masks["fu"], baseline_mask)})
+    table = qc_table(rows, min_similarity=schema_default("qc", "min_registration_similarity"),
+                     max_contrast=schema_default("qc", "max_contrast_difference"),
+                     min_brain_ml=800, max_brain_ml=2100)
+    print(table[["subject", "registration_correlation", "registration_similarity",
+                 "contrast_difference", "flag_reason"]].to_string())
+    assert list(table["flag_registration"]) == [False, True], table["flag_reason"].tolist()
+    assert not table["flag_contrast"].any(), table["flag_reason"].tolist()

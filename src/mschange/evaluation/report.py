@@ -182,8 +182,11 @@ def build_report(inputs: ReportInputs, *, methods: Sequence[str], baseline: str 
                                                 "examples")]))
     if inputs.qc_table:
         sections.append(Section("Preprocessing QC",
-                                "Brain volumes and registration correlation per pair; flagged "
-                                "pairs deserve a look before their scores are trusted.",
+                                "Brain volumes, registration similarity (rank correlation, "
+                                "contrast-robust) and contrast difference per pair, with the "
+                                "Pearson correlation for comparison; flagged "
+                                "pairs (flag_registration, flag_contrast, flag_brain_volume) "
+                                "deserve a look before their scores are trusted.",
                                 tables=[Table(_read(inputs.qc_table), "Preprocessing QC",
                                               float_format="{:.4g}")]))
     if inputs.cohort_status is not None:

@@ -150,20 +150,47 @@ def normalize_step(brain: PathLike, mask: PathLike, output: PathLike, *, subject
 
 def qc_pair_step(followup: PathLike, baseline: PathLike, followup_mask: PathLike,
                  baseline_mask: PathLike, png_output: PathLike, json_output: PathLike, *,
-                 subject: str, extra: dict[str, Any] | None = None) -> None:
-    """QC figure and numbers of one preprocessed pair (both on the follow-up grid)."""
+                 subject: str, extra: dict[str, Any] | None = None,
+                 min_similarity: float | None = None, max_contrast: float | None = None
+                 ) -> None:
+    """QC figure and numbers of one preprocessed pair (both on the follow-up grid).
+
+    The numbers: brain volumes, the registration similarity (rank correlation,
+    contrast-robust), the contrast difference of the two time points and, for
+    comparison, their Pearson correlation. With the config's thresholds
+    (``min_similarity``, ``max_contrast``) the figure's title also says which check
+    failed; the cohort table (:mod:`mschange.qc_report`) flags the same.
+    """
+    from mschange.qc import (
+        contrast_difference,
+        contrast_flag,
+        registration_flag,
+        registration_similarity,
+    )
+
     fu_image = _load(followup)
     fu = fu_image.get_fdata(dtype=np.float32)
     bl = _load(baseline).get_fdata(dtype=np.float32)
     fu_mask = np.asarray(_load(followup_mask).dataobj) > 0
     bl_mask = np.asarray(_load(baseline_mask).dataobj) > 0
+    similarity = registration_similarity(fu, bl, fu_mask & bl_mask)
+    contrast = contrast_difference(fu, bl, fu_mask, bl_mask)
     correlation = registration_correlation(fu, bl, fu_mask & bl_mask)
     row = {"subject": subject,
            "brain_volume_ml_followup": brain_volume_ml(fu_mask, fu_image.affine),
            "brain_volume_ml_baseline": brain_volume_ml(bl_mask, fu_image.affine),
+           "registration_similarity": similarity, "contrast_difference": contrast,
            "registration_correlation": correlation, **(extra or {})}
     log.info("%s: %s", subject, row)
-    plot_pair_qc(fu, bl, fu_mask, png_output,
-                 title=f"sub-{subject}: registration correlation {correlation:.3f}")
+    title = (f"sub-{subject}: registration similarity (rank correlation) {similarity:.3f}, "
+             f"contrast difference {contrast:.3f}")
+    if min_similarity is not None and max_contrast is not None:
+        reasons = {"registration": registration_flag(similarity, min_similarity),
+                   "contrast": contrast_flag(contrast, max_contrast)}
+        failed = [name for name, reason in reasons.items() if reason]
+        title += f"\nQC: check {' and '.join(failed)}" if failed else "\nQC: passed"
+        for name in failed:
+            log.warning("%s: %s", subject, reasons[name])
+    plot_pair_qc(fu, bl, fu_mask, png_output, title=title)
     save_json(row, json_output)
 
