@@ -1,20 +1,9 @@
 # Quality control: a picture and a row of numbers per pair, and the cohort table.
 
-PREPROC_STEPS = [
-    "resample_isotropic",
-    "skullstrip_hdbet",
-    "register_baseline_to_followup",
-    "correct_bias_n4",
-    "normalize_intensity",
-]
-
 
 rule qc_pair:
     input:
-        followup="results/preproc/sub-{subject}/sub-{subject}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-        baseline="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
-        followup_mask="results/preproc/sub-{subject}/sub-{subject}_tp-followup_desc-brain_mask.nii.gz",
-        baseline_mask="results/preproc/sub-{subject}/sub-{subject}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+        **PREPROCESSED_PAIR,
     output:
         png=report(
             "results/qc/sub-{subject}_desc-preproc_qc.png",
@@ -55,7 +44,7 @@ rule aggregate_qc:
         "../envs/qc.yaml"
     params:
         cohort=COHORT[["subject", "split", "change"]].to_dict("records"),
-        steps=PREPROC_STEPS,
+        steps=STEP_RULES,
         benchmark_dir="results/benchmarks",
         min_similarity=config["qc"]["min_registration_similarity"],
         max_contrast=config["qc"]["max_contrast_difference"],

@@ -1,4 +1,4 @@
-"""Detectors trained in different runs, side by side on the same pairs (the tables of docs/real-data.md).
+"""Detectors trained in different runs, side by side on the same pairs (docs/real-data.md).
 
 Reads each run's evaluation of the real test pairs
 (``results/evaluation/model-<m>_minblob-<n>/sub-*/*_desc-evaluation_metrics.tsv``) and

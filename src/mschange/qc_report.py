@@ -12,13 +12,11 @@ from typing import Any
 import pandas as pd
 
 from mschange.io import atomic_path
+from mschange.layout import TIMEPOINTS
+from mschange.preprocessing.pipeline import PER_TIMEPOINT_RULES
 from mschange.qc import qc_table
 
 log = logging.getLogger(__name__)
-
-# Steps that run once per time point; the others run once per pair.
-PER_TIMEPOINT_STEPS = {"resample_isotropic", "skullstrip_hdbet", "correct_bias_n4",
-                       "normalize_intensity"}
 
 
 def read_benchmark_seconds(path: Path) -> float:
@@ -31,9 +29,9 @@ def read_benchmark_seconds(path: Path) -> float:
 
 def step_seconds(benchmark_dir: Path, step: str, subject: str) -> float:
     """Wall time of one step for one pair (summed over time points)."""
-    if step in PER_TIMEPOINT_STEPS:
+    if step in PER_TIMEPOINT_RULES:   # once per time point; the others once per pair
         return sum(read_benchmark_seconds(benchmark_dir / step / f"sub-{subject}_tp-{tp}.tsv")
-                   for tp in ("baseline", "followup"))
+                   for tp in TIMEPOINTS)
     return read_benchmark_seconds(benchmark_dir / step / f"sub-{subject}.tsv")
 
 
