@@ -36,6 +36,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests scripts benchmarks tools
+	$(BIN)/ruff format --check src tests scripts benchmarks tools
 	$(BIN)/mypy
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile rules

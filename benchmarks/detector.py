@@ -44,9 +44,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_inference(pair: dict[str, Any], architecture: DetectorArchitecture,
-                   settings: InferenceSettings, device: torch.device, bf16: bool,
-                   repeats: int) -> dict[str, Any]:
+def time_inference(
+    pair: dict[str, Any],
+    architecture: DetectorArchitecture,
+    settings: InferenceSettings,
+    device: torch.device,
+    bf16: bool,
+    repeats: int,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = ChangeDetector(architecture).to(device).eval()
     if not bf16:
@@ -59,26 +64,40 @@ def time_inference(pair: dict[str, Any], architecture: DetectorArchitecture,
         started = time.perf_counter()
         context = autocast(device) if bf16 else torch.autocast(device.type, enabled=False)
         with context:
-            probability = predict_probability(model, pair["baseline"], pair["followup"],
-                                              pair["brain"], pair["affine"], settings,
-                                              device=device)
+            probability = predict_probability(
+                model,
+                pair["baseline"],
+                pair["followup"],
+                pair["brain"],
+                pair["affine"],
+                settings,
+                device=device,
+            )
         find_changes(probability, settings.kappa, settings.min_blob_voxels)
         _sync(device)
         times.append(time.perf_counter() - started)
     if device.type == "cuda":
         times = times[1:]
-    result: dict[str, Any] = {"seconds_median": round(statistics.median(times), 2),
-                              "seconds_all": [round(t, 2) for t in times],
-                              "peak_process_memory_gib": round(
-                                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+    result: dict[str, Any] = {
+        "seconds_median": round(statistics.median(times), 2),
+        "seconds_all": [round(t, 2) for t in times],
+        "peak_process_memory_gib": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
+        ),
+    }
     if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30,
-                                              2)
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return result
 
 
-def time_training(architecture: DetectorArchitecture, patch: list[int], device: torch.device,
-                  bf16: bool, steps: int, repeats: int) -> dict[str, Any]:
+def time_training(
+    architecture: DetectorArchitecture,
+    patch: list[int],
+    device: torch.device,
+    bf16: bool,
+    steps: int,
+    repeats: int,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     model = ChangeDetector(architecture).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-4)
@@ -111,8 +130,7 @@ def time_training(architecture: DetectorArchitecture, patch: list[int], device: 
         rates.append(steps * 2 / (time.perf_counter() - started))
     result: dict[str, Any] = {"patch": patch, "pairs_per_s": round(statistics.median(rates), 3)}
     if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30,
-                                              2)
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return result
 
 
@@ -121,36 +139,57 @@ def load_pair(subject: str) -> dict[str, Any]:
     stem = folder / f"sub-{subject}"
     followup = nib.load(f"{stem}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz")
     brain = np.asarray(nib.load(f"{stem}_tp-followup_desc-brain_mask.nii.gz").dataobj) > 0
-    brain &= np.asarray(nib.load(
-        f"{stem}_tp-baseline_space-followup_desc-brain_mask.nii.gz").dataobj) > 0
+    brain &= (
+        np.asarray(nib.load(f"{stem}_tp-baseline_space-followup_desc-brain_mask.nii.gz").dataobj)
+        > 0
+    )
     return {
-        "baseline": np.asarray(nib.load(
-            f"{stem}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz").dataobj,
-            dtype=np.float32),
+        "baseline": np.asarray(
+            nib.load(f"{stem}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz").dataobj,
+            dtype=np.float32,
+        ),
         "followup": np.asarray(followup.dataobj, dtype=np.float32),
-        "brain": brain, "affine": followup.affine, "shape": list(followup.shape),
-        "brain_ml": round(float(brain.sum()) * float(abs(np.linalg.det(followup.affine[:3, :3])))
-                          / 1000, 1)}
+        "brain": brain,
+        "affine": followup.affine,
+        "shape": list(followup.shape),
+        "brain_ml": round(
+            float(brain.sum()) * float(abs(np.linalg.det(followup.affine[:3, :3]))) / 1000, 1
+        ),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--subject", default="demo04",
-                        help="a preprocessed pair under results/preproc (default demo04)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--subject",
+        default="demo04",
+        help="a preprocessed pair under results/preproc (default demo04)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--train-steps", type=int, default=3)
-    parser.add_argument("--window", nargs="+", default=["none"],
-                        help="sliding window (3 sizes) or 'none' for the whole brain box")
+    parser.add_argument(
+        "--window",
+        nargs="+",
+        default=["none"],
+        help="sliding window (3 sizes) or 'none' for the whole brain box",
+    )
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--cpu-patch", type=int, nargs=3, default=[48, 48, 48])
-    parser.add_argument("--gpu-patch", type=int, nargs=3, default=[160, 192, 160],
-                        help="a whole 1 mm brain box, as in the paper")
+    parser.add_argument(
+        "--gpu-patch",
+        type=int,
+        nargs=3,
+        default=[160, 192, 160],
+        help="a whole 1 mm brain box, as in the paper",
+    )
     parser.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES))
     parser.add_argument("--skip-cpu", action="store_true", help="GPU figures only")
-    parser.add_argument("--output", type=Path,
-                        default=REPO / "results" / "benchmarks" / "detector_benchmark.json")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "results" / "benchmarks" / "detector_benchmark.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -158,11 +197,17 @@ def main() -> None:
     window = None if args.window == ["none"] else tuple(int(w) for w in args.window)
     settings = InferenceSettings(window=window, overlap=args.overlap)  # type: ignore[arg-type]
     report: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": args.threads, "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "pair": {"subject": args.subject, "shape": pair["shape"], "brain_ml": pair["brain_ml"]},
-        "inference_settings": settings.as_dict(), "results": {}}
+        "inference_settings": settings.as_dict(),
+        "results": {},
+    }
     devices = [] if args.skip_cpu else [("cpu", torch.device("cpu"), False)]
     if torch.cuda.is_available():
         cuda = torch.device("cuda")
@@ -172,10 +217,13 @@ def main() -> None:
         for label, device, bf16 in devices:
             patch = args.cpu_patch if device.type == "cpu" else args.gpu_patch
             entry = {
-                "inference": time_inference(pair, architecture, settings, device, bf16,
-                                            args.repeats),
-                "training": time_training(architecture, patch, device, bf16,
-                                          args.train_steps, args.repeats)}
+                "inference": time_inference(
+                    pair, architecture, settings, device, bf16, args.repeats
+                ),
+                "training": time_training(
+                    architecture, patch, device, bf16, args.train_steps, args.repeats
+                ),
+            }
             report["results"][f"{name}/{label}"] = entry
             print(json.dumps({f"{name}/{label}": entry}), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)

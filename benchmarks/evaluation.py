@@ -48,8 +48,9 @@ def main() -> None:
     parser.add_argument("--model", default="siamese-inc-ag-ms-ds")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path,
-                        default=REPO / "results" / "benchmarks" / "evaluation.json")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "results" / "benchmarks" / "evaluation.json"
+    )
     args = parser.parse_args()
     subject, results = args.subject, args.results
     preproc = results / "preproc" / f"sub-{subject}" / f"sub-{subject}"
@@ -59,32 +60,45 @@ def main() -> None:
     native = Path(f"{demo}_tp-followup_FLAIR.nii.gz")
     truth_image = nib.load(label)
     truth = np.asarray(truth_image.dataobj) > 0
-    prediction = np.asarray(nib.load(f"{predict}_space-native_desc-change_mask.nii.gz"
-                                     ).dataobj) > 0
+    prediction = np.asarray(nib.load(f"{predict}_space-native_desc-change_mask.nii.gz").dataobj) > 0
     voxel_volume = float(np.prod(truth_image.header.get_zooms()[:3]))
-    report: dict[str, Any] = {"machine": platform.processor() or platform.machine(),
-                              "threads": args.threads, "subject": subject,
-                              "grid": list(truth.shape), "repeats": args.repeats}
+    report: dict[str, Any] = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "subject": subject,
+        "grid": list(truth.shape),
+        "repeats": args.repeats,
+    }
     # SciPy's ndimage runs on one thread: --threads is only recorded.
     seconds, runs = median_seconds(
-        lambda: score_pair(truth, prediction, voxel_volume, MetricSettings()), args.repeats)
+        lambda: score_pair(truth, prediction, voxel_volume, MetricSettings()), args.repeats
+    )
     report["score_pair_s"] = {"median": seconds, "runs": runs}
     with tempfile.TemporaryDirectory() as folder:
+
         def job() -> None:
             evaluate_pair_step(
                 score=f"{predict}_space-followup_desc-change_probseg.nii.gz",
                 baseline=f"{preproc}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
                 followup=f"{preproc}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
-                masks=[f"{preproc}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-                       f"{preproc}_tp-followup_desc-brain_mask.nii.gz"],
-                native_followup=native, label=label,
-                outputs=evaluation_paths(folder, subject), subject=subject,
-                method=args.model, threshold=0.1,
+                masks=[
+                    f"{preproc}_tp-baseline_space-followup_desc-brain_mask.nii.gz",
+                    f"{preproc}_tp-followup_desc-brain_mask.nii.gz",
+                ],
+                native_followup=native,
+                label=label,
+                outputs=evaluation_paths(folder, subject),
+                subject=subject,
+                method=args.model,
+                threshold=0.1,
                 sweep_thresholds=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
-                min_blob_voxels=20, settings=MetricSettings())
+                min_blob_voxels=20,
+                settings=MetricSettings(),
+            )
+
         seconds, runs = median_seconds(job, args.repeats)
         report["evaluate_pair_s"] = {"median": seconds, "runs": runs}
-    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -90,9 +90,18 @@ SUBJECT = "gpucheck"
 GIB = 2.0**30
 
 # Row keys, in table order. Each measured row expects a positive number.
-MEASURED = ("vae_fp32", "vae_bf16", "supermix_reconstruction", "supermix_sample",
-            "detector_fp32", "detector_bf16", "predict_pair", "predict_network",
-            "paper_vae_hours", "paper_detector_hours")
+MEASURED = (
+    "vae_fp32",
+    "vae_bf16",
+    "supermix_reconstruction",
+    "supermix_sample",
+    "detector_fp32",
+    "detector_bf16",
+    "predict_pair",
+    "predict_network",
+    "paper_vae_hours",
+    "paper_detector_hours",
+)
 ROW_KEYS = ("cuda_tests", *MEASURED)
 
 
@@ -101,23 +110,37 @@ class Geometry:
     """Sizes and step counts of one mode."""
 
     name: str
-    grid: tuple[int, int, int]              # phantom grid, 1 mm voxels
+    grid: tuple[int, int, int]  # phantom grid, 1 mm voxels
     brain_semi_axes_mm: tuple[float, float, float]
-    vae_crop: tuple[int, int, int] | None   # None: the paper preset's crop
-    detector_patch: tuple[int, int, int] | None   # None: whole brain boxes (the paper's)
-    vae_steps: tuple[int, int]              # (warm-up, timed at most)
+    vae_crop: tuple[int, int, int] | None  # None: the paper preset's crop
+    detector_patch: tuple[int, int, int] | None  # None: whole brain boxes (the paper's)
+    vae_steps: tuple[int, int]  # (warm-up, timed at most)
     detector_steps: tuple[int, int]
-    step_time_cap_s: float                  # a timed loop stops early past this
+    step_time_cap_s: float  # a timed loop stops early past this
     reconstruction_repeats: int = 3
     predict_repeats: int = 3
 
 
-FULL = Geometry("full", grid=(192, 224, 192), brain_semi_axes_mm=(70.0, 86.0, 68.0),
-                vae_crop=None, detector_patch=None, vae_steps=(3, 40),
-                detector_steps=(3, 20), step_time_cap_s=60.0)
-QUICK = Geometry("quick", grid=(72, 88, 72), brain_semi_axes_mm=(28.0, 35.0, 26.0),
-                 vae_crop=(64, 64, 16), detector_patch=(32, 32, 32), vae_steps=(1, 4),
-                 detector_steps=(1, 3), step_time_cap_s=20.0)
+FULL = Geometry(
+    "full",
+    grid=(192, 224, 192),
+    brain_semi_axes_mm=(70.0, 86.0, 68.0),
+    vae_crop=None,
+    detector_patch=None,
+    vae_steps=(3, 40),
+    detector_steps=(3, 20),
+    step_time_cap_s=60.0,
+)
+QUICK = Geometry(
+    "quick",
+    grid=(72, 88, 72),
+    brain_semi_axes_mm=(28.0, 35.0, 26.0),
+    vae_crop=(64, 64, 16),
+    detector_patch=(32, 32, 32),
+    vae_steps=(1, 4),
+    detector_steps=(1, 3),
+    step_time_cap_s=20.0,
+)
 
 
 # ------------------------------------------------------------------ the pair
@@ -131,7 +154,7 @@ class PairFiles:
     followup: Path
     baseline_mask: Path
     followup_mask: Path
-    change_label: Path | None = None   # the phantom's own truth, a training sample
+    change_label: Path | None = None  # the phantom's own truth, a training sample
 
     @property
     def masks(self) -> list[Path]:
@@ -147,8 +170,12 @@ def _sphere(volume: np.ndarray, centre: np.ndarray, radius: float, value: float)
     volume[box][inside] = value
 
 
-def phantom_pair(folder: Path, grid: tuple[int, int, int],
-                 semi_axes_mm: tuple[float, float, float], seed: int = 0) -> PairFiles:
+def phantom_pair(
+    folder: Path,
+    grid: tuple[int, int, int],
+    semi_axes_mm: tuple[float, float, float],
+    seed: int = 0,
+) -> PairFiles:
     """A skull-stripped, normalised FLAIR-like 1 mm pair on one (LPS-stored) grid: an
     ellipsoid brain (white matter, brighter cortex, CSF at its surface, dark
     ventricles), a smooth texture, stable bright lesions, and new lesions at the
@@ -159,14 +186,19 @@ def phantom_pair(folder: Path, grid: tuple[int, int, int],
     offsets = [(a.astype(np.float32) - c) for a, c in zip(axes, centre, strict=True)]
     radius = np.sqrt(sum((o / s) ** 2 for o, s in zip(offsets, semi_axes_mm, strict=True)))
     brain = radius <= 1.0
-    image = np.full(grid, 0.5, dtype=np.float32)          # white matter
-    image[radius > 0.86] = 0.64                           # cortex
-    image[radius > 0.97] = 0.3                            # CSF at the surface
+    image = np.full(grid, 0.5, dtype=np.float32)  # white matter
+    image[radius > 0.86] = 0.64  # cortex
+    image[radius > 0.97] = 0.3  # CSF at the surface
     a, b, c = semi_axes_mm
-    for side in (-1.0, 1.0):                              # lateral ventricles
-        ventricle = np.sqrt(((offsets[0] - side * 0.1 * a) / (0.07 * a)) ** 2
-                            + (offsets[1] / (0.25 * b)) ** 2
-                            + ((offsets[2] - 0.1 * c) / (0.14 * c)) ** 2) <= 1.0
+    for side in (-1.0, 1.0):  # lateral ventricles
+        ventricle = (
+            np.sqrt(
+                ((offsets[0] - side * 0.1 * a) / (0.07 * a)) ** 2
+                + (offsets[1] / (0.25 * b)) ** 2
+                + ((offsets[2] - 0.1 * c) / (0.14 * c)) ** 2
+            )
+            <= 1.0
+        )
         image[ventricle] = 0.15
     texture = ndimage.gaussian_filter(rng.standard_normal(grid, dtype=np.float32), 1.5)
     image += 0.03 * texture / max(float(texture.std()), 1e-6)
@@ -178,11 +210,11 @@ def phantom_pair(folder: Path, grid: tuple[int, int, int],
         depth = rng.uniform(0.2, 0.65, size=(n, 1))
         return centre + direction * depth * np.asarray(semi_axes_mm)
 
-    for point in lesion_centres(10):                      # stable lesions
+    for point in lesion_centres(10):  # stable lesions
         _sphere(image, point, float(rng.uniform(1.5, 4.0)), 0.9)
     followup = image.copy()
     label = np.zeros(grid, dtype=np.uint8)
-    for point in lesion_centres(5):                       # new at the follow-up
+    for point in lesion_centres(5):  # new at the follow-up
         size = float(rng.uniform(2.0, 4.5))
         _sphere(followup, point, size, 0.88)
         _sphere(label, point, size, 1)
@@ -195,7 +227,8 @@ def phantom_pair(folder: Path, grid: tuple[int, int, int],
         followup=Path(f"{stem}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz"),
         baseline_mask=Path(f"{stem}_tp-baseline_space-followup_desc-brain_mask.nii.gz"),
         followup_mask=Path(f"{stem}_tp-followup_desc-brain_mask.nii.gz"),
-        change_label=Path(f"{stem}_desc-change_mask.nii.gz"))
+        change_label=Path(f"{stem}_desc-change_mask.nii.gz"),
+    )
     folder.mkdir(parents=True, exist_ok=True)
     for data, path in ((image, files.baseline), (followup, files.followup)):
         noisy = data + 0.01 * rng.standard_normal(grid, dtype=np.float32)
@@ -209,16 +242,19 @@ def phantom_pair(folder: Path, grid: tuple[int, int, int],
 
 def workflow_pair(folder: Path) -> PairFiles:
     """A preprocessed pair of a workflow run: ``results/preproc/sub-<id>/``."""
+
     def one(pattern: str) -> Path:
         found = sorted(folder.glob(pattern))
         if len(found) != 1:
-            raise FileNotFoundError(f"{folder}: expected one file {pattern}, found "
-                                    f"{len(found)}")
+            raise FileNotFoundError(f"{folder}: expected one file {pattern}, found {len(found)}")
         return found[0]
-    return PairFiles(baseline=one("*_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz"),
-                     followup=one("*_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz"),
-                     baseline_mask=one("*_tp-baseline_space-followup_desc-brain_mask.nii.gz"),
-                     followup_mask=one("*_tp-followup_desc-brain_mask.nii.gz"))
+
+    return PairFiles(
+        baseline=one("*_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz"),
+        followup=one("*_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz"),
+        baseline_mask=one("*_tp-baseline_space-followup_desc-brain_mask.nii.gz"),
+        followup_mask=one("*_tp-followup_desc-brain_mask.nii.gz"),
+    )
 
 
 # ------------------------------------------------------------------ measuring helpers
@@ -293,8 +329,10 @@ class StepTimer:
             raise FloatingPointError(f"loss {loss} at step {step}")
         counted = len(self.stamps) - self.warmup
         # The last step ends the run by itself (the model file and the log get written).
-        if 2 <= counted < self.timed and \
-                self.stamps[-1] - self.stamps[self.warmup - 1] > self.cap_s:
+        if (
+            2 <= counted < self.timed
+            and self.stamps[-1] - self.stamps[self.warmup - 1] > self.cap_s
+        ):
             raise EnoughSteps
 
     @property
@@ -321,11 +359,14 @@ def training_precision(module: ModuleType, bf16: bool) -> Iterator[None]:
         if bf16:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return torch.autocast(device.type, enabled=False)
+
     with mock.patch.object(module, "autocast", choose):
         yield
     if not calls:
-        raise RuntimeError(f"{module.__name__} never called its autocast helper: the "
-                           "precision of this measurement is unknown")
+        raise RuntimeError(
+            f"{module.__name__} never called its autocast helper: the "
+            "precision of this measurement is unknown"
+        )
 
 
 def paper_config(repo: Path = REPO) -> dict[str, Any]:
@@ -358,10 +399,10 @@ class Row:
     label: str
     unit: str
     value: float | None = None
-    text: str | None = None           # shown instead of the value (tests, errors, skips)
+    text: str | None = None  # shown instead of the value (tests, errors, skips)
     peak_memory_gib: float | None = None
     setting: str = ""
-    seconds: float | None = None      # wall time of the part
+    seconds: float | None = None  # wall time of the part
 
 
 @dataclass
@@ -382,8 +423,9 @@ class Check:
     def __post_init__(self) -> None:
         config = paper_config()
         self.config = config
-        self.vae_paper = vae_settings(config["synthesis"]["vae"], encoder=str(
-            config["synthesis"]["vae"]["encoder"]), seed=0)
+        self.vae_paper = vae_settings(
+            config["synthesis"]["vae"], encoder=str(config["synthesis"]["vae"]["encoder"]), seed=0
+        )
         self.detector_paper = training_settings(config["detector"], seed=0)
         self.supermix = supermix_settings(config["synthesis"]["supermix"])
         self.cuda = self.device.type == "cuda"
@@ -395,19 +437,26 @@ class Check:
             "cuda_tests": ("CUDA tests (tests/test_cuda.py)", ""),
             "vae_fp32": ("VAE training, float32", "crops/s"),
             "vae_bf16": ("VAE training, bf16 autocast", "crops/s"),
-            "supermix_reconstruction": ("SuperMix: perturbed VAE reconstruction of one "
-                                        "volume (median of "
-                                        f"{self.geometry.reconstruction_repeats})", "s"),
-            "supermix_sample": ("SuperMix: one sample (SLIC, reconstruction, mixing, files)",
-                                "s"),
+            "supermix_reconstruction": (
+                "SuperMix: perturbed VAE reconstruction of one "
+                "volume (median of "
+                f"{self.geometry.reconstruction_repeats})",
+                "s",
+            ),
+            "supermix_sample": ("SuperMix: one sample (SLIC, reconstruction, mixing, files)", "s"),
             "detector_fp32": ("detector training, float32", "pairs/s"),
             "detector_bf16": ("detector training, bf16 autocast", "pairs/s"),
-            "predict_pair": ("prediction of one pair, shipped detector (median of "
-                             f"{self.geometry.predict_repeats})", "s"),
+            "predict_pair": (
+                "prediction of one pair, shipped detector (median of "
+                f"{self.geometry.predict_repeats})",
+                "s",
+            ),
             "predict_network": ("  of which the network over the brain box", "s"),
             "paper_vae_hours": (f"paper preset: VAE training, projected ({precision})", "h"),
-            "paper_detector_hours": ("paper preset: detector training, projected "
-                                     f"({precision})", "h"),
+            "paper_detector_hours": (
+                f"paper preset: detector training, projected ({precision})",
+                "h",
+            ),
         }
         for key in ROW_KEYS:
             label, unit = labels[key]
@@ -445,22 +494,29 @@ class Check:
             self.rows[key].seconds = round(time.perf_counter() - started, 1)
         self.write()
 
-    def set(self, key: str, value: float, *, memory: float | None = None,
-            setting: str = "") -> None:
+    def set(
+        self, key: str, value: float, *, memory: float | None = None, setting: str = ""
+    ) -> None:
         row = self.rows[key]
         row.value, row.peak_memory_gib, row.setting = float(value), memory, setting
-        print(f"    {row.label}: {_fmt(value)} {row.unit}"
-              + ("" if memory is None else f", {memory:.2f} GiB"), flush=True)
+        print(
+            f"    {row.label}: {_fmt(value)} {row.unit}"
+            + ("" if memory is None else f", {memory:.2f} GiB"),
+            flush=True,
+        )
 
     # -------------------------------------------------------------- parts
 
     def make_pair(self, source: Path | None) -> None:
         if source is None:
-            self.pair = phantom_pair(self.work / "pair", self.geometry.grid,
-                                     self.geometry.brain_semi_axes_mm)
-            self.pair_source = ("synthetic phantom, brain semi-axes "
-                                f"{'/'.join(f'{s:g}' for s in self.geometry.brain_semi_axes_mm)}"
-                                " mm")
+            self.pair = phantom_pair(
+                self.work / "pair", self.geometry.grid, self.geometry.brain_semi_axes_mm
+            )
+            self.pair_source = (
+                "synthetic phantom, brain semi-axes "
+                f"{'/'.join(f'{s:g}' for s in self.geometry.brain_semi_axes_mm)}"
+                " mm"
+            )
         else:
             self.pair = workflow_pair(source)
             self.pair_source = str(source)
@@ -469,12 +525,17 @@ class Check:
         where = np.nonzero(brain)
         box = [int(w.max() - w.min() + 1) for w in where]
         self.details["pair"] = {
-            "source": self.pair_source, "shape": list(followup.shape),
-            "voxel_mm": [round(float(v), 3) for v in
-                         np.sqrt((np.asarray(image.affine)[:3, :3] ** 2).sum(axis=0))],
-            "brain_ml": round(float(brain.sum()) * float(abs(np.linalg.det(
-                image.affine[:3, :3]))) / 1000, 1),
-            "brain_box": box}
+            "source": self.pair_source,
+            "shape": list(followup.shape),
+            "voxel_mm": [
+                round(float(v), 3)
+                for v in np.sqrt((np.asarray(image.affine)[:3, :3] ** 2).sum(axis=0))
+            ],
+            "brain_ml": round(
+                float(brain.sum()) * float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000, 1
+            ),
+            "brain_box": box,
+        }
 
     def vae_training(self, bf16: bool) -> None:
         assert self.pair is not None
@@ -482,27 +543,42 @@ class Check:
         warmup, timed = self.geometry.vae_steps
         timer = StepTimer(warmup, timed, self.geometry.step_time_cap_s)
         settings = dataclasses.replace(
-            self.vae_paper, crop_size=self.geometry.vae_crop or self.vae_paper.crop_size,
-            iterations=1, crops_per_iteration=timer.steps * self.vae_paper.batch_size,
-            checkpoint_every=10**9)
+            self.vae_paper,
+            crop_size=self.geometry.vae_crop or self.vae_paper.crop_size,
+            iterations=1,
+            crops_per_iteration=timer.steps * self.vae_paper.batch_size,
+            checkpoint_every=10**9,
+        )
         folder = self.work / f"vae-{tag}"
-        with training_precision(vae_training, bf16), PeakMemory(self.device) as memory, \
-                contextlib.suppress(EnoughSteps):
-            train_vae([str(self.pair.baseline), str(self.pair.followup)],
-                      [str(m) for m in self.pair.masks], settings,
-                      model_path=folder / "vae.pt", loss_tsv=folder / "loss.tsv",
-                      curve_png=folder / "loss.png", checkpoint_dir=folder / "checkpoints",
-                      device=self.device, on_step=timer)
+        with (
+            training_precision(vae_training, bf16),
+            PeakMemory(self.device) as memory,
+            contextlib.suppress(EnoughSteps),
+        ):
+            train_vae(
+                [str(self.pair.baseline), str(self.pair.followup)],
+                [str(m) for m in self.pair.masks],
+                settings,
+                model_path=folder / "vae.pt",
+                loss_tsv=folder / "loss.tsv",
+                curve_png=folder / "loss.png",
+                checkpoint_dir=folder / "checkpoints",
+                device=self.device,
+                on_step=timer,
+            )
         if (folder / "vae.pt").is_file():
             load_vae(folder / "vae.pt", self.device)  # the saved file reads back
         arch = settings.architecture
-        self.set(f"vae_{tag}", timer.rate(settings.batch_size), memory=memory.gib,
-                 setting=f"crops {_size(settings.crop_size)}, batch {settings.batch_size}, "
-                         f"channels {'/'.join(map(str, arch.channels))}, "
-                         f"{len(timer.stamps) - timer.warmup} timed steps after "
-                         f"{timer.warmup}")
-        self.details[f"vae_{tag}"] = {"losses": timer.losses,
-                                      "settings": settings.as_dict()}
+        self.set(
+            f"vae_{tag}",
+            timer.rate(settings.batch_size),
+            memory=memory.gib,
+            setting=f"crops {_size(settings.crop_size)}, batch {settings.batch_size}, "
+            f"channels {'/'.join(map(str, arch.channels))}, "
+            f"{len(timer.stamps) - timer.warmup} timed steps after "
+            f"{timer.warmup}",
+        )
+        self.details[f"vae_{tag}"] = {"losses": timer.losses, "settings": settings.as_dict()}
 
     def vae_for_supermix(self) -> Path:
         """A VAE file of the paper's architecture: a trained one above, else untrained
@@ -512,8 +588,9 @@ class Check:
             if path.is_file():
                 return path
         torch.manual_seed(0)
-        return save_vae(Vae3d(self.vae_paper.architecture), self.work / "vae-untrained.pt",
-                        training={})
+        return save_vae(
+            Vae3d(self.vae_paper.architecture), self.work / "vae-untrained.pt", training={}
+        )
 
     def supermix_parts(self) -> None:
         assert self.pair is not None
@@ -529,52 +606,87 @@ class Check:
             for seed in range(repeats):
                 _sync(self.device)
                 started = time.perf_counter()
-                reconstruction = reconstruct_volume(vae, data, brain, image.affine, seed=seed,
-                                                    delta=self.supermix.delta, tiling=tiling,
-                                                    device=self.device)
+                reconstruction = reconstruct_volume(
+                    vae,
+                    data,
+                    brain,
+                    image.affine,
+                    seed=seed,
+                    delta=self.supermix.delta,
+                    tiling=tiling,
+                    device=self.device,
+                )
                 _sync(self.device)
                 times.append(time.perf_counter() - started)
         if not np.isfinite(reconstruction).all():
             raise FloatingPointError("the reconstruction has non-finite voxels")
         timed = times[1:] if self.cuda else times
-        self.set("supermix_reconstruction", statistics.median(timed), memory=memory.gib,
-                 setting=f"tiles {_size(tiling.tile_size)}, overlap {tiling.overlap} (at most "
-                         "half a tile)")
+        self.set(
+            "supermix_reconstruction",
+            statistics.median(timed),
+            memory=memory.gib,
+            setting=f"tiles {_size(tiling.tile_size)}, overlap {tiling.overlap} (at most "
+            "half a tile)",
+        )
         self.details["supermix_reconstruction_s"] = [round(t, 3) for t in times]
 
         folder = self.work / "supermix"
-        outputs = {kind: [folder / f"sample_{kind}.nii.gz"]
-                   for kind in ("synthesised", "reference", "label")}
+        outputs = {
+            kind: [folder / f"sample_{kind}.nii.gz"]
+            for kind in ("synthesised", "reference", "label")
+        }
         outputs["record"] = [folder / "sample.json"]
         folder.mkdir(parents=True, exist_ok=True)
         with PeakMemory(self.device) as memory:
             started = time.perf_counter()
-            supermix_step({"baseline": self.pair.baseline, "followup": self.pair.followup},
-                          self.pair.masks, model_path, outputs, subject=SUBJECT, seed=0,
-                          settings=self.supermix, tiling=tiling, device=str(self.device),
-                          threads=self.threads)
+            supermix_step(
+                {"baseline": self.pair.baseline, "followup": self.pair.followup},
+                self.pair.masks,
+                model_path,
+                outputs,
+                subject=SUBJECT,
+                seed=0,
+                settings=self.supermix,
+                tiling=tiling,
+                device=str(self.device),
+                threads=self.threads,
+            )
             seconds = time.perf_counter() - started
         record = json.loads(outputs["record"][0].read_text())
-        self.set("supermix_sample", seconds, memory=memory.gib,
-                 setting=f"n_seg {record['n_segments']} -> {record['n_superpixels']} "
-                         f"superpixels, {record['replaced_voxels']} voxels replaced")
-        self.details["supermix_record"] = {k: record[k] for k in (
-            "n_segments", "n_superpixels", "replaced_voxels", "synthesised_timepoint")}
+        self.set(
+            "supermix_sample",
+            seconds,
+            memory=memory.gib,
+            setting=f"n_seg {record['n_segments']} -> {record['n_superpixels']} "
+            f"superpixels, {record['replaced_voxels']} voxels replaced",
+        )
+        self.details["supermix_record"] = {
+            k: record[k]
+            for k in ("n_segments", "n_superpixels", "replaced_voxels", "synthesised_timepoint")
+        }
 
     def training_samples(self) -> list[TrainingSample]:
         assert self.pair is not None
         samples = []
         if self.pair.change_label is not None:
-            samples.append(TrainingSample(str(self.pair.baseline), str(self.pair.followup),
-                                          str(self.pair.change_label)))
+            samples.append(
+                TrainingSample(
+                    str(self.pair.baseline), str(self.pair.followup), str(self.pair.change_label)
+                )
+            )
         folder = self.work / "supermix"
         if (folder / "sample_label.nii.gz").is_file():
-            samples.append(TrainingSample(str(folder / "sample_reference.nii.gz"),
-                                          str(folder / "sample_synthesised.nii.gz"),
-                                          str(folder / "sample_label.nii.gz")))
+            samples.append(
+                TrainingSample(
+                    str(folder / "sample_reference.nii.gz"),
+                    str(folder / "sample_synthesised.nii.gz"),
+                    str(folder / "sample_label.nii.gz"),
+                )
+            )
         if not samples:
-            raise RuntimeError("no training sample: the pair has no change label and the "
-                               "SuperMix part wrote none")
+            raise RuntimeError(
+                "no training sample: the pair has no change label and the SuperMix part wrote none"
+            )
         return samples
 
     def detector_training(self, bf16: bool) -> None:
@@ -583,39 +695,60 @@ class Check:
         timer = StepTimer(warmup, timed, self.geometry.step_time_cap_s)
         paper: DetectorTrainingSettings = self.detector_paper
         settings = dataclasses.replace(
-            paper, iterations=1, pairs_per_iteration=timer.steps * paper.batch_size,
-            patch_size=self.geometry.detector_patch, checkpoint_every=10**9,
-            validate_every=0, augmentation=AugmentationSettings())
+            paper,
+            iterations=1,
+            pairs_per_iteration=timer.steps * paper.batch_size,
+            patch_size=self.geometry.detector_patch,
+            checkpoint_every=10**9,
+            validate_every=0,
+            augmentation=AugmentationSettings(),
+        )
         folder = self.work / f"detector-{tag}"
         samples = self.training_samples()
-        with training_precision(detector_training, bf16), PeakMemory(self.device) as memory, \
-                contextlib.suppress(EnoughSteps):
-            train_detector(samples, settings, model_path=folder / "model.pt",
-                           log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
-                           checkpoint_dir=folder / "checkpoints", device=self.device,
-                           on_step=timer)
+        with (
+            training_precision(detector_training, bf16),
+            PeakMemory(self.device) as memory,
+            contextlib.suppress(EnoughSteps),
+        ):
+            train_detector(
+                samples,
+                settings,
+                model_path=folder / "model.pt",
+                log_tsv=folder / "log.tsv",
+                curve_png=folder / "curve.png",
+                checkpoint_dir=folder / "checkpoints",
+                device=self.device,
+                on_step=timer,
+            )
         if (folder / "model.pt").is_file():
             load_detector(folder / "model.pt", self.device)
         shape = self.detector_shape(samples, settings)
         arch = settings.architecture
-        self.set(f"detector_{tag}", timer.rate(settings.batch_size), memory=memory.gib,
-                 setting=f"{'whole brain boxes' if settings.patch_size is None else 'patches'}"
-                         f" {_size(shape)}, batch {settings.batch_size}, channels "
-                         f"{'/'.join(map(str, arch.channels))} ({arch.modules_per_block} "
-                         f"modules per block), {len(timer.stamps) - timer.warmup} timed "
-                         f"steps after {timer.warmup}")
-        self.details[f"detector_{tag}"] = {"losses": timer.losses, "shape": list(shape),
-                                           "samples": len(samples)}
+        self.set(
+            f"detector_{tag}",
+            timer.rate(settings.batch_size),
+            memory=memory.gib,
+            setting=f"{'whole brain boxes' if settings.patch_size is None else 'patches'}"
+            f" {_size(shape)}, batch {settings.batch_size}, channels "
+            f"{'/'.join(map(str, arch.channels))} ({arch.modules_per_block} "
+            f"modules per block), {len(timer.stamps) - timer.warmup} timed "
+            f"steps after {timer.warmup}",
+        )
+        self.details[f"detector_{tag}"] = {
+            "losses": timer.losses,
+            "shape": list(shape),
+            "samples": len(samples),
+        }
 
-    def detector_shape(self, samples: list[TrainingSample],
-                       settings: DetectorTrainingSettings) -> tuple[int, ...]:
+    def detector_shape(
+        self, samples: list[TrainingSample], settings: DetectorTrainingSettings
+    ) -> tuple[int, ...]:
         """The network's input size, as the package's sampler picks it."""
         if settings.patch_size is not None:
             return tuple(settings.patch_size)
         if "detector_box" not in self.details:
             loaded = [detector_training.load_sample(s) for s in samples]
-            sampler = detector_training.PairSampler(loaded, settings,
-                                                    np.random.default_rng(0))
+            sampler = detector_training.PairSampler(loaded, settings, np.random.default_rng(0))
             self.details["detector_box"] = list(sampler.shape)
         return tuple(self.details["detector_box"])
 
@@ -631,50 +764,83 @@ class Check:
                 started = time.perf_counter()
                 network, metadata = load_detector(model_path, self.device)
                 record = predict_with_network(
-                    network, self.pair.baseline, self.pair.followup, self.pair.masks,
-                    self.pair.followup, prediction_paths(str(folder), SUBJECT),
-                    subject=SUBJECT, settings=inference_for(metadata), device=self.device)
+                    network,
+                    self.pair.baseline,
+                    self.pair.followup,
+                    self.pair.masks,
+                    self.pair.followup,
+                    prediction_paths(str(folder), SUBJECT),
+                    subject=SUBJECT,
+                    settings=inference_for(metadata),
+                    device=self.device,
+                )
                 _sync(self.device)
                 totals.append(time.perf_counter() - started)
                 networks.append(float(record["seconds_network"]))
                 records.append(record)
         name = metadata.get("name", model_path.parent.name)
-        self.set("predict_pair", statistics.median(totals[1:]), memory=memory.gib,
-                 setting=f"{name}: loading, network, components, lesion table, native grid, "
-                         f"files; first (cold) run {totals[0]:.2f} s")
-        self.set("predict_network", statistics.median(networks[1:]),
-                 setting=f"{records[-1]['changes']} change(s) found")
-        self.details["predict"] = {"model": str(model_path), "seconds_total": totals,
-                                   "seconds_network": networks,
-                                   "settings": records[-1]["settings"]}
+        self.set(
+            "predict_pair",
+            statistics.median(totals[1:]),
+            memory=memory.gib,
+            setting=f"{name}: loading, network, components, lesion table, native grid, "
+            f"files; first (cold) run {totals[0]:.2f} s",
+        )
+        self.set(
+            "predict_network",
+            statistics.median(networks[1:]),
+            setting=f"{records[-1]['changes']} change(s) found",
+        )
+        self.details["predict"] = {
+            "model": str(model_path),
+            "seconds_total": totals,
+            "seconds_network": networks,
+            "settings": records[-1]["settings"],
+        }
 
     def projections(self) -> None:
         tag = "bf16" if self.cuda else "fp32"
-        quick = "" if self.geometry.vae_crop is None else (
-            "; quick mode: measured on smaller crops than the paper's, not a projection "
-            "of its run")
+        quick = (
+            ""
+            if self.geometry.vae_crop is None
+            else (
+                "; quick mode: measured on smaller crops than the paper's, not a projection "
+                "of its run"
+            )
+        )
         vae = self.rows[f"vae_{tag}"].value
         if vae is not None:
             crops = self.vae_paper.total_steps * self.vae_paper.batch_size
-            self.set("paper_vae_hours", crops / vae / 3600,
-                     setting=f"{self.vae_paper.iterations} iterations × "
-                             f"{self.vae_paper.crops_per_iteration} crops = {crops:,} crops "
-                             f"at {_fmt(vae)} crops/s{quick}")
+            self.set(
+                "paper_vae_hours",
+                crops / vae / 3600,
+                setting=f"{self.vae_paper.iterations} iterations × "
+                f"{self.vae_paper.crops_per_iteration} crops = {crops:,} crops "
+                f"at {_fmt(vae)} crops/s{quick}",
+            )
         else:
             self.rows["paper_vae_hours"].text = f"n/a: no VAE {tag} throughput"
         detector = self.rows[f"detector_{tag}"].value
         paper = self.detector_paper
         if detector is not None:
             pairs = paper.total_steps * paper.batch_size
-            quick = "" if self.geometry.detector_patch is None else (
-                "; quick mode: measured on small patches, not the paper's whole boxes")
-            self.set("paper_detector_hours", pairs / detector / 3600,
-                     setting=f"{paper.iterations} iterations × {paper.pairs_per_iteration} "
-                             f"pairs = {pairs:,} pairs at {_fmt(detector)} pairs/s{quick}")
+            quick = (
+                ""
+                if self.geometry.detector_patch is None
+                else ("; quick mode: measured on small patches, not the paper's whole boxes")
+            )
+            self.set(
+                "paper_detector_hours",
+                pairs / detector / 3600,
+                setting=f"{paper.iterations} iterations × {paper.pairs_per_iteration} "
+                f"pairs = {pairs:,} pairs at {_fmt(detector)} pairs/s{quick}",
+            )
         else:
             self.rows["paper_detector_hours"].text = f"n/a: no detector {tag} throughput"
-        if self.rows["paper_vae_hours"].value is None or \
-                self.rows["paper_detector_hours"].value is None:
+        if (
+            self.rows["paper_vae_hours"].value is None
+            or self.rows["paper_detector_hours"].value is None
+        ):
             raise RuntimeError("a projection lacks its measured throughput")
 
     def cuda_tests(self, log: Path | None, returncode: int | None) -> None:
@@ -682,9 +848,12 @@ class Check:
         if log is None or not log.is_file():
             row.text = "not run (run benchmarks/gpu_check.sh)"
             return
-        lines = [line.strip("= ") for line in log.read_text().splitlines()
-                 if re.search(r"\b(passed|failed|skipped|error|errors|deselected)\b", line)
-                 and " in " in line]
+        lines = [
+            line.strip("= ")
+            for line in log.read_text().splitlines()
+            if re.search(r"\b(passed|failed|skipped|error|errors|deselected)\b", line)
+            and " in " in line
+        ]
         summary = lines[-1] if lines else "no pytest summary found"
         row.text = summary if returncode in (0, None) else f"FAILED (exit {returncode}): {summary}"
         self.details["cuda_tests"] = {"summary": summary, "returncode": returncode}
@@ -696,55 +865,70 @@ class Check:
     def report(self) -> dict[str, Any]:
         cuda = torch.cuda.is_available()
         return {
-            "mode": self.geometry.name, "device": str(self.device),
+            "mode": self.geometry.name,
+            "device": str(self.device),
             "machine": {
-                "platform": platform.platform(), "python": platform.python_version(),
-                "torch": torch.__version__, "threads": self.threads,
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "threads": self.threads,
                 "cpu_cores": os.cpu_count(),
                 "gpu": torch.cuda.get_device_name(self.device) if self.cuda else None,
                 "cuda": torch.version.cuda if cuda else None,
                 "cudnn": torch.backends.cudnn.version() if cuda else None,
                 # float32 convolutions run as TF32 on Ampere and later when this is set
-                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32},
+                "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            },
             "memory_kind": self.memory_kind,
             "workflow_precision": self.workflow_precision,
             "pair": self.details.get("pair"),
-            "paper_preset": {"vae": self.vae_paper.as_dict(),
-                             "detector": self.detector_paper.as_dict()},
+            "paper_preset": {
+                "vae": self.vae_paper.as_dict(),
+                "detector": self.detector_paper.as_dict(),
+            },
             "rows": [dataclasses.asdict(self.rows[key]) for key in ROW_KEYS],
-            "details": self.details, "errors": self.errors,
-            "elapsed_s": round(self.elapsed(), 1)}
+            "details": self.details,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed(), 1),
+        }
 
     def markdown(self) -> str:
         report = self.report()
         machine = report["machine"]
-        where = (f"{machine['gpu']} (CUDA {machine['cuda']}, cuDNN {machine['cudnn']})"
-                 if self.cuda else f"CPU, {self.threads} thread(s) of {machine['cpu_cores']}")
+        where = (
+            f"{machine['gpu']} (CUDA {machine['cuda']}, cuDNN {machine['cudnn']})"
+            if self.cuda
+            else f"CPU, {self.threads} thread(s) of {machine['cpu_cores']}"
+        )
         pair = report["pair"] or {}
         lines = [
-            f"# GPU check ({self.geometry.name} mode, {self.device})", "",
+            f"# GPU check ({self.geometry.name} mode, {self.device})",
+            "",
             f"{where}; PyTorch {machine['torch']}, Python {machine['python']}; "
             f"{report['elapsed_s']} s in all.",
             f"Pair: {pair.get('source', 'n/a')}; grid {_size(pair.get('shape', []))} of "
             f"{_size(pair.get('voxel_mm', []))} mm, brain {pair.get('brain_ml', 'n/a')} ml, "
-            f"brain box {_size(pair.get('brain_box', []))}.", "",
+            f"brain box {_size(pair.get('brain_box', []))}.",
+            "",
             f"| measurement | value | unit | {self.memory_kind} (GiB) | setting |",
-            "| --- | ---: | --- | ---: | --- |"]
+            "| --- | ---: | --- | ---: | --- |",
+        ]
         for key in ROW_KEYS:
             row = self.rows[key]
             value = row.text if row.value is None else _fmt(row.value)
             memory = "" if row.peak_memory_gib is None else f"{row.peak_memory_gib:.2f}"
             cell = (value or "").replace("|", "/")
-            lines.append(f"| {row.label} | {cell} | {row.unit} | {memory} | "
-                         f"{row.setting.replace('|', '/')} |")
+            lines.append(
+                f"| {row.label} | {cell} | {row.unit} | {memory} | "
+                f"{row.setting.replace('|', '/')} |"
+            )
         if self.errors:
             lines += ["", "Failed or skipped:", *[f"- {e}" for e in self.errors]]
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_check.json").write_text(json.dumps(self.report(), indent=1,
-                                                            default=str))
+        (self.out / "gpu_check.json").write_text(json.dumps(self.report(), indent=1, default=str))
         (self.out / "gpu_check.md").write_text(self.markdown())
 
 
@@ -755,8 +939,14 @@ def run_check(args: argparse.Namespace) -> Check:
     flush_denormals()
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
-        check = Check(device=device, geometry=geometry, out=args.out, work=work,
-                      threads=args.threads, budget_s=args.budget_s)
+        check = Check(
+            device=device,
+            geometry=geometry,
+            out=args.out,
+            work=work,
+            threads=args.threads,
+            budget_s=args.budget_s,
+        )
         check.cuda_tests(args.cuda_tests_log, args.cuda_tests_rc)
         check.write()
         try:
@@ -778,25 +968,43 @@ def run_check(args: argparse.Namespace) -> Check:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda, cuda:N or cpu (default: cuda when PyTorch sees a GPU)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda, cuda:N or cpu (default: cuda when PyTorch sees a GPU)",
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="tiny sizes and a few steps (the default on CPU)")
-    mode.add_argument("--full", action="store_true",
-                      help="the paper's geometry also on CPU (slow: hours)")
+    mode.add_argument(
+        "--quick", action="store_true", help="tiny sizes and a few steps (the default on CPU)"
+    )
+    mode.add_argument(
+        "--full", action="store_true", help="the paper's geometry also on CPU (slow: hours)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results" / "gpu_check")
-    parser.add_argument("--pair", type=Path,
-                        help="a preprocessed pair's folder (results/preproc/sub-<id>); "
-                             "default: a synthetic phantom pair")
-    parser.add_argument("--threads", type=int, default=job_threads(),
-                        help="CPU threads (default: all this process may use)")
-    parser.add_argument("--budget-s", type=float, default=300.0,
-                        help="parts not started by then are skipped (default 300)")
-    parser.add_argument("--work", type=Path,
-                        help="keep the intermediate files here (default: a temp folder)")
+    parser.add_argument(
+        "--pair",
+        type=Path,
+        help="a preprocessed pair's folder (results/preproc/sub-<id>); "
+        "default: a synthetic phantom pair",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=job_threads(),
+        help="CPU threads (default: all this process may use)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=300.0,
+        help="parts not started by then are skipped (default 300)",
+    )
+    parser.add_argument(
+        "--work", type=Path, help="keep the intermediate files here (default: a temp folder)"
+    )
     parser.add_argument("--cuda-tests-log", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--cuda-tests-rc", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)

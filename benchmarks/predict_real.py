@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--second-model", type=Path, help="a second model for the ensemble")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--end-to-end-only", action="store_true",
-                        help="skip the network-only variants")
+    parser.add_argument(
+        "--end-to-end-only", action="store_true", help="skip the network-only variants"
+    )
     args = parser.parse_args()
     flush_denormals()
     torch.set_num_threads(args.threads)
@@ -64,7 +65,9 @@ def main() -> None:
     settings = inference_for(metadata)
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
-        "model": DEFAULT_MODEL, "settings": settings.as_dict()}
+        "model": DEFAULT_MODEL,
+        "settings": settings.as_dict(),
+    }
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
 
@@ -73,40 +76,71 @@ def main() -> None:
         def end_to_end() -> None:
             # As a user runs it: a fresh process, start-up included.
             finished = subprocess.run(
-                [str(Path(sys.executable).with_name("mschange")), "predict",
-                 "--baseline", str(args.baseline), "--followup", str(args.followup),
-                 "--out", str(out), "--subject", "bench", "--threads", str(args.threads)],
-                check=True, capture_output=True, text=True)
-            stage_runs.append({match[1]: float(match[2]) for match in re.finditer(
-                r"^\[\d+/\d+\] (.+): done in ([\d.]+) s$", finished.stderr, re.MULTILINE)})
+                [
+                    str(Path(sys.executable).with_name("mschange")),
+                    "predict",
+                    "--baseline",
+                    str(args.baseline),
+                    "--followup",
+                    str(args.followup),
+                    "--out",
+                    str(out),
+                    "--subject",
+                    "bench",
+                    "--threads",
+                    str(args.threads),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            stage_runs.append(
+                {
+                    match[1]: float(match[2])
+                    for match in re.finditer(
+                        r"^\[\d+/\d+\] (.+): done in ([\d.]+) s$", finished.stderr, re.MULTILINE
+                    )
+                }
+            )
+
         results["end_to_end"] = median_seconds(end_to_end, args.repeats)
-        results["stages_median_s"] = {stage: statistics.median(run[stage] for run in stage_runs)
-                                      for stage in stage_runs[0]}
-        results["predict_max_rss_mb"] = \
+        results["stages_median_s"] = {
+            stage: statistics.median(run[stage] for run in stage_runs) for stage in stage_runs[0]
+        }
+        results["predict_max_rss_mb"] = (
             resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        )
         work = out / "preproc"
         baseline, _ = load_float_image(
-            work / "sub-bench_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz")
+            work / "sub-bench_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz"
+        )
         followup, image = load_float_image(
-            work / "sub-bench_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz")
+            work / "sub-bench_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz"
+        )
         brain = brain_intersection(
             work / "sub-bench_tp-baseline_space-followup_desc-brain_mask.nii.gz",
-            work / "sub-bench_tp-followup_desc-brain_mask.nii.gz")
+            work / "sub-bench_tp-followup_desc-brain_mask.nii.gz",
+        )
         variants: dict[str, tuple[Any, Any]] = {
             "network": ([network], settings),
             "network_mirror_lr": ([network], dataclasses.replace(settings, mirror_axes=(0,))),
-            "network_mirror_all": ([network], dataclasses.replace(settings,
-                                                                  mirror_axes=(0, 1, 2)))}
+            "network_mirror_all": ([network], dataclasses.replace(settings, mirror_axes=(0, 1, 2))),
+        }
         if args.second_model:
-            variants["network_ensemble_of_2"] = ([network, load_detector(args.second_model)[0]],
-                                                 settings)
+            variants["network_ensemble_of_2"] = (
+                [network, load_detector(args.second_model)[0]],
+                settings,
+            )
         if args.end_to_end_only:
             variants = {}
         with cpu_threads(args.threads, torch.device("cpu")):
             for name, (networks, variant) in variants.items():
                 results[name] = median_seconds(
                     lambda n=networks, v=variant: predict_probability(
-                        n, baseline, followup, brain, image.affine, v), args.repeats)
+                        n, baseline, followup, brain, image.affine, v
+                    ),
+                    args.repeats,
+                )
     results["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(results, indent=2))
 

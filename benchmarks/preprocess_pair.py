@@ -42,19 +42,26 @@ def run_call(call: Any) -> tuple[float, float]:
     return result
 
 
-def preprocess_once(pair_dir: Path, work: Path, threads: int, registration_threads: int
-                    ) -> dict[str, tuple[float, float]]:
+def preprocess_once(
+    pair_dir: Path, work: Path, threads: int, registration_threads: int
+) -> dict[str, tuple[float, float]]:
     """Every step of the pipeline's plan for the pair (the workflow's own steps, in order,
     with the default preprocessing settings); per step, the summed time and peak memory
     over its time points."""
     from mschange.config import section_defaults
     from mschange.preprocessing.pipeline import plan_pair
 
-    plan = plan_pair({"baseline": pair_dir / "study1_FLAIR.nii.gz",
-                      "followup": pair_dir / "study2_FLAIR.nii.gz"}, subject="bench",
-                     settings=section_defaults("preprocessing", resolution_mm=1.0),
-                     folder=str(work), threads=threads,
-                     registration_threads=registration_threads)
+    plan = plan_pair(
+        {
+            "baseline": pair_dir / "study1_FLAIR.nii.gz",
+            "followup": pair_dir / "study2_FLAIR.nii.gz",
+        },
+        subject="bench",
+        settings=section_defaults("preprocessing", resolution_mm=1.0),
+        folder=str(work),
+        threads=threads,
+        registration_threads=registration_threads,
+    )
     record: dict[str, tuple[float, float]] = {}
     for call in plan:
         seconds, memory = run_call(call)
@@ -76,23 +83,37 @@ def main() -> None:
     runs = []
     for repeat in range(args.repeats):
         with tempfile.TemporaryDirectory() as work:
-            record = preprocess_once(DATA / "longitudinal" / args.pair, Path(work), args.threads,
-                                     args.registration_threads)
+            record = preprocess_once(
+                DATA / "longitudinal" / args.pair,
+                Path(work),
+                args.threads,
+                args.registration_threads,
+            )
         runs.append(record)
         print(f"run {repeat + 1}: " + ", ".join(f"{k} {v[0]:.1f} s" for k, v in record.items()))
-    summary = {step: {"median_seconds": statistics.median(r[step][0] for r in runs),
-                      "peak_memory_mb": max(r[step][1] for r in runs)} for step in runs[0]}
+    summary = {
+        step: {
+            "median_seconds": statistics.median(r[step][0] for r in runs),
+            "peak_memory_mb": max(r[step][1] for r in runs),
+        }
+        for step in runs[0]
+    }
     total = statistics.median(sum(v[0] for v in r.values()) for r in runs)
-    print(f"\n{args.pair}, {args.repeats} runs, {args.threads} threads "
-          f"({args.registration_threads} for registration), "
-          f"{platform.processor() or platform.machine()}")
+    print(
+        f"\n{args.pair}, {args.repeats} runs, {args.threads} threads "
+        f"({args.registration_threads} for registration), "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("| step | median wall time (s) | peak memory (MB) |\n|---|---|---|")
     for step, values in summary.items():
         print(f"| {step} | {values['median_seconds']:.1f} | {values['peak_memory_mb']:.0f} |")
     print(f"| **whole pair** | **{total:.1f}** | |")
     if args.json:
-        args.json.write_text(json.dumps({"pair": args.pair, "steps": summary,
-                                         "total_median_seconds": total}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"pair": args.pair, "steps": summary, "total_median_seconds": total}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -68,20 +68,43 @@ def previous_hdbet_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     standard = orientations.apply_orientation(data, to_standard)
     spacing = voxel_sizes(affine)[np.argsort(to_standard[:, 0])]
     with contextlib.redirect_stdout(io.StringIO()):
-        _, mask = hd_bet(np.ascontiguousarray(standard.transpose(2, 1, 0)),
-                         tuple(float(s) for s in spacing[::-1]), mode="fast", device="cpu",
-                         postprocess=True, do_tta=False)
+        _, mask = hd_bet(
+            np.ascontiguousarray(standard.transpose(2, 1, 0)),
+            tuple(float(s) for s in spacing[::-1]),
+            mode="fast",
+            device="cpu",
+            postprocess=True,
+            do_tta=False,
+        )
     back = orientations.ornt_transform(target, source)
-    return np.asarray(orientations.apply_orientation(np.asarray(mask).transpose(2, 1, 0) > 0,
-                                                     back), dtype=bool)
+    return np.asarray(
+        orientations.apply_orientation(np.asarray(mask).transpose(2, 1, 0) > 0, back), dtype=bool
+    )
 
 
-def register_pair(fixed: np.ndarray, fixed_affine: np.ndarray, moving: np.ndarray,
-                  moving_affine: np.ndarray, moving_mask: np.ndarray, folder: Path,
-                  sampling: int, seed: int, name: str) -> Path:
+def register_pair(
+    fixed: np.ndarray,
+    fixed_affine: np.ndarray,
+    moving: np.ndarray,
+    moving_affine: np.ndarray,
+    moving_mask: np.ndarray,
+    folder: Path,
+    sampling: int,
+    seed: int,
+    name: str,
+) -> Path:
     transform = folder / f"{name}.mat"
-    register_rigid(fixed, fixed_affine, moving, moving_affine, moving_mask, transform,
-                   sampling_points=sampling, seed=seed, threads=1)
+    register_rigid(
+        fixed,
+        fixed_affine,
+        moving,
+        moving_affine,
+        moving_mask,
+        transform,
+        sampling_points=sampling,
+        seed=seed,
+        threads=1,
+    )
     return transform
 
 
@@ -92,9 +115,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def true_mapping(pair_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
     to_baseline = sitk.ReadTransform(str(pair_dir / "study1_FLAIR_to_common_space.txt"))
     from_followup = sitk.ReadTransform(
-        str(pair_dir / "study2_FLAIR_to_common_space.txt")).GetInverse()
-    return lambda points: np.array([to_baseline.TransformPoint(
-        from_followup.TransformPoint(tuple(p))) for p in points.tolist()])
+        str(pair_dir / "study2_FLAIR_to_common_space.txt")
+    ).GetInverse()
+    return lambda points: np.array(
+        [
+            to_baseline.TransformPoint(from_followup.TransformPoint(tuple(p)))
+            for p in points.tolist()
+        ]
+    )
 
 
 def main() -> None:
@@ -109,24 +137,36 @@ def main() -> None:
     points = int(schema_default("preprocessing", "registration", "sampling_points"))
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch "
-                   "threads, registration 1 thread",
-        "repeats": args.repeats, "sampling_points": points, "hdbet": {}, "registration": {}}
+        "threads, registration 1 thread",
+        "repeats": args.repeats,
+        "sampling_points": points,
+        "hdbet": {},
+        "registration": {},
+    }
     for pair in PAIRS:
         pair_dir = DATA / "longitudinal" / pair
-        scans = {tp: resample_isotropic(nib.load(pair_dir / f"study{n}_FLAIR.nii.gz"), 1.0)
-                 for n, tp in ((1, "baseline"), (2, "followup"))}
+        scans = {
+            tp: resample_isotropic(nib.load(pair_dir / f"study{n}_FLAIR.nii.gz"), 1.0)
+            for n, tp in ((1, "baseline"), (2, "followup"))
+        }
         masks = {}
         for tp, image in scans.items():
             data = image.get_fdata(dtype=np.float32)
             before, before_runs, reference = median_seconds(
-                partial(previous_hdbet_mask, data, image.affine), args.repeats)
+                partial(previous_hdbet_mask, data, image.affine), args.repeats
+            )
             hdbet_brain_masks([(data, image.affine)])  # the first call loads the network
             after, after_runs, (mask,) = median_seconds(
-                partial(hdbet_brain_masks, [(data, image.affine)]), args.repeats)
+                partial(hdbet_brain_masks, [(data, image.affine)]), args.repeats
+            )
             results["hdbet"][f"{pair} {tp}"] = {
-                "previous_s": before, "previous_runs_s": before_runs, "now_s": after,
-                "now_runs_s": after_runs, "speed_up": before / after,
-                "dice_to_previous": dice(mask, reference)}
+                "previous_s": before,
+                "previous_runs_s": before_runs,
+                "now_s": after,
+                "now_runs_s": after_runs,
+                "speed_up": before / after,
+                "dice_to_previous": dice(mask, reference),
+            }
             masks[tp] = mask
         fixed, moving = scans["followup"], scans["baseline"]
         fixed_data = np.where(masks["followup"], fixed.get_fdata(dtype=np.float32), 0)
@@ -137,25 +177,35 @@ def main() -> None:
         truth = true_mapping(pair_dir)
         record: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as folder:
-            register = partial(register_pair, fixed_data, fixed.affine, moving_data,
-                               moving.affine, masks["baseline"], Path(folder))
-            for label, sampling in (("previous", int(0.2 * fixed_data.size)),
-                                    ("now", points)):
-                seconds, runs, _ = median_seconds(partial(register, sampling, 1, label),
-                                                  args.repeats)
+            register = partial(
+                register_pair,
+                fixed_data,
+                fixed.affine,
+                moving_data,
+                moving.affine,
+                masks["baseline"],
+                Path(folder),
+            )
+            for label, sampling in (("previous", int(0.2 * fixed_data.size)), ("now", points)):
+                seconds, runs, _ = median_seconds(
+                    partial(register, sampling, 1, label), args.repeats
+                )
                 errors, digests = [], set()
                 for seed in args.seeds:
                     transform = register(sampling, seed, f"{label}-{seed}")
-                    errors.append(float(registration_error_mm(transform, truth,
-                                                              points_lps).mean()))
+                    errors.append(float(registration_error_mm(transform, truth, points_lps).mean()))
                 for repeat in range(2):
                     transform = register(sampling, args.seeds[0], f"{label}-again{repeat}")
                     digests.add(hashlib.sha256(transform.read_bytes()).hexdigest())
-                record[label] = {"sampling_points": sampling, "median_s": seconds,
-                                 "runs_s": runs, "error_mm_by_seed": errors,
-                                 "mean_error_mm": statistics.mean(errors),
-                                 "max_error_mm": max(errors),
-                                 "reruns_identical": len(digests) == 1}
+                record[label] = {
+                    "sampling_points": sampling,
+                    "median_s": seconds,
+                    "runs_s": runs,
+                    "error_mm_by_seed": errors,
+                    "mean_error_mm": statistics.mean(errors),
+                    "max_error_mm": max(errors),
+                    "reruns_identical": len(digests) == 1,
+                }
         record["speed_up"] = record["previous"]["median_s"] / record["now"]["median_s"]
         results["registration"][pair] = record
     text = json.dumps(results, indent=2)

@@ -77,16 +77,23 @@ Mapping = Callable[[F], F]
 
 # --- the pairs and their true transforms ---------------------------------------------
 
+
 def data_transform_truth(pair_dir: Path) -> Mapping:
     """Follow-up LPS points to true baseline LPS points, from the data's transforms
     (as tests/test_realdata.py)."""
     to_baseline = sitk.ReadTransform(str(pair_dir / "study1_FLAIR_to_common_space.txt"))
     from_followup = sitk.ReadTransform(
-        str(pair_dir / "study2_FLAIR_to_common_space.txt")).GetInverse()
+        str(pair_dir / "study2_FLAIR_to_common_space.txt")
+    ).GetInverse()
 
     def mapping(points: F) -> F:
-        return np.array([to_baseline.TransformPoint(from_followup.TransformPoint(tuple(p)))
-                         for p in points.tolist()])
+        return np.array(
+            [
+                to_baseline.TransformPoint(from_followup.TransformPoint(tuple(p)))
+                for p in points.tolist()
+            ]
+        )
+
     return mapping
 
 
@@ -96,15 +103,30 @@ def matrix_truth(ras_follow_to_baseline: F) -> Mapping:
 
     def mapping(points: F) -> F:
         return (np.c_[points, np.ones(len(points))] @ lps.T)[:, :3]
+
     return mapping
 
 
 def predict(baseline: Path, followup: Path, out: Path, subject: str, threads: int) -> None:
     """Preprocess a pair as `mschange predict` does (skipped when already done)."""
-    if not (out / "preproc" / f"sub-{subject}_tp-baseline_space-followup_desc-preproc_"
-            "FLAIR.nii.gz").is_file():
-        code = cli.main(["predict", "--baseline", str(baseline), "--followup", str(followup),
-                         "--out", str(out), "--subject", subject, "--threads", str(threads)])
+    if not (
+        out / "preproc" / f"sub-{subject}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz"
+    ).is_file():
+        code = cli.main(
+            [
+                "predict",
+                "--baseline",
+                str(baseline),
+                "--followup",
+                str(followup),
+                "--out",
+                str(out),
+                "--subject",
+                subject,
+                "--threads",
+                str(threads),
+            ]
+        )
         if code != 0:
             raise RuntimeError(f"mschange predict failed for {subject}")
 
@@ -113,10 +135,21 @@ def prepare_pairs(data: Path, work: Path, threads: int) -> list[dict[str, Any]]:
     pairs: list[dict[str, Any]] = []
     for name in ("patient01", "patient03"):
         pair_dir = data / "longitudinal" / name
-        predict(pair_dir / "study1_FLAIR.nii.gz", pair_dir / "study2_FLAIR.nii.gz",
-                work / name, name, threads)
-        pairs.append({"name": name, "kind": "real pair (open_ms_data development pair)",
-                      "out": work / name, "truth": data_transform_truth(pair_dir)})
+        predict(
+            pair_dir / "study1_FLAIR.nii.gz",
+            pair_dir / "study2_FLAIR.nii.gz",
+            work / name,
+            name,
+            threads,
+        )
+        pairs.append(
+            {
+                "name": name,
+                "kind": "real pair (open_ms_data development pair)",
+                "out": work / name,
+                "truth": data_transform_truth(pair_dir),
+            }
+        )
     for name, seed in (("long_patient09_study2", 3), ("long_patient20_study2", 5)):
         subject = name.replace("_", "-")
         scan = data / "single" / f"{name}_FLAIR.nii.gz"
@@ -129,13 +162,21 @@ def prepare_pairs(data: Path, work: Path, threads: int) -> list[dict[str, Any]]:
         predict(rescan_path, scan, work / subject, subject, threads)
         motion = record["motion"]
         # The rescan shows input point x at y = moved @ x: follow-up (input) to baseline.
-        moved = rigid_mm_transform(tuple(motion["rotation_deg"]),
-                                   tuple(motion["translation_mm"]),
-                                   np.asarray(motion["centre_mm"]))
-        pairs.append({"name": subject, "kind": "simulated rescan of a real scan "
-                      f"(gamma {record['contrast']['gamma']:.3f}, slices x"
-                      f"{record['slice_thickness']['factor']:.2f})",
-                      "out": work / subject, "truth": matrix_truth(moved)})
+        moved = rigid_mm_transform(
+            tuple(motion["rotation_deg"]),
+            tuple(motion["translation_mm"]),
+            np.asarray(motion["centre_mm"]),
+        )
+        pairs.append(
+            {
+                "name": subject,
+                "kind": "simulated rescan of a real scan "
+                f"(gamma {record['contrast']['gamma']:.3f}, slices x"
+                f"{record['slice_thickness']['factor']:.2f})",
+                "out": work / subject,
+                "truth": matrix_truth(moved),
+            }
+        )
     for subject, change in (("demo01", False), ("demo02", True)):
         paths = demo_subject_paths(work / "demo", subject)
         if not paths.params_json.is_file():
@@ -143,20 +184,30 @@ def prepare_pairs(data: Path, work: Path, threads: int) -> list[dict[str, Any]]:
         predict(paths.baseline, paths.followup, work / subject, subject, threads)
         params = json.loads(paths.params_json.read_text())
         affine = nib.load(paths.followup).affine
-        to_subject = {tp: np.asarray(params["timepoints"][tp]["voxel_to_subject"])
-                      @ np.linalg.inv(affine) for tp in ("baseline", "followup")}
+        to_subject = {
+            tp: np.asarray(params["timepoints"][tp]["voxel_to_subject"]) @ np.linalg.inv(affine)
+            for tp in ("baseline", "followup")
+        }
         gammas = [params["timepoints"][tp]["gamma"] for tp in ("baseline", "followup")]
-        pairs.append({"name": subject, "kind": "synthetic demo pair (gamma "
-                      f"{gammas[0]:.3f} and {gammas[1]:.3f})", "out": work / subject,
-                      "truth": matrix_truth(np.linalg.inv(to_subject["baseline"])
-                                            @ to_subject["followup"])})
+        pairs.append(
+            {
+                "name": subject,
+                "kind": f"synthetic demo pair (gamma {gammas[0]:.3f} and {gammas[1]:.3f})",
+                "out": work / subject,
+                "truth": matrix_truth(
+                    np.linalg.inv(to_subject["baseline"]) @ to_subject["followup"]
+                ),
+            }
+        )
     return pairs
 
 
 # --- the measures ----------------------------------------------------------------------
 
-def candidates(followup: F, baseline: F, mask: F, followup_mask: F, baseline_mask: F
-               ) -> dict[str, float]:
+
+def candidates(
+    followup: F, baseline: F, mask: F, followup_mask: F, baseline_mask: F
+) -> dict[str, float]:
     """Every candidate similarity (inside both masks) and contrast measure."""
     a = followup[mask].astype(np.float64)
     b = baseline[mask].astype(np.float64)
@@ -175,28 +226,40 @@ def candidates(followup: F, baseline: F, mask: F, followup_mask: F, baseline_mas
     }
     # The shipped functions, which the QC table uses (the similarity: Spearman's).
     values["registration_similarity"] = registration_similarity(followup, baseline, mask)
-    values["contrast_difference"] = contrast_difference(followup, baseline, followup_mask,
-                                                        baseline_mask)
+    values["contrast_difference"] = contrast_difference(
+        followup, baseline, followup_mask, baseline_mask
+    )
     return values
 
 
-def rigid(volume: F, mask: F, centre: F, *, rotation_deg: tuple[float, float, float] =
-          (0.0, 0.0, 0.0), shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)
-          ) -> tuple[F, F]:
+def rigid(
+    volume: F,
+    mask: F,
+    centre: F,
+    *,
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> tuple[F, F]:
     """Move an image and its mask by a rotation about ``centre`` and a shift (voxels):
     what was at voxel x shows at R (x - c) + c + t."""
     rotation = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix()
     inverse = rotation.T
     offset = centre - inverse @ (centre + np.asarray(shift_vox, dtype=np.float64))
     moved = ndi.affine_transform(volume, inverse, offset=offset, order=1)
-    moved_mask = ndi.affine_transform(mask.astype(np.float32), inverse, offset=offset,
-                                      order=1) > 0.5
+    moved_mask = (
+        ndi.affine_transform(mask.astype(np.float32), inverse, offset=offset, order=1) > 0.5
+    )
     return moved, moved_mask
 
 
-def mean_displacement_mm(mask: F, centre: F, voxel_mm: float, *, rotation_deg:
-                         tuple[float, float, float] = (0.0, 0.0, 0.0),
-                         shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> float:
+def mean_displacement_mm(
+    mask: F,
+    centre: F,
+    voxel_mm: float,
+    *,
+    rotation_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    shift_vox: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> float:
     rotation = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix()
     points = np.argwhere(mask)[::20].astype(np.float64)
     moved = (points - centre) @ rotation.T + centre + np.asarray(shift_vox)
@@ -221,11 +284,13 @@ def measure_pair(pair: dict[str, Any]) -> list[dict[str, Any]]:
     prefix = pair["out"] / "preproc" / f"sub-{pair['out'].name}_tp-"
     fu_image = nib.load(f"{prefix}followup_space-followup_desc-preproc_FLAIR.nii.gz")
     followup = fu_image.get_fdata(dtype=np.float32)
-    baseline = nib.load(f"{prefix}baseline_space-followup_desc-preproc_FLAIR.nii.gz"
-                        ).get_fdata(dtype=np.float32)
+    baseline = nib.load(f"{prefix}baseline_space-followup_desc-preproc_FLAIR.nii.gz").get_fdata(
+        dtype=np.float32
+    )
     fu_mask = np.asarray(nib.load(f"{prefix}followup_desc-brain_mask.nii.gz").dataobj) > 0
-    bl_mask = np.asarray(nib.load(
-        f"{prefix}baseline_space-followup_desc-brain_mask.nii.gz").dataobj) > 0
+    bl_mask = (
+        np.asarray(nib.load(f"{prefix}baseline_space-followup_desc-brain_mask.nii.gz").dataobj) > 0
+    )
     voxel = np.linalg.norm(fu_image.affine[:3, :3], axis=0)
     assert np.allclose(voxel, voxel[0], atol=1e-3), voxel
     voxel_mm = float(voxel[0])
@@ -240,80 +305,142 @@ def measure_pair(pair: dict[str, Any]) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
 
-    def add(case: str, group: str, bl: F, bl_m: F, fu: F = followup, fu_m: F = fu_mask,
-            displacement_mm: float = 0.0) -> None:
+    def add(
+        case: str,
+        group: str,
+        bl: F,
+        bl_m: F,
+        fu: F = followup,
+        fu_m: F = fu_mask,
+        displacement_mm: float = 0.0,
+    ) -> None:
         started = time.perf_counter()
         values = candidates(fu, bl, fu_m & bl_m, fu_m, bl_m)
-        rows.append({"pair": pair["name"], "case": case, "group": group,
-                     "added_displacement_mm": round(displacement_mm, 2),
-                     **{k: round(v, 4) for k, v in values.items()},
-                     "seconds": round(time.perf_counter() - started, 2)})
+        rows.append(
+            {
+                "pair": pair["name"],
+                "case": case,
+                "group": group,
+                "added_displacement_mm": round(displacement_mm, 2),
+                **{k: round(v, 4) for k, v in values.items()},
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
 
     add("as registered", "good registration", baseline, bl_mask)
-    rows[-1].update(registration_error_mm=round(error, 2),
-                    unregistered_error_mm=round(unregistered, 2))
+    rows[-1].update(
+        registration_error_mm=round(error, 2), unregistered_error_mm=round(unregistered, 2)
+    )
     for mm in (2.0, 4.0, 8.0):
         for axis in range(3):
             shift = [0.0, 0.0, 0.0]
             shift[axis] = mm / voxel_mm
             moved, moved_mask = rigid(baseline, bl_mask, centre, shift_vox=tuple(shift))
-            add(f"shifted {mm:g} mm (axis {axis})", "misregistered", moved, moved_mask,
-                displacement_mm=mean_displacement_mm(fu_mask, centre, voxel_mm,
-                                                     shift_vox=tuple(shift)))
+            add(
+                f"shifted {mm:g} mm (axis {axis})",
+                "misregistered",
+                moved,
+                moved_mask,
+                displacement_mm=mean_displacement_mm(
+                    fu_mask, centre, voxel_mm, shift_vox=tuple(shift)
+                ),
+            )
     for degrees in (3.0, 6.0):
         for axis in range(3):
             angles = [0.0, 0.0, 0.0]
             angles[axis] = degrees
             moved, moved_mask = rigid(baseline, bl_mask, centre, rotation_deg=tuple(angles))
-            add(f"rotated {degrees:g} deg (axis {axis})", "misregistered", moved, moved_mask,
-                displacement_mm=mean_displacement_mm(fu_mask, centre, voxel_mm,
-                                                     rotation_deg=tuple(angles)))
+            add(
+                f"rotated {degrees:g} deg (axis {axis})",
+                "misregistered",
+                moved,
+                moved_mask,
+                displacement_mm=mean_displacement_mm(
+                    fu_mask, centre, voxel_mm, rotation_deg=tuple(angles)
+                ),
+            )
     for gamma in (0.5, 0.67, 0.8, 0.9, 1.1, 1.25, 1.5, 2.0):
         # Gamma 0.9-1.1 is the simulated rescans' own range (a repeat scan's variation).
-        group = ("contrast change" if abs(np.log(gamma)) > np.log(1.4)
-                 else "small contrast change")
-        add(f"follow-up vs its gamma {gamma:g} copy", group,
-            np.clip(followup, 0.0, None) ** gamma, fu_mask)
+        group = "contrast change" if abs(np.log(gamma)) > np.log(1.4) else "small contrast change"
+        add(
+            f"follow-up vs its gamma {gamma:g} copy",
+            group,
+            np.clip(followup, 0.0, None) ** gamma,
+            fu_mask,
+        )
     for gamma in (0.5, 2.0):
-        add(f"baseline gamma {gamma:g}", "contrast change",
-            np.clip(baseline, 0.0, None) ** gamma, bl_mask)
-    add("baseline with CSF not suppressed", "contrast change (non-monotonic)",
-        csf_unsuppressed(baseline, bl_mask), bl_mask)
-    add("baseline with CSF bright (T2-like)", "contrast change (non-monotonic)",
-        csf_bright(baseline, bl_mask), bl_mask)
-    shifted, shifted_mask = rigid(np.clip(baseline, 0.0, None) ** 0.67, bl_mask, centre,
-                                  shift_vox=(4.0 / voxel_mm, 0.0, 0.0))
-    add("baseline gamma 0.67, shifted 4 mm (axis 0)", "misregistered and contrast change",
-        shifted, shifted_mask, displacement_mm=4.0)
+        add(
+            f"baseline gamma {gamma:g}",
+            "contrast change",
+            np.clip(baseline, 0.0, None) ** gamma,
+            bl_mask,
+        )
+    add(
+        "baseline with CSF not suppressed",
+        "contrast change (non-monotonic)",
+        csf_unsuppressed(baseline, bl_mask),
+        bl_mask,
+    )
+    add(
+        "baseline with CSF bright (T2-like)",
+        "contrast change (non-monotonic)",
+        csf_bright(baseline, bl_mask),
+        bl_mask,
+    )
+    shifted, shifted_mask = rigid(
+        np.clip(baseline, 0.0, None) ** 0.67, bl_mask, centre, shift_vox=(4.0 / voxel_mm, 0.0, 0.0)
+    )
+    add(
+        "baseline gamma 0.67, shifted 4 mm (axis 0)",
+        "misregistered and contrast change",
+        shifted,
+        shifted_mask,
+        displacement_mm=4.0,
+    )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data"
-                        / "open_ms_data")
+    parser.add_argument(
+        "--data", type=Path, default=REPO.parent / "shared" / "data" / "open_ms_data"
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/qc_pairs"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path,
-                        default=REPO / "docs" / "benchmark_qc_registration.json")
+    parser.add_argument(
+        "--output", type=Path, default=REPO / "docs" / "benchmark_qc_registration.json"
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     pairs = prepare_pairs(args.data, args.work, args.threads)
     rows = [row for pair in pairs for row in measure_pair(pair)]
 
-    thresholds = {key: schema_default("qc", key) for key in
-                  ("min_registration_similarity", "max_contrast_difference",
-                   "min_brain_ml", "max_brain_ml")}
-    table = qc_table([{"subject": f"{r['pair']}: {r['case']}",
-                       "brain_volume_ml_baseline": 1200.0,
-                       "brain_volume_ml_followup": 1200.0,
-                       "registration_correlation": r["pearson"],
-                       "registration_similarity": r["registration_similarity"],
-                       "contrast_difference": r["contrast_difference"]} for r in rows],
-                     min_similarity=thresholds["min_registration_similarity"],
-                     max_contrast=thresholds["max_contrast_difference"],
-                     min_brain_ml=thresholds["min_brain_ml"],
-                     max_brain_ml=thresholds["max_brain_ml"])
+    thresholds = {
+        key: schema_default("qc", key)
+        for key in (
+            "min_registration_similarity",
+            "max_contrast_difference",
+            "min_brain_ml",
+            "max_brain_ml",
+        )
+    }
+    table = qc_table(
+        [
+            {
+                "subject": f"{r['pair']}: {r['case']}",
+                "brain_volume_ml_baseline": 1200.0,
+                "brain_volume_ml_followup": 1200.0,
+                "registration_correlation": r["pearson"],
+                "registration_similarity": r["registration_similarity"],
+                "contrast_difference": r["contrast_difference"],
+            }
+            for r in rows
+        ],
+        min_similarity=thresholds["min_registration_similarity"],
+        max_contrast=thresholds["max_contrast_difference"],
+        min_brain_ml=thresholds["min_brain_ml"],
+        max_brain_ml=thresholds["max_brain_ml"],
+    )
     for row, flags in zip(rows, table.itertuples(), strict=True):
         row["flag_registration"] = bool(flags.flag_registration)
         row["flag_contrast"] = bool(flags.flag_contrast)
@@ -321,19 +448,35 @@ def main() -> None:
         # The check this replaced: Pearson's correlation below 0.8.
         row["old_flag_registration"] = bool(not row["pearson"] >= 0.8)
 
-    measures = ["pearson", "pearson_histogram_matched", "registration_similarity", "nmi",
-                "nmi_64_bins", "gradient_correlation", "contrast_difference", "wasserstein",
-                "ks"]
+    measures = [
+        "pearson",
+        "pearson_histogram_matched",
+        "registration_similarity",
+        "nmi",
+        "nmi_64_bins",
+        "gradient_correlation",
+        "contrast_difference",
+        "wasserstein",
+        "ks",
+    ]
     summary: dict[str, Any] = {}
     groups = sorted({r["group"] for r in rows})
     for measure in measures:
-        summary[measure] = {group: [min(r[measure] for r in rows if r["group"] == group),
-                                    max(r[measure] for r in rows if r["group"] == group)]
-                            for group in groups}
+        summary[measure] = {
+            group: [
+                min(r[measure] for r in rows if r["group"] == group),
+                max(r[measure] for r in rows if r["group"] == group),
+            ]
+            for group in groups
+        }
         summary[measure]["misregistered >= 4 mm"] = [
-            f(r[measure] for r in rows
-              if r["group"].startswith("misregistered") and r["added_displacement_mm"] >= 3.5)
-            for f in (min, max)]
+            f(
+                r[measure]
+                for r in rows
+                if r["group"].startswith("misregistered") and r["added_displacement_mm"] >= 3.5
+            )
+            for f in (min, max)
+        ]
     results = {
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
         "thresholds": thresholds,

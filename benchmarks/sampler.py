@@ -27,8 +27,18 @@ from mschange.detection.training import DetectorTrainingSettings, LoadedSample, 
 
 SHAPE = (140, 170, 140)
 PATCH = (48, 48, 48)
-ARTEFACTS = ["bias_field", "gamma", "slice_thickness", "anisotropy", "blur", "edge", "motion",
-             "ghosting", "spike", "noise"]
+ARTEFACTS = [
+    "bias_field",
+    "gamma",
+    "slice_thickness",
+    "anisotropy",
+    "blur",
+    "edge",
+    "motion",
+    "ghosting",
+    "spike",
+    "noise",
+]
 
 
 def synthetic_sample(seed: int) -> LoadedSample:
@@ -45,15 +55,18 @@ def synthetic_sample(seed: int) -> LoadedSample:
         corner = [int(rng.integers(40, n - 50)) for n in SHAPE]
         label[tuple(slice(c, c + 6) for c in corner)] = 1
     synthesised = np.where(label > 0, 0.95, reference).astype(np.float32)
-    return LoadedSample(baseline=reference.astype(np.float16),
-                        followup=synthesised.astype(np.float16), label=label,
-                        changed=np.argwhere(label).astype(np.int32))
+    return LoadedSample(
+        baseline=reference.astype(np.float16),
+        followup=synthesised.astype(np.float16),
+        label=label,
+        changed=np.argwhere(label).astype(np.int32),
+    )
 
 
-def sampler_rate(samples: list[LoadedSample], augmentation: AugmentationSettings,
-                 batches: int, repeats: int) -> float:
-    settings = DetectorTrainingSettings(patch_size=PATCH, batch_size=2,
-                                        augmentation=augmentation)
+def sampler_rate(
+    samples: list[LoadedSample], augmentation: AugmentationSettings, batches: int, repeats: int
+) -> float:
+    settings = DetectorTrainingSettings(patch_size=PATCH, batch_size=2, augmentation=augmentation)
     sampler = PairSampler(samples, settings, np.random.default_rng(0))
     sampler.batch()  # warm-up (TorchIO's first calls)
     rates = []
@@ -77,27 +90,48 @@ def main() -> None:
     samples = [synthetic_sample(seed) for seed in range(2)]
     defaults = AugmentationSettings(enabled=True)
     every = dataclasses.replace(defaults, **{f"{n}_probability": 1.0 for n in ARTEFACTS})
-    rows = [("sampler, augmentation off", sampler_rate(samples, AugmentationSettings(),
-                                                        args.batches, args.repeats)),
-            ("sampler, augmentation on (config defaults)",
-             sampler_rate(samples, defaults, args.batches, args.repeats)),
-            ("sampler, every artefact on both time points (worst case)",
-             sampler_rate(samples, every, max(2, args.batches // 4), args.repeats))]
+    rows = [
+        (
+            "sampler, augmentation off",
+            sampler_rate(samples, AugmentationSettings(), args.batches, args.repeats),
+        ),
+        (
+            "sampler, augmentation on (config defaults)",
+            sampler_rate(samples, defaults, args.batches, args.repeats),
+        ),
+        (
+            "sampler, every artefact on both time points (worst case)",
+            sampler_rate(samples, every, max(2, args.batches // 4), args.repeats),
+        ),
+    ]
     for name in ARTEFACTS:
         alone = dataclasses.replace(
-            defaults, **{f"{n}_probability": float(n == name) for n in ARTEFACTS})
-        rows.append((f"sampler, only {name} (p = 1) + flips/rotation/misalignment",
-                     sampler_rate(samples, alone, max(2, args.batches // 4), args.repeats)))
+            defaults, **{f"{n}_probability": float(n == name) for n in ARTEFACTS}
+        )
+        rows.append(
+            (
+                f"sampler, only {name} (p = 1) + flips/rotation/misalignment",
+                sampler_rate(samples, alone, max(2, args.batches // 4), args.repeats),
+            )
+        )
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from detector import ARCHITECTURES, time_training  # the same step as benchmarks/detector
 
-    training = time_training(ARCHITECTURES["demo"], list(PATCH), torch.device("cpu"),
-                             bf16=False, steps=args.steps, repeats=args.repeats)
+    training = time_training(
+        ARCHITECTURES["demo"],
+        list(PATCH),
+        torch.device("cpu"),
+        bf16=False,
+        steps=args.steps,
+        repeats=args.repeats,
+    )
     rows.append(("training step, demo network (fp32)", float(training["pairs_per_s"])))
 
-    print(f"Patches {'x'.join(map(str, PATCH))}, batch 2, samples "
-          f"{'x'.join(map(str, SHAPE))}, {args.threads} threads, median of {args.repeats}\n")
+    print(
+        f"Patches {'x'.join(map(str, PATCH))}, batch 2, samples "
+        f"{'x'.join(map(str, SHAPE))}, {args.threads} threads, median of {args.repeats}\n"
+    )
     print("| what | pairs/s |")
     print("|---|---:|")
     for name, rate in rows:

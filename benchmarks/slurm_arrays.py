@@ -74,27 +74,33 @@ rule touch:
 def modes(jobs: int) -> dict[str, list[str]]:
     """Each mode's flags, after `--profile profiles/slurm --jobs N`."""
     array = ["--slurm-array-jobs", "all", "--max-jobs-per-timespan", f"{jobs}/1s"]
-    return {"single": [],
-            "array": array,
-            "array_default_rate": ["--slurm-array-jobs", "all"],
-            "array_jobs_100": [*array, "--jobs", "100"]}
+    return {
+        "single": [],
+        "array": array,
+        "array_default_rate": ["--slurm-array-jobs", "all"],
+        "array_jobs_100": [*array, "--jobs", "100"],
+    }
 
 
 def run(command: list[str], env: dict[str, str], **kwargs: Any) -> str:
-    return subprocess.run(command, env=env, capture_output=True, text=True, check=True,
-                          timeout=120, **kwargs).stdout
+    return subprocess.run(
+        command, env=env, capture_output=True, text=True, check=True, timeout=120, **kwargs
+    ).stdout
 
 
 @contextmanager
 def test_cluster(state: Path) -> Iterator[dict[str, str]]:
     """The single-node test cluster, started in `state` and stopped on leaving."""
     try:
-        subprocess.run([str(REPO / "tests" / "slurm" / "start_cluster.sh"), str(state)],
-                       check=True, timeout=300, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [str(REPO / "tests" / "slurm" / "start_cluster.sh"), str(state)],
+            check=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         yield {**os.environ, "SLURM_CONF": str(state / "etc" / "slurm.conf")}
     finally:
-        subprocess.run([str(REPO / "tests" / "slurm" / "stop_cluster.sh"), str(state)],
-                       timeout=300)
+        subprocess.run([str(REPO / "tests" / "slurm" / "stop_cluster.sh"), str(state)], timeout=300)
 
 
 def queued(env: dict[str, str]) -> list[str]:
@@ -113,13 +119,31 @@ def cancel_all(env: dict[str, str]) -> None:
 
 
 def snakemake_command(folder: Path, jobs: int, extra: list[str]) -> list[str]:
-    return [*SNAKEMAKE, "--snakefile", str(folder.parent / "Snakefile"),
-            "--directory", str(folder), "--profile", str(REPO / "profiles" / "slurm"),
-            "--jobs", str(jobs), "--config", f"count={jobs}", *extra]
+    return [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(folder.parent / "Snakefile"),
+        "--directory",
+        str(folder),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--jobs",
+        str(jobs),
+        "--config",
+        f"count={jobs}",
+        *extra,
+    ]
 
 
-def measure(folder: Path, jobs: int, extra: list[str], env: dict[str, str], poll: float,
-            timeout: float, stall: float) -> dict[str, Any]:
+def measure(
+    folder: Path,
+    jobs: int,
+    extra: list[str],
+    env: dict[str, str],
+    poll: float,
+    timeout: float,
+    stall: float,
+) -> dict[str, Any]:
     """Starts Snakemake and times until all its jobs are queued (or the queue stalls)."""
     if queued(env):
         raise RuntimeError("the queue is not empty")
@@ -127,9 +151,13 @@ def measure(folder: Path, jobs: int, extra: list[str], env: dict[str, str], poll
     log = folder / "snakemake.log"
     with log.open("w") as handle:
         started = time.monotonic()
-        process = subprocess.Popen(snakemake_command(folder, jobs, extra), env=env,
-                                   stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            snakemake_command(folder, jobs, extra),
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         first = done = None
         count, last_growth, ids = 0, started, []
         try:
@@ -155,11 +183,14 @@ def measure(folder: Path, jobs: int, extra: list[str], env: dict[str, str], poll
             process.wait()
             cancel_all(env)
     text = log.read_text()
-    return {"seconds_to_all_queued": None if done is None else round(done, 2),
-            "seconds_to_first_queued": None if first is None else round(first, 2),
-            "jobs_queued": count, "sbatch_calls": len(set(ids)),
-            "array_submissions_logged": text.count("Submitted array job"),
-            "single_submissions_logged": text.count("has been submitted with SLURM jobid")}
+    return {
+        "seconds_to_all_queued": None if done is None else round(done, 2),
+        "seconds_to_first_queued": None if first is None else round(first, 2),
+        "jobs_queued": count,
+        "sbatch_calls": len(set(ids)),
+        "array_submissions_logged": text.count("Submitted array job"),
+        "single_submissions_logged": text.count("has been submitted with SLURM jobid"),
+    }
 
 
 def end_to_end(folder: Path, jobs: int, env: dict[str, str], node: str) -> dict[str, Any]:
@@ -168,53 +199,102 @@ def end_to_end(folder: Path, jobs: int, env: dict[str, str], node: str) -> dict[
     folder.mkdir()
     started = time.monotonic()
     result = subprocess.run(
-        [*snakemake_command(folder, jobs, ["--slurm-array-jobs", "all"]),
-         "--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "5"],
-        env=env, capture_output=True, text=True, timeout=1200)
+        [
+            *snakemake_command(folder, jobs, ["--slurm-array-jobs", "all"]),
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--latency-wait",
+            "5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     seconds = time.monotonic() - started
     (folder / "snakemake.log").write_text(result.stdout + result.stderr)
     # The plugin names every job of a run after the run's id.
     run_id = re.search(r"SLURM run ID: (\S+)", result.stderr)
-    accounting = run(["sacct", "--allusers", "--noheader", "--parsable2", "--allocations",
-                      "--starttime", "now-1days", "--name", run_id.group(1) if run_id else "-",
-                      "--format", "JobID,State,Partition"], env)
+    accounting = run(
+        [
+            "sacct",
+            "--allusers",
+            "--noheader",
+            "--parsable2",
+            "--allocations",
+            "--starttime",
+            "now-1days",
+            "--name",
+            run_id.group(1) if run_id else "-",
+            "--format",
+            "JobID,State,Partition",
+        ],
+        env,
+    )
     rows = [line.split("|") for line in accounting.splitlines() if line]
     outputs = sum((folder / "out" / f"{i}.txt").exists() for i in range(jobs))
-    return {"jobs": jobs, "returncode": result.returncode, "seconds": round(seconds, 1),
-            "outputs_present": outputs,
-            "slurm_tasks": len(rows),
-            "sbatch_calls": len({job_id.split("_")[0] for job_id, _, _ in rows}),
-            "states": sorted({state for _, state, _ in rows}),
-            "partitions": sorted({partition for _, _, partition in rows}),
-            "submitted_as_array": "Submitted array job" in result.stderr,
-            "works": (result.returncode == 0 and outputs == jobs and len(rows) == jobs
-                      and {state for _, state, _ in rows} == {"COMPLETED"})}
+    return {
+        "jobs": jobs,
+        "returncode": result.returncode,
+        "seconds": round(seconds, 1),
+        "outputs_present": outputs,
+        "slurm_tasks": len(rows),
+        "sbatch_calls": len({job_id.split("_")[0] for job_id, _, _ in rows}),
+        "states": sorted({state for _, state, _ in rows}),
+        "partitions": sorted({partition for _, _, partition in rows}),
+        "submitted_as_array": "Submitted array job" in result.stderr,
+        "works": (
+            result.returncode == 0
+            and outputs == jobs
+            and len(rows) == jobs
+            and {state for _, state, _ in rows} == {"COMPLETED"}
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=1000,
-                        help="jobs to submit (at most the cluster's MaxArraySize - 1, "
-                             "1000 by default, for a single array)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1000,
+        help="jobs to submit (at most the cluster's MaxArraySize - 1, "
+        "1000 by default, for a single array)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of array mode")
-    parser.add_argument("--single-repeats", type=int, default=1,
-                        help="runs of single-submission mode (about 2.5 s a job)")
+    parser.add_argument(
+        "--single-repeats",
+        type=int,
+        default=1,
+        help="runs of single-submission mode (about 2.5 s a job)",
+    )
     parser.add_argument("--poll", type=float, default=0.5, help="squeue interval (s)")
-    parser.add_argument("--timeout", type=float, default=4 * 3600,
-                        help="give up on a run after this many seconds")
-    parser.add_argument("--stall-seconds", type=float, default=30,
-                        help="stop a run once the queue has not grown for this long")
-    parser.add_argument("--e2e-jobs", type=int, default=10,
-                        help="jobs of the end-to-end array run (0: skip it)")
-    parser.add_argument("--out", type=Path,
-                        default=REPO / "results" / "benchmarks" / "slurm_arrays.json")
+    parser.add_argument(
+        "--timeout", type=float, default=4 * 3600, help="give up on a run after this many seconds"
+    )
+    parser.add_argument(
+        "--stall-seconds",
+        type=float,
+        default=30,
+        help="stop a run once the queue has not grown for this long",
+    )
+    parser.add_argument(
+        "--e2e-jobs", type=int, default=10, help="jobs of the end-to-end array run (0: skip it)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "results" / "benchmarks" / "slurm_arrays.json"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("the test cluster needs root")
     all_modes = modes(args.jobs)
     timed = ["single", "array"]
-    repeats = {"single": args.single_repeats, "array": args.repeats,
-               "array_default_rate": 1, "array_jobs_100": 1}
+    repeats = {
+        "single": args.single_repeats,
+        "array": args.repeats,
+        "array_default_rate": 1,
+        "array_jobs_100": 1,
+    }
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in all_modes}
     with tempfile.TemporaryDirectory(prefix="slurm_arrays_") as tmp:
         folder = Path(tmp)
@@ -225,12 +305,18 @@ def main() -> None:
             run(["scontrol", "update", f"nodename={node}", "state=drain", "reason=bench"], env)
             for repeat in range(max(repeats.values())):
                 for mode in [m for m in all_modes if repeat < repeats[m]]:
-                    result = measure(folder / f"{mode}_{repeat}", args.jobs, all_modes[mode],
-                                     env, args.poll, args.timeout, args.stall_seconds)
+                    result = measure(
+                        folder / f"{mode}_{repeat}",
+                        args.jobs,
+                        all_modes[mode],
+                        env,
+                        args.poll,
+                        args.timeout,
+                        args.stall_seconds,
+                    )
                     runs[mode].append(result)
                     print(mode, json.dumps(result), flush=True)
-            e2e = (end_to_end(folder / "e2e", args.e2e_jobs, env, node)
-                   if args.e2e_jobs else None)
+            e2e = end_to_end(folder / "e2e", args.e2e_jobs, env, node) if args.e2e_jobs else None
             print("end to end", json.dumps(e2e), flush=True)
 
     def median(mode: str) -> float | None:
@@ -239,13 +325,17 @@ def main() -> None:
 
     medians = {mode: median(mode) for mode in timed}
     report: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(), **versions,
-                    "snakemake": version("snakemake"),
-                    "snakemake-executor-plugin-slurm":
-                        version("snakemake-executor-plugin-slurm")},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            **versions,
+            "snakemake": version("snakemake"),
+            "snakemake-executor-plugin-slurm": version("snakemake-executor-plugin-slurm"),
+        },
         "cluster": "tests/slurm single-node test cluster, node drained (jobs stay pending)",
-        "jobs": args.jobs, "repeats": repeats,
+        "jobs": args.jobs,
+        "repeats": repeats,
         "command": "snakemake --profile profiles/slurm --jobs N <mode's flags>",
         "modes": {mode: " ".join(flags) for mode, flags in all_modes.items()},
         "median_seconds_to_all_queued": medians,

@@ -39,8 +39,7 @@ KINDS = ("vae", "detector")
 FILES = ("image", "mask", "followup", "label")
 
 
-def write_subjects(folder: Path, shape: tuple[int, int, int], distinct: int,
-                   total: int) -> None:
+def write_subjects(folder: Path, shape: tuple[int, int, int], distinct: int, total: int) -> None:
     """``total`` subject folders, ``distinct`` of them generated, the rest hard links."""
     import nibabel as nib
     from scipy import ndimage
@@ -62,8 +61,9 @@ def write_subjects(folder: Path, shape: tuple[int, int, int], distinct: int,
         followup = np.where(label > 0, 0.95, image).astype(np.float32)
         subject = folder / f"sub-{index:04d}"
         subject.mkdir(parents=True, exist_ok=True)
-        for name, data in zip(FILES, (image, inside.astype(np.uint8), followup, label),
-                              strict=True):
+        for name, data in zip(
+            FILES, (image, inside.astype(np.uint8), followup, label), strict=True
+        ):
             nib.save(nib.Nifti1Image(data, affine), subject / f"{name}.nii.gz")
     for index in range(distinct, total):
         subject = folder / f"sub-{index:04d}"
@@ -78,8 +78,16 @@ def write_subjects(folder: Path, shape: tuple[int, int, int], distinct: int,
                     shutil.copyfile(source / f"{name}.nii.gz", target)
 
 
-def child(kind: str, path: str, data: Path, subjects: int, cache_dir: Path, batches: int,
-          crop: tuple[int, int, int], patch: tuple[int, int, int] | None) -> dict[str, float]:
+def child(
+    kind: str,
+    path: str,
+    data: Path,
+    subjects: int,
+    cache_dir: Path,
+    batches: int,
+    crop: tuple[int, int, int],
+    patch: tuple[int, int, int] | None,
+) -> dict[str, float]:
     """Build one sampler over ``subjects`` subjects and draw ``batches``; runs in a child."""
     import torch
 
@@ -91,7 +99,7 @@ def child(kind: str, path: str, data: Path, subjects: int, cache_dir: Path, batc
     folders = [data / f"sub-{index:04d}" for index in range(subjects)]
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    keep: list[object] = []   # what training keeps referenced while it samples
+    keep: list[object] = []  # what training keeps referenced while it samples
     cache_gb = 0.0
     if kind == "vae":
         from mschange.synthesis.vae_training import CropSampler, load_training_scans
@@ -119,8 +127,12 @@ def child(kind: str, path: str, data: Path, subjects: int, cache_dir: Path, batc
             load_sample,
         )
 
-        samples = [TrainingSample(str(f / "image.nii.gz"), str(f / "followup.nii.gz"),
-                                  str(f / "label.nii.gz")) for f in folders]
+        samples = [
+            TrainingSample(
+                str(f / "image.nii.gz"), str(f / "followup.nii.gz"), str(f / "label.nii.gz")
+            )
+            for f in folders
+        ]
         if path == "disk":
             from mschange.detection.training import cached_sample
             from mschange.scancache import ScanCache
@@ -136,23 +148,44 @@ def child(kind: str, path: str, data: Path, subjects: int, cache_dir: Path, batc
         for _ in range(batches):
             pairs.batch()
     done = time.perf_counter()
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "imports_rss_mb": imports_mb,
-            "setup_s": ready - started, "batch_s": (done - ready) / batches,
-            "cache_gb": cache_gb}
+    return {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "imports_rss_mb": imports_mb,
+        "setup_s": ready - started,
+        "batch_s": (done - ready) / batches,
+        "cache_gb": cache_gb,
+    }
 
 
-def measure(args: argparse.Namespace, kind: str, path: str, subjects: int,
-            data: Path) -> dict[str, float]:
+def measure(
+    args: argparse.Namespace, kind: str, path: str, subjects: int, data: Path
+) -> dict[str, float]:
     cache_dir = data.parent / f"cache-{kind}-{subjects}"
-    command = [sys.executable, __file__, "--child", kind, "--path", path, "--data", str(data),
-               "--n", str(subjects), "--cache", str(cache_dir),
-               "--batches", str(args.batches), "--crop", *map(str, args.crop),
-               "--patch", *(map(str, args.patch) if args.patch else ["none"])]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--path",
+        path,
+        "--data",
+        str(data),
+        "--n",
+        str(subjects),
+        "--cache",
+        str(cache_dir),
+        "--batches",
+        str(args.batches),
+        "--crop",
+        *map(str, args.crop),
+        "--patch",
+        *(map(str, args.patch) if args.patch else ["none"]),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if path == "memory" and args.memory_src:
-        env["PYTHONPATH"] = os.pathsep.join([str(Path(args.memory_src).resolve()),
-                                             env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(Path(args.memory_src).resolve()), env.get("PYTHONPATH", "")]
+        )
     try:
         result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if result.returncode:
@@ -165,22 +198,39 @@ def measure(args: argparse.Namespace, kind: str, path: str, subjects: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, nargs="+", default=[10, 200],
-                        help="subject counts measured on the disk path")
-    parser.add_argument("--memory-subjects", type=int, nargs="*", default=[10, 40],
-                        help="subject counts measured on the in-memory path (it needs "
-                             "about 50 MB per subject for the VAE)")
+    parser.add_argument(
+        "--subjects",
+        type=int,
+        nargs="+",
+        default=[10, 200],
+        help="subject counts measured on the disk path",
+    )
+    parser.add_argument(
+        "--memory-subjects",
+        type=int,
+        nargs="*",
+        default=[10, 40],
+        help="subject counts measured on the in-memory path (it needs "
+        "about 50 MB per subject for the VAE)",
+    )
     parser.add_argument("--memory-src", help="run the in-memory path on this src folder")
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 200, 170])
     parser.add_argument("--distinct", type=int, default=10, help="subjects generated")
     parser.add_argument("--batches", type=int, default=50)
-    parser.add_argument("--crop", type=int, nargs=3, default=[192, 192, 16],
-                        help="VAE crop (the paper's)")
-    parser.add_argument("--patch", nargs="+", default=["none"],
-                        help="detector patch, or none: whole brain boxes (the paper's)")
+    parser.add_argument(
+        "--crop", type=int, nargs=3, default=[192, 192, 16], help="VAE crop (the paper's)"
+    )
+    parser.add_argument(
+        "--patch",
+        nargs="+",
+        default=["none"],
+        help="detector patch, or none: whole brain boxes (the paper's)",
+    )
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--workdir", help="where the subjects are written (default: a "
-                                          "temporary folder, removed at the end)")
+    parser.add_argument(
+        "--workdir",
+        help="where the subjects are written (default: a temporary folder, removed at the end)",
+    )
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--path", choices=("disk", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -189,9 +239,16 @@ def main() -> None:
     args = parser.parse_args()
     args.patch = None if args.patch == ["none"] else [int(p) for p in args.patch]
     if args.child:
-        values = child(args.child, args.path, Path(args.data), args.n, Path(args.cache),
-                       args.batches, tuple(args.crop),
-                       None if args.patch is None else tuple(args.patch))
+        values = child(
+            args.child,
+            args.path,
+            Path(args.data),
+            args.n,
+            Path(args.cache),
+            args.batches,
+            tuple(args.crop),
+            None if args.patch is None else tuple(args.patch),
+        )
         print(json.dumps(values))
         return
 
@@ -201,9 +258,12 @@ def main() -> None:
         total = max([*args.subjects, *args.memory_subjects])
         started = time.perf_counter()
         write_subjects(data, tuple(args.shape), min(args.distinct, total), total)
-        print(f"{total} placeholder subjects ({args.distinct} distinct) of "
-              f"{'x'.join(map(str, args.shape))} voxels written in "
-              f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+        print(
+            f"{total} placeholder subjects ({args.distinct} distinct) of "
+            f"{'x'.join(map(str, args.shape))} voxels written in "
+            f"{time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+        )
         rows = []
         for kind in args.kinds:
             for path, counts in (("memory", args.memory_subjects), ("disk", args.subjects)):
@@ -216,17 +276,23 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
 
     patch = "whole brain boxes" if args.patch is None else "x".join(map(str, args.patch))
-    print(f"\nVolumes {'x'.join(map(str, args.shape))} (1 mm), {args.batches} batches of 2; "
-          f"VAE crops {'x'.join(map(str, args.crop))}, detector {patch}; one run per "
-          f"row, 1 thread\n")
-    print("| sampler | scans | subjects | peak RSS (MB) | RSS after imports (MB) | "
-          "setup (s) | per batch (s) | cache on disk (GB) |")
+    print(
+        f"\nVolumes {'x'.join(map(str, args.shape))} (1 mm), {args.batches} batches of 2; "
+        f"VAE crops {'x'.join(map(str, args.crop))}, detector {patch}; one run per "
+        f"row, 1 thread\n"
+    )
+    print(
+        "| sampler | scans | subjects | peak RSS (MB) | RSS after imports (MB) | "
+        "setup (s) | per batch (s) | cache on disk (GB) |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for kind, path, subjects, values in rows:
         where = "read from the scan cache" if path == "disk" else "all in memory"
-        print(f"| {kind} | {where} | {subjects} | {values['peak_rss_mb']:.0f} | "
-              f"{values['imports_rss_mb']:.0f} | {values['setup_s']:.1f} | "
-              f"{values['batch_s']:.3f} | {values['cache_gb']:.2f} |")
+        print(
+            f"| {kind} | {where} | {subjects} | {values['peak_rss_mb']:.0f} | "
+            f"{values['imports_rss_mb']:.0f} | {values['setup_s']:.1f} | "
+            f"{values['batch_s']:.3f} | {values['cache_gb']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

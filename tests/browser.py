@@ -36,13 +36,23 @@ def find_chromium() -> str | None:
 
 def chromium_command(chromium: str, profile: str | os.PathLike[str]) -> list[str]:
     """Headless Chromium that neither reaches the network nor keeps state between runs."""
-    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"]
+    return [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+    ]
 
 
-def check_images_in_browser(html_path: str | os.PathLike[str], chromium: str | None = None,
-                            *, timeout: float = 60.0) -> tuple[int, int]:
+def check_images_in_browser(
+    html_path: str | os.PathLike[str], chromium: str | None = None, *, timeout: float = 60.0
+) -> tuple[int, int]:
     """(loaded, total): how many ``<img>`` of the page a headless Chromium decoded.
 
     Catches what string checks cannot: a corrupt image, a wrong MIME type, or an image
@@ -55,23 +65,37 @@ def check_images_in_browser(html_path: str | os.PathLike[str], chromium: str | N
         raise FileNotFoundError(errno.ENOENT, "no Chromium browser found", "chromium")
     page = Path(html_path).resolve()
     document = page.read_text(encoding="utf-8")
-    document = document.replace(CONTENT_POLICY, CONTENT_POLICY.replace(
-        "default-src 'none';", f"default-src 'none'; script-src 'nonce-{_NONCE}';"))
+    document = document.replace(
+        CONTENT_POLICY,
+        CONTENT_POLICY.replace(
+            "default-src 'none';", f"default-src 'none'; script-src 'nonce-{_NONCE}';"
+        ),
+    )
     closing = document.lower().rfind("</body>")
-    document = (document[:closing] + _CHECK_SCRIPT + document[closing:] if closing >= 0
-                else document + _CHECK_SCRIPT)
+    document = (
+        document[:closing] + _CHECK_SCRIPT + document[closing:]
+        if closing >= 0
+        else document + _CHECK_SCRIPT
+    )
     copy = page.with_name(f".{page.stem}.imagecheck{os.getpid()}.html")
     try:
         copy.write_text(document, encoding="utf-8")
         with tempfile.TemporaryDirectory(prefix="mschange-chromium-") as profile:
-            command = [*chromium_command(browser, profile), "--virtual-time-budget=5000",
-                       "--dump-dom", copy.as_uri()]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                    check=False)
+            command = [
+                *chromium_command(browser, profile),
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                copy.as_uri(),
+            ]
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, check=False
+            )
     finally:
         copy.unlink(missing_ok=True)
     match = _RESULT.search(result.stdout)
     if match is None:
-        raise RuntimeError(f"Chromium did not report the images of {page} (exit code "
-                           f"{result.returncode}): {result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"Chromium did not report the images of {page} (exit code "
+            f"{result.returncode}): {result.stderr[-2000:]}"
+        )
     return int(match.group(1)), int(match.group(2))

@@ -16,12 +16,13 @@ from mschange.torchrun import flush_denormals
 flush_denormals()
 
 REPO = Path(__file__).resolve().parents[1]
-OPEN_MS_DATA = Path(os.environ.get("MSCHANGE_OPEN_MS_DATA",
-                                   REPO.parent / "shared" / "data" / "open_ms_data"))
+OPEN_MS_DATA = Path(
+    os.environ.get("MSCHANGE_OPEN_MS_DATA", REPO.parent / "shared" / "data" / "open_ms_data")
+)
 
 requires_open_ms_data = pytest.mark.skipif(
-    not (OPEN_MS_DATA / "longitudinal").is_dir(),
-    reason=f"real data not found at {OPEN_MS_DATA}")
+    not (OPEN_MS_DATA / "longitudinal").is_dir(), reason=f"real data not found at {OPEN_MS_DATA}"
+)
 
 
 def default_preprocessing(resolution_mm: float = 1.0) -> dict:
@@ -32,13 +33,16 @@ def default_preprocessing(resolution_mm: float = 1.0) -> dict:
     return section_defaults("preprocessing", resolution_mm=resolution_mm)
 
 
-def oblique_affine(spacing: tuple[float, float, float], angle_deg: float = 10.0,
-                   origin: tuple[float, float, float] = (-30.0, 20.0, -15.0)) -> np.ndarray:
+def oblique_affine(
+    spacing: tuple[float, float, float],
+    angle_deg: float = 10.0,
+    origin: tuple[float, float, float] = (-30.0, 20.0, -15.0),
+) -> np.ndarray:
     """An LPS-stored (like scanner DICOM conversions), slightly rotated affine."""
     theta = np.deg2rad(angle_deg)
-    rotation = np.array([[np.cos(theta), -np.sin(theta), 0.0],
-                         [np.sin(theta), np.cos(theta), 0.0],
-                         [0.0, 0.0, 1.0]])
+    rotation = np.array(
+        [[np.cos(theta), -np.sin(theta), 0.0], [np.sin(theta), np.cos(theta), 0.0], [0.0, 0.0, 1.0]]
+    )
     flips = np.diag([-1.0, -1.0, 1.0])
     affine = np.eye(4)
     affine[:3, :3] = rotation @ flips @ np.diag(spacing)
@@ -46,10 +50,12 @@ def oblique_affine(spacing: tuple[float, float, float], angle_deg: float = 10.0,
     return affine
 
 
-def ellipsoid_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                      radii_mm: tuple[float, float, float] = (25.0, 30.0, 20.0),
-                      centre_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def ellipsoid_phantom(
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    radii_mm: tuple[float, float, float] = (25.0, 30.0, 20.0),
+    centre_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> tuple[np.ndarray, np.ndarray]:
     """A bright ellipsoid 'brain' with a darker core, and its mask, in voxel space."""
     grid = np.indices(shape, dtype=np.float64)
     centre = (np.array(shape) - 1) / 2.0

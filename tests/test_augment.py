@@ -21,12 +21,26 @@ from mschange.detection.modelfile import load_detector
 from mschange.detection.training import DetectorTrainingSettings, LoadedSample, PairSampler
 
 SHAPE = (24, 24, 24)
-ARTEFACTS = ["bias_field", "gamma", "slice_thickness", "anisotropy", "blur", "edge", "motion",
-             "ghosting", "spike", "noise"]
+ARTEFACTS = [
+    "bias_field",
+    "gamma",
+    "slice_thickness",
+    "anisotropy",
+    "blur",
+    "edge",
+    "motion",
+    "ghosting",
+    "spike",
+    "noise",
+]
 # Everything off but "enabled": each test switches on what it checks.
-OFF = AugmentationSettings(enabled=True, flip_probability=0.0, rotation_probability=0.0,
-                           misalignment_probability=0.0,
-                           **{f"{name}_probability": 0.0 for name in ARTEFACTS})
+OFF = AugmentationSettings(
+    enabled=True,
+    flip_probability=0.0,
+    rotation_probability=0.0,
+    misalignment_probability=0.0,
+    **{f"{name}_probability": 0.0 for name in ARTEFACTS},
+)
 
 
 def only(**changes: Any) -> AugmentationSettings:
@@ -41,22 +55,22 @@ def brain_patch(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     texture = ndimage.gaussian_filter(rng.uniform(0.3, 0.7, SHAPE), 1.0)
     baseline = np.where(ball, texture, 0.0).astype(np.float32)
     label = np.zeros(SHAPE, np.uint8)
-    label[7:13, 8:11, 9:12] = 1        # the L: a bar along axis 0 ...
-    label[7:10, 11:16, 9:12] = 1       # ... and a foot along axis 1
+    label[7:13, 8:11, 9:12] = 1  # the L: a bar along axis 0 ...
+    label[7:10, 11:16, 9:12] = 1  # ... and a foot along axis 1
     followup = np.where(label > 0, 0.95, baseline).astype(np.float32)
     return baseline, followup, label
 
 
 def centroid(image: np.ndarray) -> np.ndarray:
     weights = np.clip(image, 0.0, None)
-    return np.array([(np.indices(image.shape)[a] * weights).sum() / weights.sum()
-                     for a in range(3)])
+    return np.array(
+        [(np.indices(image.shape)[a] * weights).sum() / weights.sum() for a in range(3)]
+    )
 
 
 def test_disabled_returns_the_inputs():
     baseline, followup, label = brain_patch()
-    out = augment_patch(baseline, followup, label, AugmentationSettings(),
-                        np.random.default_rng(0))
+    out = augment_patch(baseline, followup, label, AugmentationSettings(), np.random.default_rng(0))
     assert all(o is i for o, i in zip(out, (baseline, followup, label), strict=True))
     # enabled with every probability 0 changes nothing either
     out = augment_patch(baseline, followup, label, OFF, np.random.default_rng(0))
@@ -68,8 +82,9 @@ def test_disabled_returns_the_inputs():
 def test_each_artefact_alone_changes_the_image_and_keeps_background(name):
     baseline, followup, label = brain_patch()
     settings = only(**{f"{name}_probability": 1.0})
-    out_base, out_follow, out_label = augment_patch(baseline, followup, label, settings,
-                                                    np.random.default_rng(1))
+    out_base, out_follow, out_label = augment_patch(
+        baseline, followup, label, settings, np.random.default_rng(1)
+    )
     background = (baseline == 0) & (followup == 0)
     for before, after in ((baseline, out_base), (followup, out_follow)):
         assert after.shape == before.shape and after.dtype == np.float32
@@ -85,9 +100,10 @@ def test_flips_and_rotation_move_both_scans_and_the_label_together():
     baseline, followup, label = brain_patch()
     settings = only(flip_probability=1.0, rotation_probability=1.0, max_rotation_deg=10.0)
     same = augment_patch(followup, followup, label, settings, np.random.default_rng(3))
-    np.testing.assert_array_equal(same[0], same[1])     # same spatial transform
-    out_base, out_follow, out_label = augment_patch(baseline, followup, label, settings,
-                                                    np.random.default_rng(3))
+    np.testing.assert_array_equal(same[0], same[1])  # same spatial transform
+    out_base, out_follow, out_label = augment_patch(
+        baseline, followup, label, settings, np.random.default_rng(3)
+    )
     assert out_label.dtype == np.uint8 and set(np.unique(out_label)) <= {0, 1}
     bright = out_follow > 0.8
     dice = 2 * (bright & (out_label > 0)).sum() / (bright.sum() + out_label.sum())
@@ -104,12 +120,14 @@ def test_misalignment_moves_only_the_baseline_by_about_the_drawn_amount():
     blob = np.zeros(SHAPE, np.float32)
     blob[9:14, 10:15, 8:13] = 1.0
     blob = ndimage.gaussian_filter(blob, 1.0)
-    settings = only(misalignment_probability=1.0, misalignment_translation_mm=1.0,
-                    misalignment_rotation_deg=1.0)
+    settings = only(
+        misalignment_probability=1.0, misalignment_translation_mm=1.0, misalignment_rotation_deg=1.0
+    )
     shifts = []
     for seed in range(5):
-        out_base, out_follow, out_label = augment_patch(blob, followup, label, settings,
-                                                        np.random.default_rng(seed))
+        out_base, out_follow, out_label = augment_patch(
+            blob, followup, label, settings, np.random.default_rng(seed)
+        )
         np.testing.assert_array_equal(out_follow, followup)
         np.testing.assert_array_equal(out_label, label)
         shifts.append(centroid(out_base) - centroid(blob))
@@ -128,8 +146,9 @@ def test_rigid_patch_translation_moves_the_centroid_by_it():
 
 
 def every_effect() -> AugmentationSettings:
-    return dataclasses.replace(AugmentationSettings(enabled=True),
-                               **{f"{name}_probability": 0.5 for name in ARTEFACTS})
+    return dataclasses.replace(
+        AugmentationSettings(enabled=True), **{f"{name}_probability": 0.5 for name in ARTEFACTS}
+    )
 
 
 def test_same_seed_same_patch_other_seed_differs_and_torch_rng_is_untouched():
@@ -139,7 +158,7 @@ def test_same_seed_same_patch_other_seed_differs_and_torch_rng_is_untouched():
     after = torch.rand(3)
     torch.manual_seed(123)
     again = augment_patch(baseline, followup, label, every_effect(), np.random.default_rng(7))
-    assert torch.equal(torch.rand(3), after)    # the global torch RNG did not move
+    assert torch.equal(torch.rand(3), after)  # the global torch RNG did not move
     other = augment_patch(baseline, followup, label, every_effect(), np.random.default_rng(8))
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -150,8 +169,9 @@ def test_same_seed_same_patch_other_seed_differs_and_torch_rng_is_untouched():
 
 def test_settings_from_config_and_schema_defaults_agree():
     assert augmentation_settings(None) == AugmentationSettings()
-    settings = augmentation_settings({"enabled": True, "noise_std": [0.01, 0.02],
-                                      "ghosting_count": [2, 3]})
+    settings = augmentation_settings(
+        {"enabled": True, "noise_std": [0.01, 0.02], "ghosting_count": [2, 3]}
+    )
     assert settings.enabled and settings.noise_std == (0.01, 0.02)
     assert settings.ghosting_count == (2, 3)
     assert augmentation_settings(settings.as_dict()) == settings
@@ -161,20 +181,28 @@ def test_settings_from_config_and_schema_defaults_agree():
         augmentation_settings({"blur_probability": 1.5})
     schema = load_schema("config")["properties"]["detector"]["properties"]["training"]
     properties = schema["properties"]["augmentation"]["properties"]
-    assert {key: value["default"] for key, value in properties.items()} == \
-        AugmentationSettings().as_dict()
+    assert {
+        key: value["default"] for key, value in properties.items()
+    } == AugmentationSettings().as_dict()
 
 
 def sampler(seed: int, enabled: bool) -> PairSampler:
     samples = []
     for k in range(2):
         baseline, followup, label = brain_patch(seed=k)
-        samples.append(LoadedSample(baseline=baseline.astype(np.float16),
-                                    followup=followup.astype(np.float16), label=label,
-                                    changed=np.argwhere(label).astype(np.int32)))
+        samples.append(
+            LoadedSample(
+                baseline=baseline.astype(np.float16),
+                followup=followup.astype(np.float16),
+                label=label,
+                changed=np.argwhere(label).astype(np.int32),
+            )
+        )
     settings = DetectorTrainingSettings(
-        patch_size=(16, 16, 16), batch_size=2,
-        augmentation=dataclasses.replace(every_effect(), enabled=enabled))
+        patch_size=(16, 16, 16),
+        batch_size=2,
+        augmentation=dataclasses.replace(every_effect(), enabled=enabled),
+    )
     return PairSampler(samples, settings, np.random.default_rng(seed))
 
 
@@ -202,6 +230,7 @@ def test_interrupted_augmented_training_resumes_to_the_same_weights(tmp_path):
     def kill_at_step_3(step, loss):
         if step == 3:
             raise Killed
+
     with pytest.raises(Killed):
         _train(tmp_path, samples, "resumed", settings, on_step=kill_at_step_3)
     resumed = _train(tmp_path, samples, "resumed", settings)
@@ -226,14 +255,15 @@ def test_gallery_shows_each_effect_alone_and_leaves_the_input_alone(tmp_path):
     followup = np.where(brain, 0.5 + 0.05 * rng.standard_normal(brain.shape), 0.0)
     followup = followup.astype(np.float32)
     untouched = followup.copy()
-    names = plot_augmentation_gallery(followup, followup, AugmentationSettings(),
-                                      tmp_path / "gallery.png", seed=3)
+    names = plot_augmentation_gallery(
+        followup, followup, AugmentationSettings(), tmp_path / "gallery.png", seed=3
+    )
     assert names == ["original", *GALLERY_EFFECTS]
     assert np.array_equal(followup, untouched)
     patches = gallery_patches(followup, followup, AugmentationSettings(), seed=3)
     assert np.array_equal(patches["original"], followup)
     for name in GALLERY_EFFECTS:
-        if "misalignment" in name:   # |BL - FU| of two copies: zero only without a shift
+        if "misalignment" in name:  # |BL - FU| of two copies: zero only without a shift
             assert patches[name].max() > 0.05
         else:
             assert not np.allclose(patches[name], followup, atol=1e-4), name

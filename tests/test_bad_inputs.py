@@ -49,9 +49,11 @@ def noise(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:
 
 
 def good_files(folder: Path) -> dict[str, Path]:
-    return {"baseline": save(folder / "baseline.nii.gz", noise(1)),
-            "followup": save(folder / "followup.nii.gz", noise(2)),
-            "label": save(folder / "label.nii.gz", np.zeros(SHAPE))}
+    return {
+        "baseline": save(folder / "baseline.nii.gz", noise(1)),
+        "followup": save(folder / "followup.nii.gz", noise(2)),
+        "label": save(folder / "label.nii.gz", np.zeros(SHAPE)),
+    }
 
 
 # ------------------------------------------------------------------- bad-file writers
@@ -65,6 +67,7 @@ def scan(role: str, write: Callable[[Path], None], name: str = "bad.nii.gz") -> 
         path = folder / name
         write(path)
         return {role: path}
+
     return writer
 
 
@@ -129,6 +132,7 @@ def zero_pixdim(path: Path) -> None:
     def patch(raw: bytearray) -> None:
         raw[84:88] = struct.pack("<f", 0.0)
         raw[254:256] = struct.pack("<h", 0)  # sform_code: unknown
+
     with_header(path, patch)
 
 
@@ -157,6 +161,7 @@ def label_with(value: float) -> Writer:
         data = np.zeros(SHAPE)
         data[5:8, 5:8, 5:8] = value
         return {"label": save(folder / "bad_label.nii.gz", data)}
+
     return writer
 
 
@@ -181,45 +186,133 @@ class Case:
 
 IMAGE_CASES = [
     Case("missing file", "baseline", scan("baseline", missing), ("does not exist",), True),
-    Case("folder instead of file", "followup", scan("followup", folder_instead_of_file),
-         ("is a folder",), True),
+    Case(
+        "folder instead of file",
+        "followup",
+        scan("followup", folder_instead_of_file),
+        ("is a folder",),
+        True,
+    ),
     Case("empty file", "baseline", scan("baseline", empty), ("the file is empty",), True),
-    Case("not NIfTI", "followup", scan("followup", not_nifti, "bad.nii"),
-         ("not a readable NIfTI",), True),
-    Case("truncated gzip", "baseline", scan("baseline", truncated_gzip),
-         ("gzip stream is truncated or corrupt",), False),
-    Case("2D image", "followup", scan("followup", two_dimensional),
-         ("expected a 3D image, found a 2D image",), True),
-    Case("4D image", "baseline", scan("baseline", four_dimensional),
-         ("expected a 3D image, found a 4D image",), True),
-    Case("NaN voxels", "followup", scan("followup", nan_voxels),
-         ("1 voxels are NaN or infinite",), False),
-    Case("all-zero scan", "baseline", scan("baseline", all_zero),
-         ("every voxel of the scan is 0", "blank"), False),
-    Case("5x5x5 scan", "followup", scan("followup", five_cubed),
-         ("only 5 voxels along axis 0", f"at least {MIN_SCAN_VOXELS}"), True),
-    Case("40x40x20 noise scan", "baseline", scan("baseline", small_noise),
-         ("covers only 40 x 40 x 20 mm", f"at least {MIN_SCAN_FOV_MM:g} mm"), True),
-    Case("zero pixdim", "followup", scan("followup", zero_pixdim),
-         ("voxel size (pixdim) is 5 x 0 x 5 mm", "zero voxel size"), True),
-    Case("non-invertible affine", "baseline", scan("baseline", singular_affine),
-         ("affine", "not invertible"), True),
-    Case("header promising more data than the .gz holds", "baseline",
-         scan("baseline", header_promises_more),
-         ("header promises 4,000,000,000,000 bytes", "the file holds 32,000"), False),
-    Case("header promising more data than the .nii holds", "followup",
-         scan("followup", header_promises_more, "bad.nii"),
-         ("header promises 4,000,000,000,000 bytes", "the file holds 32,000"), True),
-    Case("label value 2", "label", label_with(2.0),
-         ("holds only 0 (no change) and 1 (change)", "2 (27 voxels)"), False),
-    Case("label value 0.5", "label", label_with(0.5),
-         ("holds only 0 (no change) and 1 (change)", "0.5 (27 voxels)"), False),
-    Case("label value -1", "label", label_with(-1.0),
-         ("holds only 0 (no change) and 1 (change)", "-1 (27 voxels)"), False),
-    Case("label on a shifted affine", "label", shifted_label,
-         ("label's grid differs", "origin (2, 0, 0) mm against (0, 0, 0) mm"), True),
-    Case("same file as baseline and follow-up", "pair", same_file,
-         ("baseline and follow-up are the same file",), True),
+    Case(
+        "not NIfTI",
+        "followup",
+        scan("followup", not_nifti, "bad.nii"),
+        ("not a readable NIfTI",),
+        True,
+    ),
+    Case(
+        "truncated gzip",
+        "baseline",
+        scan("baseline", truncated_gzip),
+        ("gzip stream is truncated or corrupt",),
+        False,
+    ),
+    Case(
+        "2D image",
+        "followup",
+        scan("followup", two_dimensional),
+        ("expected a 3D image, found a 2D image",),
+        True,
+    ),
+    Case(
+        "4D image",
+        "baseline",
+        scan("baseline", four_dimensional),
+        ("expected a 3D image, found a 4D image",),
+        True,
+    ),
+    Case(
+        "NaN voxels",
+        "followup",
+        scan("followup", nan_voxels),
+        ("1 voxels are NaN or infinite",),
+        False,
+    ),
+    Case(
+        "all-zero scan",
+        "baseline",
+        scan("baseline", all_zero),
+        ("every voxel of the scan is 0", "blank"),
+        False,
+    ),
+    Case(
+        "5x5x5 scan",
+        "followup",
+        scan("followup", five_cubed),
+        ("only 5 voxels along axis 0", f"at least {MIN_SCAN_VOXELS}"),
+        True,
+    ),
+    Case(
+        "40x40x20 noise scan",
+        "baseline",
+        scan("baseline", small_noise),
+        ("covers only 40 x 40 x 20 mm", f"at least {MIN_SCAN_FOV_MM:g} mm"),
+        True,
+    ),
+    Case(
+        "zero pixdim",
+        "followup",
+        scan("followup", zero_pixdim),
+        ("voxel size (pixdim) is 5 x 0 x 5 mm", "zero voxel size"),
+        True,
+    ),
+    Case(
+        "non-invertible affine",
+        "baseline",
+        scan("baseline", singular_affine),
+        ("affine", "not invertible"),
+        True,
+    ),
+    Case(
+        "header promising more data than the .gz holds",
+        "baseline",
+        scan("baseline", header_promises_more),
+        ("header promises 4,000,000,000,000 bytes", "the file holds 32,000"),
+        False,
+    ),
+    Case(
+        "header promising more data than the .nii holds",
+        "followup",
+        scan("followup", header_promises_more, "bad.nii"),
+        ("header promises 4,000,000,000,000 bytes", "the file holds 32,000"),
+        True,
+    ),
+    Case(
+        "label value 2",
+        "label",
+        label_with(2.0),
+        ("holds only 0 (no change) and 1 (change)", "2 (27 voxels)"),
+        False,
+    ),
+    Case(
+        "label value 0.5",
+        "label",
+        label_with(0.5),
+        ("holds only 0 (no change) and 1 (change)", "0.5 (27 voxels)"),
+        False,
+    ),
+    Case(
+        "label value -1",
+        "label",
+        label_with(-1.0),
+        ("holds only 0 (no change) and 1 (change)", "-1 (27 voxels)"),
+        False,
+    ),
+    Case(
+        "label on a shifted affine",
+        "label",
+        shifted_label,
+        ("label's grid differs", "origin (2, 0, 0) mm against (0, 0, 0) mm"),
+        True,
+    ),
+    Case(
+        "same file as baseline and follow-up",
+        "pair",
+        same_file,
+        ("baseline and follow-up are the same file",),
+        True,
+    ),
 ]
 SCAN_CASES = [case for case in IMAGE_CASES if case.role != "label"]
 
@@ -238,17 +331,28 @@ def bad_pair(folder: Path, case: Case) -> tuple[dict[str, Path], Path]:
 
 def write_sheet(folder: Path, files: dict[str, Path], subject: str = SUBJECT) -> Path:
     sheet = folder / "cohort.tsv"
-    pd.DataFrame([{"subject": subject, "baseline": str(files["baseline"]),
-                   "followup": str(files["followup"]), "split": "test", "change": "yes",
-                   "label": str(files["label"])}]).to_csv(sheet, sep="\t", index=False)
+    pd.DataFrame(
+        [
+            {
+                "subject": subject,
+                "baseline": str(files["baseline"]),
+                "followup": str(files["followup"]),
+                "split": "test",
+                "change": "yes",
+                "label": str(files["label"]),
+            }
+        ]
+    ).to_csv(sheet, sep="\t", index=False)
     return sheet
 
 
 def fingerprints(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file under ``folder``: its content hash and modification time."""
-    return {str(path): (hashlib.sha256(path.read_bytes()).hexdigest(),
-                        path.stat().st_mtime_ns)
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path): (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def assert_named(message: str, case: Case, bad: Path, subject: str | None = SUBJECT) -> None:
@@ -298,9 +402,12 @@ def tiny_model(tmp_path: Path) -> Path:
     from mschange.detection.modelfile import save_detector
     from mschange.detection.network import ChangeDetector, DetectorArchitecture
 
-    return save_detector(ChangeDetector(DetectorArchitecture(channels=(8, 16, 32))),
-                         tmp_path / "model" / "m.pt", training={},
-                         metadata={"preprocessing": {}})
+    return save_detector(
+        ChangeDetector(DetectorArchitecture(channels=(8, 16, 32))),
+        tmp_path / "model" / "m.pt",
+        training={},
+        metadata={"preprocessing": {}},
+    )
 
 
 @pytest.mark.parametrize("case", SCAN_CASES, ids=case_id)
@@ -308,8 +415,19 @@ def test_predict(tmp_path, capsys, tiny_model, case):
     files, bad = bad_pair(tmp_path / "data", case)
     out = tmp_path / "out"
     before = fingerprints(tmp_path)
-    code = cli.main(["predict", "--baseline", str(files["baseline"]), "--followup",
-                     str(files["followup"]), "--model", str(tiny_model), "--out", str(out)])
+    code = cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(files["baseline"]),
+            "--followup",
+            str(files["followup"]),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     # The subject is named after the follow-up's file, so only the file is asserted.
     assert_named(capsys.readouterr().err, case, bad, subject=None)
@@ -335,13 +453,23 @@ def sheet_is_a_folder(folder: Path, files: dict[str, Path]) -> Path:
 
 
 def subjects_differing_in_case(folder: Path, files: dict[str, Path]) -> Path:
-    other = {"baseline": save(folder / "data" / "b2.nii.gz", noise(5)),
-             "followup": save(folder / "data" / "f2.nii.gz", noise(6)),
-             "label": files["label"]}
+    other = {
+        "baseline": save(folder / "data" / "b2.nii.gz", noise(5)),
+        "followup": save(folder / "data" / "f2.nii.gz", noise(6)),
+        "label": files["label"],
+    }
     sheet = folder / "cohort.tsv"
-    rows = [{"subject": subject, "baseline": str(pair["baseline"]),
-             "followup": str(pair["followup"]), "split": "test", "change": "yes",
-             "label": str(pair["label"])} for subject, pair in (("P01", files), ("p01", other))]
+    rows = [
+        {
+            "subject": subject,
+            "baseline": str(pair["baseline"]),
+            "followup": str(pair["followup"]),
+            "split": "test",
+            "change": "yes",
+            "label": str(pair["label"]),
+        }
+        for subject, pair in (("P01", files), ("p01", other))
+    ]
     pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
     return sheet
 
@@ -349,9 +477,10 @@ def subjects_differing_in_case(folder: Path, files: dict[str, Path]) -> Path:
 SHEET_CASES = {
     "row with extra fields": (extra_fields, ("line 3 has 7 fields, the header 6",)),
     "sheet is a folder": (sheet_is_a_folder, ("is a folder, not a file",)),
-    "subjects P01 and p01": (subjects_differing_in_case,
-                             ("'p01': differs from subject 'P01' only in case",
-                              "lines 2 and 3")),
+    "subjects P01 and p01": (
+        subjects_differing_in_case,
+        ("'p01': differs from subject 'P01' only in case", "lines 2 and 3"),
+    ),
 }
 
 
@@ -396,8 +525,9 @@ def test_identical_voxels_warn_but_pass(tmp_path, capsys):
     assert "mschange: warning: subject 'p1'" in captured.err
     assert "hold identical voxels" in captured.err and "baseline.nii.gz" in captured.err
     assert "1 warning(s)" in captured.out
-    record = check_pair_images_step(SUBJECT, {k: str(v) for k, v in files.items()},
-                                    tmp_path / "checked.json")
+    record = check_pair_images_step(
+        SUBJECT, {k: str(v) for k, v in files.items()}, tmp_path / "checked.json"
+    )
     assert len(record["warnings"]) == 1 and "identical voxels" in record["warnings"][0]
     # Without reading voxels nothing can be compared: no warning.
     assert cli.main(["check-cohort", "--headers-only", str(sheet)]) == 0
@@ -420,33 +550,44 @@ def test_headers_only_decompresses_no_voxels(tmp_path, capsys, monkeypatch):
 
     def no_voxels(*args, **kwargs):
         raise AssertionError("voxel data read with --headers-only")
+
     with monkeypatch.context() as patch:
         patch.setattr(ArrayProxy, "_get_scaled", no_voxels)
         patch.setattr("mschange.io._check_gzip_complete", no_voxels)
-        assert cli.main(["check-cohort", "--headers-only", str(sheet)]) == 0, \
+        assert cli.main(["check-cohort", "--headers-only", str(sheet)]) == 0, (
             capsys.readouterr().err
+        )
     assert cli.main(["check-cohort", str(sheet)]) == 2
     assert "followup.nii.gz': the gzip stream is truncated" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ Snakemake dry runs
 
-DRY_RUN_CASES = [case for case in IMAGE_CASES if case.name in (
-    "all-zero scan", "zero pixdim", "label value -1", "label on a shifted affine")]
+DRY_RUN_CASES = [
+    case
+    for case in IMAGE_CASES
+    if case.name in ("all-zero scan", "zero pixdim", "label value -1", "label on a shifted affine")
+]
 
 
 def dry_run(folder: Path, rows: list[dict[str, str]], **cohort: str):
     sheet = folder / "cohort.tsv"
     pd.DataFrame(rows).to_csv(sheet, sep="\t", index=False)
-    config = write_config(folder / "config.yaml", cohort={"source": "sheet",
-                                                          "sheet": str(sheet), **cohort})
+    config = write_config(
+        folder / "config.yaml", cohort={"source": "sheet", "sheet": str(sheet), **cohort}
+    )
     return snakemake(folder, "-n", configfile=config)
 
 
 def row(subject: str, files: dict[str, Path]) -> dict[str, str]:
-    return {"subject": subject, "baseline": str(files["baseline"]),
-            "followup": str(files["followup"]), "split": "test", "change": "yes",
-            "label": str(files["label"])}
+    return {
+        "subject": subject,
+        "baseline": str(files["baseline"]),
+        "followup": str(files["followup"]),
+        "split": "test",
+        "change": "yes",
+        "label": str(files["label"]),
+    }
 
 
 @pytest.mark.slow
@@ -463,8 +604,7 @@ def test_dry_run_names_every_bad_subject_before_any_job(tmp_path):
     output = result.stdout + result.stderr  # a dry run's error goes to stdout
     assert result.returncode != 0, output
     for subject, (case, bad) in bad_files.items():
-        line = next((line for line in output.splitlines()
-                     if f"subject '{subject}'" in line), "")
+        line = next((line for line in output.splitlines() if f"subject '{subject}'" in line), "")
         assert bad.name in line, output
         for words in case.words:
             assert words in line, output
@@ -487,8 +627,7 @@ def test_dry_run_refuses_a_pair_of_one_file_even_when_subjects_are_checked_by_jo
 def test_dry_run_warns_of_identical_scans_and_of_no_training_pairs(tmp_path):
     files = identical_copies(tmp_path / "data")
     sheet = write_sheet(tmp_path, files)
-    config = write_config(tmp_path / "config.yaml", cohort={"source": "sheet",
-                                                            "sheet": str(sheet)})
+    config = write_config(tmp_path / "config.yaml", cohort={"source": "sheet", "sheet": str(sheet)})
     result = snakemake(tmp_path, "-n", configfile=config)
     assert result.returncode == 0, result.stderr
     assert "mschange: warning: subject 'p1'" in result.stderr

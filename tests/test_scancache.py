@@ -23,7 +23,7 @@ def open_files() -> set[str]:
     """Paths of this process's open file descriptors (Linux)."""
     found = set()
     for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):   # the descriptor listdir itself used
+        with contextlib.suppress(OSError):  # the descriptor listdir itself used
             found.add(os.readlink(f"/proc/self/fd/{fd}"))
     return found
 
@@ -58,7 +58,7 @@ def test_an_entry_is_built_once_then_read_from_disk(tmp_path):
     part = arrays["volume"][0]
     assert type(part) is np.ndarray and part.base is None
 
-    again = ScanCache(tmp_path / "cache")   # as a resumed run would
+    again = ScanCache(tmp_path / "cache")  # as a resumed run would
     arrays, values = again.entry("kind", [source], build)
     assert len(calls) == 1 and again.built == 0 and values == {"box": [1, 2, 3]}
     np.testing.assert_array_equal(arrays["volume"].read(), data)
@@ -72,15 +72,17 @@ def test_a_changed_source_or_kind_is_a_new_entry_and_stale_ones_are_pruned(tmp_p
     assert key != cache.key("kind 2", [source]) and key != cache.key("kind", [other])
     cache.entry("kind", [source], lambda: ({"a": np.ones(3)}, {}))
     cache.entry("kind", [other], lambda: ({"a": np.zeros(3)}, {}))
-    os.utime(source, ns=(1, 1))   # the input changed
+    os.utime(source, ns=(1, 1))  # the input changed
     (tmp_path / "cache" / ".leftover.tmp123.npy").write_bytes(b"cut short")
 
     rerun = ScanCache(tmp_path / "cache")
     arrays, _ = rerun.entry("kind", [source], lambda: ({"a": np.full(3, 7.0)}, {}))
     assert rerun.built == 1 and arrays["a"].read().tolist() == [7.0, 7.0, 7.0]
-    assert rerun.prune() == 5   # the old entries of both sources (2 files each), the tmp
+    assert rerun.prune() == 5  # the old entries of both sources (2 files each), the tmp
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
-        f"{rerun.key('kind', [source])}.a.npy", f"{rerun.key('kind', [source])}.json"]
+        f"{rerun.key('kind', [source])}.a.npy",
+        f"{rerun.key('kind', [source])}.json",
+    ]
     assert rerun.size_bytes() > 0 and ScanCache(tmp_path / "none").prune() == 0
 
 
@@ -97,11 +99,12 @@ def test_an_entry_cut_short_is_made_again(tmp_path):
 @linux_only
 def test_a_disk_array_keeps_no_mapping_and_no_file_open(tmp_path):
     cache = ScanCache(tmp_path / "cache")
-    arrays, _ = cache.entry("kind", [_source(tmp_path)],
-                            lambda: ({"volume": np.ones((64, 64, 64), np.float16)}, {}))
+    arrays, _ = cache.entry(
+        "kind", [_source(tmp_path)], lambda: ({"volume": np.ones((64, 64, 64), np.float16)}, {})
+    )
     volume = arrays["volume"]
     path = str(volume.path)
-    mapped = np.load(path, mmap_mode="r")   # the check sees a mapping when there is one
+    mapped = np.load(path, mmap_mode="r")  # the check sees a mapping when there is one
     assert path in mapped_files() and path in open_files()
     del mapped
     assert path not in mapped_files() and path not in open_files()

@@ -21,8 +21,11 @@ SETTINGS_SECTIONS = [
     ("mschange.detection.network.DetectorArchitecture", ("detector", "architecture"), ""),
     ("mschange.detection.loss.LossSettings", ("detector", "loss"), ""),
     ("mschange.detection.training.DetectorTrainingSettings", ("detector", "training"), ""),
-    ("mschange.detection.augment.AugmentationSettings",
-     ("detector", "training", "augmentation"), ""),
+    (
+        "mschange.detection.augment.AugmentationSettings",
+        ("detector", "training", "augmentation"),
+        "",
+    ),
     ("mschange.synthesis.vae.VaeArchitecture", ("synthesis", "vae"), ""),
     ("mschange.synthesis.vae_training.VaeTrainingSettings", ("synthesis", "vae"), ""),
     ("mschange.synthesis.supermix.SuperMixSettings", ("synthesis", "supermix"), ""),
@@ -47,8 +50,11 @@ def _default(field: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
-@pytest.mark.parametrize(("dotted", "section", "prefix"), SETTINGS_SECTIONS,
-                         ids=[row[0].rsplit(".", 1)[1] for row in SETTINGS_SECTIONS])
+@pytest.mark.parametrize(
+    ("dotted", "section", "prefix"),
+    SETTINGS_SECTIONS,
+    ids=[row[0].rsplit(".", 1)[1] for row in SETTINGS_SECTIONS],
+)
 def test_settings_dataclass_defaults_are_the_schemas(dotted, section, prefix):
     module, name = dotted.rsplit(".", 1)
     settings = getattr(importlib.import_module(module), name)
@@ -73,7 +79,7 @@ def _config(**detector_inference: Any) -> dict:
 
 def test_a_blob_size_that_is_never_scored_is_flagged():
     assert config_warnings(_config()) == []
-    assert config_warnings(_config(min_blob_voxels=100)) == []   # scored: in [20, 100]
+    assert config_warnings(_config(min_blob_voxels=100)) == []  # scored: in [20, 100]
     warnings = config_warnings(_config(min_blob_voxels=7))
     assert len(warnings) == 1
     assert "detector.inference.min_blob_voxels is 7" in warnings[0]
@@ -83,19 +89,26 @@ def test_a_blob_size_that_is_never_scored_is_flagged():
 def test_an_experiment_model_inherits_without_a_second_warning():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["detector"]["inference"] = {"min_blob_voxels": 7}
-    config["experiments"] = {"models": {"other": {"inference": {"min_blob_voxels": 9}},
-                                        "same": {"loss": {"alpha": 0.5}}},
-                             "compare": ["other", "same"]}
+    config["experiments"] = {
+        "models": {
+            "other": {"inference": {"min_blob_voxels": 9}},
+            "same": {"loss": {"alpha": 0.5}},
+        },
+        "compare": ["other", "same"],
+    }
     warnings = config_warnings(validate_config(config))
     assert [w.split(" is ")[0] for w in warnings] == [
         "detector.inference.min_blob_voxels",
-        "experiments.models.other.inference.min_blob_voxels"]
+        "experiments.models.other.inference.min_blob_voxels",
+    ]
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (REPO / "presets").glob("*.yaml")))
 def test_no_preset_sets_what_cannot_take_effect(preset):
     from mschange.config import merge_config
 
-    config = merge_config(yaml.safe_load((REPO / "config.yaml").read_text()),
-                          yaml.safe_load((REPO / "presets" / preset).read_text()) or {})
+    config = merge_config(
+        yaml.safe_load((REPO / "config.yaml").read_text()),
+        yaml.safe_load((REPO / "presets" / preset).read_text()) or {},
+    )
     assert config_warnings(validate_config(config)) == []

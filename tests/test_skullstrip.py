@@ -33,8 +33,7 @@ def test_head_box_stops_at_the_image_edges_and_keeps_an_empty_image_whole():
     image[0:20, 10:30, 25:40] = 1.0
     box = head_box(image)
     assert (box[0].start, box[2].stop) == (0, 40)
-    assert head_box(np.zeros((8, 9, 10), np.float32)) == (slice(0, 8), slice(0, 9),
-                                                          slice(0, 10))
+    assert head_box(np.zeros((8, 9, 10), np.float32)) == (slice(0, 8), slice(0, 9), slice(0, 10))
 
 
 def test_padded_batch_zero_pads_every_crop_to_one_divisible_shape():
@@ -67,13 +66,21 @@ def test_a_scan_without_a_brain_is_a_named_input_error(tmp_path, content):
     from mschange.preprocessing.steps import skullstrip_step
 
     rng = np.random.default_rng(0)
-    data = np.zeros((40, 40, 20), np.float32) if content == "zeros" else \
-        rng.random((40, 40, 20), dtype=np.float32)
+    data = (
+        np.zeros((40, 40, 20), np.float32)
+        if content == "zeros"
+        else rng.random((40, 40, 20), dtype=np.float32)
+    )
     scan = tmp_path / "resampled.nii.gz"
     nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), scan)
     with pytest.raises(InputError) as caught:
-        skullstrip_step(scan, tmp_path / "brain.nii.gz", tmp_path / "mask.nii.gz",
-                        subject="p9", source="/data/p9_flair.nii.gz")
+        skullstrip_step(
+            scan,
+            tmp_path / "brain.nii.gz",
+            tmp_path / "mask.nii.gz",
+            subject="p9",
+            source="/data/p9_flair.nii.gz",
+        )
     message = str(caught.value)
     assert "subject 'p9'" in message and "/data/p9_flair.nii.gz" in message
     assert "no brain found" in message

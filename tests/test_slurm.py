@@ -27,7 +27,8 @@ pytestmark = [
     pytest.mark.skipif(
         os.geteuid() != 0 or not all(shutil.which(tool) for tool in CLUSTER_TOOLS),
         reason="needs root and Debian's munge, slurm-wlm, slurmdbd and mariadb-server "
-               "(.ci/run installs them)"),
+        "(.ci/run installs them)",
+    ),
 ]
 
 
@@ -36,8 +37,9 @@ def local_rules() -> set[str]:
     jobs), and `all`."""
     found = {"all"}
     for path in (REPO / "rules").glob("*.smk"):
-        for name, body in re.findall(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(),
-                                     re.M | re.S):
+        for name, body in re.findall(
+            r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S
+        ):
             if re.search(r"^\s+localrule: True", body, re.M):
                 found.add(name)
     return found
@@ -46,15 +48,22 @@ def local_rules() -> set[str]:
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run([str(REPO / "tests" / "slurm" / "start_cluster.sh"), str(state)],
-                             capture_output=True, text=True, timeout=300,
-                             stdin=subprocess.DEVNULL)
+    started = subprocess.run(
+        [str(REPO / "tests" / "slurm" / "start_cluster.sh"), str(state)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert started.returncode == 0, started.stderr
         yield {**os.environ, "SLURM_CONF": str(state / "etc" / "slurm.conf")}
     finally:
-        subprocess.run([str(REPO / "tests" / "slurm" / "stop_cluster.sh"), str(state)],
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [str(REPO / "tests" / "slurm" / "stop_cluster.sh"), str(state)],
+            capture_output=True,
+            timeout=300,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +76,53 @@ def slurm_run(slurm_cluster, tiny_run, tmp_path_factory):
     # The profile as a user has it, with what suits a 2-core test node: two cores per
     # job at most, and status checks from the first second.
     result = subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(config),
-         "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4", "--cores", "2",
-         "--max-threads", "2", "--slurm-init-seconds-before-status-checks", "1",
-         "--latency-wait", "5"],
-        env=slurm_cluster, capture_output=True, text=True, timeout=2400)
+        [
+            *SNAKEMAKE,
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(config),
+            "--profile",
+            str(REPO / "profiles" / "slurm"),
+            "--jobs",
+            "4",
+            "--cores",
+            "2",
+            "--max-threads",
+            "2",
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--latency-wait",
+            "5",
+        ],
+        env=slurm_cluster,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
     assert result.returncode == 0, result.stderr[-5000:]
     accounting = subprocess.run(
-        ["sacct", "--allusers", "--noheader", "--parsable2", "--allocations",
-         "--starttime", started, "--format", "JobID,Partition,State,Comment%300"],
-        env=slurm_cluster, capture_output=True, text=True, timeout=60, check=True)
-    jobs = pd.DataFrame([line.split("|") for line in accounting.stdout.splitlines()],
-                        columns=["job", "partition", "state", "comment"])
+        [
+            "sacct",
+            "--allusers",
+            "--noheader",
+            "--parsable2",
+            "--allocations",
+            "--starttime",
+            started,
+            "--format",
+            "JobID,Partition,State,Comment%300",
+        ],
+        env=slurm_cluster,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    jobs = pd.DataFrame(
+        [line.split("|") for line in accounting.stdout.splitlines()],
+        columns=["job", "partition", "state", "comment"],
+    )
     return local, workdir, planned, jobs, result
 
 
@@ -95,10 +139,17 @@ def test_every_cluster_job_went_through_slurm_and_completed(slurm_run):
     _, _, planned, jobs, result = slurm_run
     assert (jobs["state"] == "COMPLETED").all(), jobs
     per_rule, grouped_subjects = rules_of_jobs(jobs)
-    preprocessing = {"resample_isotropic", "skullstrip_hdbet", "register_baseline_to_followup",
-                     "correct_bias_n4", "normalize_intensity", "simulate_rescan"}
-    assert per_rule == {rule: n for rule, n in planned.items()
-                        if rule not in local_rules() | preprocessing}
+    preprocessing = {
+        "resample_isotropic",
+        "skullstrip_hdbet",
+        "register_baseline_to_followup",
+        "correct_bias_n4",
+        "normalize_intensity",
+        "simulate_rescan",
+    }
+    assert per_rule == {
+        rule: n for rule, n in planned.items() if rule not in local_rules() | preprocessing
+    }
     # One job per subject for its whole preprocessing (group preprocess_<subject>).
     assert grouped_subjects == ["demo01", "demo02", "demo03"]
     # device: cpu, so no job asks for a GPU: partitions.yaml sends all to `cpu`.
@@ -114,8 +165,9 @@ def test_slurm_outputs_equal_the_local_run(slurm_run):
 
 def test_status_table_after_the_slurm_run(slurm_run):
     _, workdir, _, _, _ = slurm_run
-    status = pd.read_csv(workdir / "results" / "status" / "cohort_status.tsv", sep="\t",
-                         keep_default_na=False)
+    status = pd.read_csv(
+        workdir / "results" / "status" / "cohort_status.tsv", sep="\t", keep_default_na=False
+    )
     assert status["state"].tolist() == ["complete"] * 3
     assert status["stage_reached"].tolist() == ["synthesised", "evaluated", "synthesised"]
 

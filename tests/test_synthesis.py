@@ -67,8 +67,9 @@ def test_both_encoders_reconstruct_the_input_shape():
     strided = Vae3d(VaeArchitecture(encoder="strided", channels=(4, 8)))
     maxpool = Vae3d(VaeArchitecture(encoder="maxpool", channels=(4, 8)))
     # The strided encoder learns its downsampling: it has more parameters.
-    assert sum(p.numel() for p in strided.parameters()) > \
-        sum(p.numel() for p in maxpool.parameters())
+    assert sum(p.numel() for p in strided.parameters()) > sum(
+        p.numel() for p in maxpool.parameters()
+    )
 
 
 def test_vae_loss_terms():
@@ -89,8 +90,10 @@ def test_vae_loss_goes_down_when_overfitting_a_tiny_batch():
     model = Vae3d(TINY_ARCHITECTURE)
     # Smooth structure a bottleneck can learn (white noise it could not).
     grid = np.indices((16, 16, 8), dtype=np.float32)
-    blobs = [np.exp(-((grid[0] - a) ** 2 + (grid[1] - b) ** 2 + 4 * (grid[2] - 4) ** 2) / 20)
-             for a, b in ((5, 6), (10, 11))]
+    blobs = [
+        np.exp(-((grid[0] - a) ** 2 + (grid[1] - b) ** 2 + 4 * (grid[2] - 4) ** 2) / 20)
+        for a, b in ((5, 6), (10, 11))
+    ]
     batch = torch.from_numpy(np.stack(blobs)[:, None])
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
@@ -142,19 +145,25 @@ def test_share_of_replaced_superpixels_is_one_minus_tau():
 
 def test_n_segments_are_log_uniform_in_range():
     settings = SuperMixSettings(n_segments=(200, 5000))
-    drawn = np.array([draw_choices(sample_seed(7, "s", k), settings).n_segments
-                      for k in range(600)])
+    drawn = np.array(
+        [draw_choices(sample_seed(7, "s", k), settings).n_segments for k in range(600)]
+    )
     assert drawn.min() >= 200 and drawn.max() <= 5000
     # log-uniform: the geometric midpoint (1000) splits the draws in half
     assert np.mean(drawn < 1000) == pytest.approx(0.5, abs=0.07)
-    timepoints = {draw_choices(sample_seed(7, "s", k), settings).synthesised_timepoint
-                  for k in range(20)}
+    timepoints = {
+        draw_choices(sample_seed(7, "s", k), settings).synthesised_timepoint for k in range(20)
+    }
     assert timepoints == {"baseline", "followup"}
 
 
 def _choices(n_segments=40):
-    return SampleChoices(synthesised_timepoint="followup", n_segments=n_segments,
-                         latent_seed=11, replace_draws_seed=5)
+    return SampleChoices(
+        synthesised_timepoint="followup",
+        n_segments=n_segments,
+        latent_seed=11,
+        replace_draws_seed=5,
+    )
 
 
 def test_supermix_label_is_exactly_the_replaced_region(scan, tiny_vae):
@@ -180,35 +189,51 @@ def test_replayed_record_gives_identical_voxels(scan, tiny_vae):
     sample = synthesise(data, mask, affine, tiny_vae, _choices(), settings, tiling=TINY_TILING)
     record = json.loads(json.dumps(sample.record))
     # A reconstruction computed beforehand (as the figure does) gives the same sample.
-    reused = synthesise(data, mask, affine, tiny_vae, _choices(), settings,
-                        tiling=TINY_TILING, reconstruction=sample.reconstruction)
+    reused = synthesise(
+        data,
+        mask,
+        affine,
+        tiny_vae,
+        _choices(),
+        settings,
+        tiling=TINY_TILING,
+        reconstruction=sample.reconstruction,
+    )
     assert np.array_equal(reused.synthesised, sample.synthesised)
     again = replay(record, data, mask, affine, tiny_vae)
     assert np.array_equal(again.synthesised, sample.synthesised)
     assert np.array_equal(again.label, sample.label)
-    other = synthesise(data, mask, affine, tiny_vae,
-                       SampleChoices("followup", 40, latent_seed=12, replace_draws_seed=5),
-                       settings, tiling=TINY_TILING)
+    other = synthesise(
+        data,
+        mask,
+        affine,
+        tiny_vae,
+        SampleChoices("followup", 40, latent_seed=12, replace_draws_seed=5),
+        settings,
+        tiling=TINY_TILING,
+    )
     assert not np.array_equal(other.reconstruction, sample.reconstruction)
 
 
 def test_tiled_reconstruction_keeps_grid_and_orientation(scan, tiny_vae):
     data, mask, affine = scan
-    reconstruction = reconstruct_volume(tiny_vae, data, mask, affine, seed=3, delta=5.0,
-                                        tiling=TINY_TILING)
+    reconstruction = reconstruct_volume(
+        tiny_vae, data, mask, affine, seed=3, delta=5.0, tiling=TINY_TILING
+    )
     assert reconstruction.shape == data.shape and reconstruction.dtype == np.float32
     assert np.isfinite(reconstruction).all()
     # Outside the brain's box (plus margin) the input is kept; inside it is the VAE's.
     small = np.zeros_like(mask)
     small[10:18, 10:20, 8:14] = True
-    boxed = reconstruct_volume(tiny_vae, data, small, affine, seed=3, delta=5.0,
-                               tiling=TINY_TILING)
+    boxed = reconstruct_volume(tiny_vae, data, small, affine, seed=3, delta=5.0, tiling=TINY_TILING)
     inside = np.zeros_like(mask)
     inside[8:20, 8:22, 6:16] = True  # margin 2
     assert np.array_equal(boxed[~inside], data[~inside])
     assert not np.allclose(boxed[inside], data[inside], atol=1e-3)
-    assert np.array_equal(reconstruction, reconstruct_volume(
-        tiny_vae, data, mask, affine, seed=3, delta=5.0, tiling=TINY_TILING))
+    assert np.array_equal(
+        reconstruction,
+        reconstruct_volume(tiny_vae, data, mask, affine, seed=3, delta=5.0, tiling=TINY_TILING),
+    )
     # The same head stored with its axes permuted and flipped gives the same voxels:
     # the network always sees RAS axis order.
     permuted = np.flip(np.transpose(data, (2, 0, 1)), axis=1).copy()
@@ -220,8 +245,9 @@ def test_tiled_reconstruction_keeps_grid_and_orientation(scan, tiny_vae):
     to_old[2, 0] = 1
     to_old[3, 3] = 1
     permuted_affine = affine @ to_old
-    again = reconstruct_volume(tiny_vae, permuted, permuted_mask, permuted_affine, seed=3,
-                               delta=5.0, tiling=TINY_TILING)
+    again = reconstruct_volume(
+        tiny_vae, permuted, permuted_mask, permuted_affine, seed=3, delta=5.0, tiling=TINY_TILING
+    )
     restored = np.transpose(np.flip(again, axis=1), (1, 2, 0))
     np.testing.assert_allclose(restored, reconstruction, atol=1e-5)
 
@@ -233,8 +259,9 @@ def test_crops_are_ras_ordered_and_around_the_brain(tmp_path, scan):
     image = tmp_path / "scan.nii.gz"
     brain = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.transpose(data, (2, 0, 1)), permuted_affine), image)
-    nib.save(nib.Nifti1Image(np.transpose(mask, (2, 0, 1)).astype(np.uint8), permuted_affine),
-             brain)
+    nib.save(
+        nib.Nifti1Image(np.transpose(mask, (2, 0, 1)).astype(np.uint8), permuted_affine), brain
+    )
     volumes, masks = load_training_scans([str(image)], [str(brain)])
     assert volumes[0].shape == SHAPE  # back in (R, A, S)-like order
     sampler = CropSampler(volumes, masks, (16, 8, 40), np.random.default_rng(0))
@@ -260,8 +287,9 @@ def _reference_crops(volumes, masks, crop_size, rng, batches, size):
             low, high = boxes[index]
             centre = rng.integers(low, high + 1)
             start = np.clip(centre - crop // 2, 0, np.array(padded[index].shape) - crop)
-            batch[b, 0] = padded[index][tuple(slice(int(s), int(s + c))
-                                              for s, c in zip(start, crop, strict=True))]
+            batch[b, 0] = padded[index][
+                tuple(slice(int(s), int(s + c)) for s, c in zip(start, crop, strict=True))
+            ]
         out.append(batch)
     return out
 
@@ -285,8 +313,9 @@ def test_crops_from_the_disk_cache_equal_the_in_memory_crops(tmp_path, scan, cro
     nib.save(nib.Nifti1Image(data - 0.2, affine), images[-1])
     nib.save(nib.Nifti1Image(small.astype(np.uint8), affine), masks[-1])
     volumes, brains = load_training_scans(images, masks)
-    expected = _reference_crops(volumes, brains, crop_size, np.random.default_rng(7),
-                                batches=12, size=3)
+    expected = _reference_crops(
+        volumes, brains, crop_size, np.random.default_rng(7), batches=12, size=3
+    )
 
     cache = ScanCache(tmp_path / "cache")
     on_disk = CropSampler.from_files(images, masks, crop_size, np.random.default_rng(7), cache)
@@ -315,8 +344,9 @@ def test_a_crop_source_keeps_only_what_crops_can_reach():
     region = np.transpose(source.array, (0, 2, 1))
     np.testing.assert_array_equal(region[:, :12], volume[1:18, :, 6:24])
     assert not region[:, 12:].any()
-    np.testing.assert_array_equal(source.crop(np.array([3, 0, 10]), np.array([8, 16, 8]))[:, :12],
-                                  volume[3:11, :, 10:18])
+    np.testing.assert_array_equal(
+        source.crop(np.array([3, 0, 10]), np.array([8, 16, 8]))[:, :12], volume[3:11, :, 10:18]
+    )
     with pytest.raises(ValueError, match="empty brain mask"):
         vae_training.crop_source(volume, np.zeros_like(mask), (8, 8, 8))
 
@@ -342,15 +372,31 @@ def test_supermix_step_writes_samples_on_the_input_grid(tmp_path, scan, tiny_vae
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), paths[f"{tp}_mask"])
     model = save_vae(tiny_vae, tmp_path / "vae.pt", training={})
     n = 4
-    outputs = {kind: [tmp_path / f"s{k}_{kind}.nii.gz" for k in range(n)]
-               for kind in ("synthesised", "reference", "label")}
+    outputs = {
+        kind: [tmp_path / f"s{k}_{kind}.nii.gz" for k in range(n)]
+        for kind in ("synthesised", "reference", "label")
+    }
     outputs["record"] = [tmp_path / f"s{k}.json" for k in range(n)]
-    config = {"tau": 0.7, "n_segments": [20, 60], "delta": 5.0, "compactness": 0.1,
-              "slic_iterations": 10, "tile_overlap": 4}
-    supermix_step({"baseline": paths["baseline"], "followup": paths["followup"]},
-                  [paths["baseline_mask"], paths["followup_mask"]], model, outputs,
-                  subject="demo01", seed=42, settings=supermix_settings(config),
-                  tiling=tiling_settings((16, 16, 8), config), device="cpu", threads=1)
+    config = {
+        "tau": 0.7,
+        "n_segments": [20, 60],
+        "delta": 5.0,
+        "compactness": 0.1,
+        "slic_iterations": 10,
+        "tile_overlap": 4,
+    }
+    supermix_step(
+        {"baseline": paths["baseline"], "followup": paths["followup"]},
+        [paths["baseline_mask"], paths["followup_mask"]],
+        model,
+        outputs,
+        subject="demo01",
+        seed=42,
+        settings=supermix_settings(config),
+        tiling=tiling_settings((16, 16, 8), config),
+        device="cpu",
+        threads=1,
+    )
     synthesised_tps = set()
     for k in range(n):
         record = json.loads(outputs["record"][k].read_text())
@@ -371,20 +417,23 @@ def test_supermix_step_writes_samples_on_the_input_grid(tmp_path, scan, tiny_vae
     assert synthesised_tps == {"baseline", "followup"}  # either time point can be x
 
     # `mschange replay-supermix` rebuilds a sample from its record alone.
-    assert main(["replay-supermix", str(outputs["record"][1]), "--out",
-                 str(tmp_path / "replayed")]) == 0
-    for kind, name in (("synthesised", "desc-synthesised_FLAIR"),
-                       ("label", "desc-change_mask")):
+    assert (
+        main(["replay-supermix", str(outputs["record"][1]), "--out", str(tmp_path / "replayed")])
+        == 0
+    )
+    for kind, name in (("synthesised", "desc-synthesised_FLAIR"), ("label", "desc-change_mask")):
         replayed = nib.load(tmp_path / "replayed" / f"s1_{name}.nii.gz").get_fdata()
         assert np.array_equal(replayed, nib.load(outputs[kind][1]).get_fdata()), kind
     # ...and refuses when the VAE file changed since.
     save_vae(Vae3d(TINY_ARCHITECTURE), model, training={"retrained": True})
-    assert main(["replay-supermix", str(outputs["record"][1]), "--out",
-                 str(tmp_path / "again")]) == 2
+    assert (
+        main(["replay-supermix", str(outputs["record"][1]), "--out", str(tmp_path / "again")]) == 2
+    )
 
 
 def test_config_checks_crop_size_and_ranges():
     import yaml
+
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["synthesis"]["vae"]["crop_size"] = [192, 192, 12]
     config["synthesis"]["supermix"]["n_segments"] = [5000, 200]

@@ -32,9 +32,16 @@ from .conftest import default_preprocessing, ellipsoid_phantom, oblique_affine
 from .test_detection import RESUME_SETTINGS, Killed, _samples
 from .test_synthesis import SHAPE, SPACING, TINY_ARCHITECTURE, _training_files
 
-VAE_SETTINGS = VaeTrainingSettings(architecture=TINY_ARCHITECTURE, crop_size=(16, 16, 8),
-                                   learning_rate=1e-3, batch_size=2, iterations=3,
-                                   crops_per_iteration=4, checkpoint_every=100, seed=5)
+VAE_SETTINGS = VaeTrainingSettings(
+    architecture=TINY_ARCHITECTURE,
+    crop_size=(16, 16, 8),
+    learning_rate=1e-3,
+    batch_size=2,
+    iterations=3,
+    crops_per_iteration=4,
+    checkpoint_every=100,
+    seed=5,
+)
 
 
 def _vae_scans(tmp_path: Path) -> tuple[list[str], list[str]]:
@@ -57,30 +64,49 @@ class Trainer:
     first_input: Callable[[Any], str]
     run: Callable[..., dict[str, Any]]
     load: Callable[[Path], tuple[torch.nn.Module, dict[str, Any]]]
-    changed: tuple[Any, str]   # other settings, and what the refusal names
-    decoder: tuple[Any, str]   # (module, name) of what decodes a scan for the cache
-    cache_files: int           # files in the scan cache after the first run
+    changed: tuple[Any, str]  # other settings, and what the refusal names
+    decoder: tuple[Any, str]  # (module, name) of what decodes a scan for the cache
+    cache_files: int  # files in the scan cache after the first run
     check_resumed: Callable[[pd.DataFrame, dict[str, Any]], None]
 
-    def train(self, tmp_path: Path, inputs: Any, name: str, settings: Any = None,
-              on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+    def train(
+        self,
+        tmp_path: Path,
+        inputs: Any,
+        name: str,
+        settings: Any = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> dict[str, Any]:
         return self.run(tmp_path / name, inputs, settings or self.settings, on_step)
 
 
 def _run_detector(folder, samples, settings, on_step):
-    return train_detector(samples, settings, model_path=folder / "model.pt",
-                          log_tsv=folder / "log.tsv", curve_png=folder / "curve.png",
-                          checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
-                          metadata={"preprocessing": default_preprocessing(2.0)},
-                          on_step=on_step)
+    return train_detector(
+        samples,
+        settings,
+        model_path=folder / "model.pt",
+        log_tsv=folder / "log.tsv",
+        curve_png=folder / "curve.png",
+        checkpoint_dir=folder / "checkpoints",
+        device=torch.device("cpu"),
+        metadata={"preprocessing": default_preprocessing(2.0)},
+        on_step=on_step,
+    )
 
 
 def _run_vae(folder, inputs, settings, on_step):
     images, masks = inputs
-    return train_vae(images, masks, settings, model_path=folder / "vae.pt",
-                     loss_tsv=folder / "loss.tsv", curve_png=folder / "loss.png",
-                     checkpoint_dir=folder / "checkpoints", device=torch.device("cpu"),
-                     on_step=on_step)
+    return train_vae(
+        images,
+        masks,
+        settings,
+        model_path=folder / "vae.pt",
+        loss_tsv=folder / "loss.tsv",
+        curve_png=folder / "loss.png",
+        checkpoint_dir=folder / "checkpoints",
+        device=torch.device("cpu"),
+        on_step=on_step,
+    )
 
 
 def _check_detector(log, metadata):
@@ -96,22 +122,36 @@ def _check_vae(log, metadata):
 
 TRAINERS = {
     "detector": Trainer(
-        name="detector", settings=RESUME_SETTINGS, model_file="model.pt", log_file="log.tsv",
-        make_inputs=_samples, first_input=lambda samples: samples[0].baseline,
-        run=_run_detector, load=load_detector,
+        name="detector",
+        settings=RESUME_SETTINGS,
+        model_file="model.pt",
+        log_file="log.tsv",
+        make_inputs=_samples,
+        first_input=lambda samples: samples[0].baseline,
+        run=_run_detector,
+        load=load_detector,
         changed=(dataclasses.replace(RESUME_SETTINGS, loss=LossSettings(l2=1e-4)), "l2"),
         decoder=(detector_training, "load_sample"),
-        cache_files=10,   # per sample: its 4 arrays (.npy) and the entry (.json)
-        check_resumed=_check_detector),
+        cache_files=10,  # per sample: its 4 arrays (.npy) and the entry (.json)
+        check_resumed=_check_detector,
+    ),
     "vae": Trainer(
-        name="vae", settings=VAE_SETTINGS, model_file="vae.pt", log_file="loss.tsv",
-        make_inputs=_vae_scans, first_input=lambda inputs: inputs[0][0],
-        run=_run_vae, load=load_vae,
-        changed=(dataclasses.replace(VAE_SETTINGS, learning_rate=5e-4),
-                 r"learning_rate: 0\.001 -> 0\.0005"),
+        name="vae",
+        settings=VAE_SETTINGS,
+        model_file="vae.pt",
+        log_file="loss.tsv",
+        make_inputs=_vae_scans,
+        first_input=lambda inputs: inputs[0][0],
+        run=_run_vae,
+        load=load_vae,
+        changed=(
+            dataclasses.replace(VAE_SETTINGS, learning_rate=5e-4),
+            r"learning_rate: 0\.001 -> 0\.0005",
+        ),
         decoder=(vae_training, "_load_scan"),
-        cache_files=4,   # per scan: its crop region (.npy) and the entry (.json)
-        check_resumed=_check_vae),
+        cache_files=4,  # per scan: its crop region (.npy) and the entry (.json)
+        check_resumed=_check_vae,
+    ),
 }
 
 
@@ -122,11 +162,13 @@ def trainer(request) -> Trainer:
 
 def _stop_at(step: int, how: str) -> Callable[[int, float], None]:
     """``on_step`` that kills the run (an exception, as a crash) or sends it SIGTERM."""
+
     def on_step(current: int, loss: float) -> None:
         if current == step:
             if how == "kill":
                 raise Killed
             os.kill(os.getpid(), signal.SIGTERM)
+
     return on_step
 
 
@@ -144,7 +186,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights(tmp_path, trainer):
     resumed = trainer.train(tmp_path, inputs, "resumed")
     # Checkpoints are written at each iteration's end (every 2 steps): step 4 survived.
     assert resumed["resumed_from_step"] == 4 and resumed["steps_this_run"] == 2
-    assert not (tmp_path / "resumed" / "checkpoints").exists()   # cleared when done
+    assert not (tmp_path / "resumed" / "checkpoints").exists()  # cleared when done
     log = pd.read_csv(tmp_path / "resumed" / trainer.log_file, sep="\t")
     assert list(log["iteration"]) == [1, 2, 3] and list(log["step"]) == [2, 4, 6]
     # Optimiser and random states came back too: the weights equal an uninterrupted run's.
@@ -176,22 +218,23 @@ def test_sigterm_checkpoints_then_stops_and_only_the_same_run_resumes(tmp_path, 
 
 
 @pytest.mark.parametrize("how, resumed_from", [("kill", 2), ("sigterm", 3)])
-def test_the_scan_cache_is_reused_on_resume_and_removed_when_done(tmp_path, trainer,
-                                                                   monkeypatch, how,
-                                                                   resumed_from):
+def test_the_scan_cache_is_reused_on_resume_and_removed_when_done(
+    tmp_path, trainer, monkeypatch, how, resumed_from
+):
     inputs = trainer.make_inputs(tmp_path)
     cache = tmp_path / "run" / "checkpoints" / CACHE_FOLDER
     with pytest.raises(Killed if how == "kill" else TrainingInterrupted):
         trainer.train(tmp_path, inputs, "run", on_step=_stop_at(3, how))
-    assert len(list(cache.glob("*.json"))) == 2   # one entry per sample or scan
+    assert len(list(cache.glob("*.json"))) == 2  # one entry per sample or scan
     assert len(list(cache.iterdir())) == trainer.cache_files
 
     def no_decoding(*args):
         raise AssertionError("a scan was decoded again instead of read from the cache")
+
     monkeypatch.setattr(*trainer.decoder, no_decoding)
     resumed = trainer.train(tmp_path, inputs, "run")
     assert resumed["resumed_from_step"] == resumed_from
-    assert not cache.exists() and not cache.parent.exists()   # gone with the checkpoints
+    assert not cache.exists() and not cache.parent.exists()  # gone with the checkpoints
 
 
 # ------------------------------------------------------------------ model files
@@ -199,9 +242,12 @@ def test_the_scan_cache_is_reused_on_resume_and_removed_when_done(tmp_path, trai
 
 def _save_tiny(kind: str, path: Path) -> Path:
     if kind == "detector":
-        return save_detector(ChangeDetector(DetectorArchitecture(channels=(8, 16))), path,
-                             training={"steps": 1},
-                             metadata={"preprocessing": default_preprocessing()})
+        return save_detector(
+            ChangeDetector(DetectorArchitecture(channels=(8, 16))),
+            path,
+            training={"steps": 1},
+            metadata={"preprocessing": default_preprocessing()},
+        )
     return save_vae(Vae3d(TINY_ARCHITECTURE), path, training={"steps": 1})
 
 
@@ -209,7 +255,7 @@ def _save_tiny(kind: str, path: Path) -> Path:
 def test_both_model_files_are_tagged_and_read_safely(tmp_path, kind):
     load = load_detector if kind == "detector" else load_vae
     path = _save_tiny(kind, tmp_path / "model.pt")
-    raw = torch.load(path, weights_only=True)   # plain values and tensors only
+    raw = torch.load(path, weights_only=True)  # plain values and tensors only
     assert raw["kind"] == (MODEL_KIND if kind == "detector" else VAE_KIND)
     assert list(raw)[:2] == ["kind", "package_version"] and list(raw)[-1] == "state_dict"
     assert all(value.device.type == "cpu" for value in raw["state_dict"].values())
@@ -217,7 +263,7 @@ def test_both_model_files_are_tagged_and_read_safely(tmp_path, kind):
     assert not model.training and metadata["training"] == {"steps": 1}
 
     damaged = bytearray(path.read_bytes())
-    damaged[200:400] = bytes(200)   # the pickled values, inside an intact archive
+    damaged[200:400] = bytes(200)  # the pickled values, inside an intact archive
     problems = {
         "empty.pt": (b"", "the file is empty"),
         "text.pt": (b"not a model", "not a PyTorch model file"),
@@ -231,7 +277,7 @@ def test_both_model_files_are_tagged_and_read_safely(tmp_path, kind):
     torch.save({"kind": raw["kind"], "evil": object()}, tmp_path / "code.pt")
     with pytest.raises(ModelFileError, match="can run code") as refused:
         load(tmp_path / "code.pt")
-    assert "weights_only" not in str(refused.value)   # never torch's advice to load unsafely
+    assert "weights_only" not in str(refused.value)  # never torch's advice to load unsafely
     torch.save({"kind": "something else"}, tmp_path / "other.pt")
     with pytest.raises(ModelFileError, match="not an mschange"):
         load(tmp_path / "other.pt")

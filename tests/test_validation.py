@@ -42,8 +42,13 @@ def good_pair(tmp_path: Path) -> dict[str, str]:
     rng = np.random.default_rng(0)
     write_image(tmp_path / "s1_bl.nii.gz", rng.random(SHAPE))
     write_image(tmp_path / "s1_fu.nii.gz", rng.random(SHAPE))
-    return {"subject": "s1", "baseline": "s1_bl.nii.gz", "followup": "s1_fu.nii.gz",
-            "split": "test", "change": "yes"}
+    return {
+        "subject": "s1",
+        "baseline": "s1_bl.nii.gz",
+        "followup": "s1_fu.nii.gz",
+        "split": "test",
+        "change": "yes",
+    }
 
 
 def cohort_problems(sheet: Path) -> str:
@@ -153,12 +158,14 @@ def test_label_with_shifted_affine(tmp_path, good_pair):
     assert "shape" not in message and "voxel size" not in message
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (np.diag([5.0, 5.0, 6.0, 1.0]), "voxel size (5, 5, 6) mm against (5, 5, 5) mm"),
-    (np.diag([-5.0, 5.0, 5.0, 1.0]), "orientation LAS against RAS"),
-])
-def test_label_grid_message_names_voxel_size_and_orientation(tmp_path, good_pair, change,
-                                                              expected):
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (np.diag([5.0, 5.0, 6.0, 1.0]), "voxel size (5, 5, 6) mm against (5, 5, 5) mm"),
+        (np.diag([-5.0, 5.0, 5.0, 1.0]), "orientation LAS against RAS"),
+    ],
+)
+def test_label_grid_message_names_voxel_size_and_orientation(tmp_path, good_pair, change, expected):
     write_image(tmp_path / "s1_label.nii.gz", np.zeros(SHAPE), change)
     good_pair["label"] = "s1_label.nii.gz"
     message = cohort_problems(write_sheet(tmp_path, [good_pair]))
@@ -177,9 +184,12 @@ def test_bad_values_in_sheet_are_all_reported(tmp_path, good_pair):
 
 
 def test_single_scans_are_training_or_validation_scans_without_change(tmp_path, good_pair):
-    rows = [dict(good_pair, subject=f"s{k}", baseline="", split=split, change=change)
-            for k, (split, change) in enumerate([("train", "no"), ("validation", "no"),
-                                                 ("test", "no"), ("validation", "yes")])]
+    rows = [
+        dict(good_pair, subject=f"s{k}", baseline="", split=split, change=change)
+        for k, (split, change) in enumerate(
+            [("train", "no"), ("validation", "no"), ("test", "no"), ("validation", "yes")]
+        )
+    ]
     with pytest.raises(CohortError) as caught:
         read_cohort_sheet(write_sheet(tmp_path, rows))
     problems = caught.value.problems
@@ -221,23 +231,32 @@ def test_image_check_cache_skips_unchanged_files(tmp_path, good_pair):
 
 
 def test_cached_files_are_not_opened_again_unless_a_label_needs_their_grid(
-        tmp_path, good_pair, monkeypatch):
+    tmp_path, good_pair, monkeypatch
+):
     rng = np.random.default_rng(1)
     write_image(tmp_path / "s2_bl.nii.gz", rng.random(SHAPE))
     write_image(tmp_path / "s2_fu.nii.gz", rng.random(SHAPE))
     # A label off its follow-up's grid: each file passes its own check (and is cached),
     # the pair does not.
     write_image(tmp_path / "s2_label.nii.gz", np.zeros((18, 20, 20)))
-    labelled = dict(good_pair, subject="s2", baseline="s2_bl.nii.gz",
-                    followup="s2_fu.nii.gz", label="s2_label.nii.gz")
+    labelled = dict(
+        good_pair,
+        subject="s2",
+        baseline="s2_bl.nii.gz",
+        followup="s2_fu.nii.gz",
+        label="s2_label.nii.gz",
+    )
     cohort = read_cohort_sheet(write_sheet(tmp_path, [good_pair, labelled]))
     cache = tmp_path / "cache.json"
     with pytest.raises(CohortError, match="label's grid"):
         check_cohort_images(cohort, cache_file=cache)
     opened: list[str] = []
     real_load = nib.load
-    monkeypatch.setattr(nib, "load", lambda path, *a, **k: opened.append(Path(path).name)
-                        or real_load(path, *a, **k))
+    monkeypatch.setattr(
+        nib,
+        "load",
+        lambda path, *a, **k: opened.append(Path(path).name) or real_load(path, *a, **k),
+    )
     # Every file is cached now, yet the label is still compared with its follow-up.
     with pytest.raises(CohortError, match="label's grid"):
         check_cohort_images(cohort, cache_file=cache)
@@ -245,8 +264,12 @@ def test_cached_files_are_not_opened_again_unless_a_label_needs_their_grid(
 
 
 def minimal_config() -> dict:
-    return {"seed": 1, "cohort": {"source": "demo"}, "preprocessing": {"resolution_mm": 1.0},
-            "qc": {}}
+    return {
+        "seed": 1,
+        "cohort": {"source": "demo"},
+        "preprocessing": {"resolution_mm": 1.0},
+        "qc": {},
+    }
 
 
 def test_config_defaults_are_filled():
@@ -259,8 +282,11 @@ def test_config_defaults_are_filled():
 def test_unknown_config_key_is_named():
     config = minimal_config()
     config["preprocessing"]["skullstrp"] = {"mode": "fast"}
-    with pytest.raises(ConfigError, match=r"unknown config key\(s\) 'skullstrp' under "
-                                          r"preprocessing"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown config key\(s\) 'skullstrp' under "
+        r"preprocessing",
+    ):
         validate_config(config)
 
 
@@ -282,8 +308,14 @@ def test_bids_pairs_consecutive_sessions(tmp_path):
     volume = np.ones((5, 5, 5))
     for subject, sessions in (("01", ["1", "2", "10"]), ("02", ["1"])):
         for ses in sessions:
-            write_image(tmp_path / f"sub-{subject}" / f"ses-{ses}" / "anat" /
-                        f"sub-{subject}_ses-{ses}_FLAIR.nii.gz", volume)
+            write_image(
+                tmp_path
+                / f"sub-{subject}"
+                / f"ses-{ses}"
+                / "anat"
+                / f"sub-{subject}_ses-{ses}_FLAIR.nii.gz",
+                volume,
+            )
     cohort = cohort_from_bids(tmp_path)
     assert list(cohort["subject"]) == ["01-1to2", "01-2to10"]
     assert cohort.loc[1, "baseline"].endswith("ses-2/anat/sub-01_ses-2_FLAIR.nii.gz")
@@ -293,8 +325,10 @@ def test_bids_pairs_consecutive_sessions(tmp_path):
 
 def test_bids_ambiguous_session_is_an_error(tmp_path):
     for run in ("1", "2"):
-        write_image(tmp_path / "sub-03" / "ses-1" / "anat" / f"sub-03_ses-1_run-{run}_FLAIR.nii.gz",
-                    np.ones((5, 5, 5)))
+        write_image(
+            tmp_path / "sub-03" / "ses-1" / "anat" / f"sub-03_ses-1_run-{run}_FLAIR.nii.gz",
+            np.ones((5, 5, 5)),
+        )
     with pytest.raises(CohortError, match=r"subject .03.*2 FLAIR images"):
         cohort_from_bids(tmp_path)
 
@@ -302,8 +336,9 @@ def test_bids_ambiguous_session_is_an_error(tmp_path):
 def test_file_table_round_trip_and_length_check(tmp_path):
     from mschange.io import read_file_table, write_file_table
 
-    path = write_file_table({"images": ["a.nii.gz", "b.nii.gz"], "masks": ["am", "bm"]},
-                            tmp_path / "table.tsv")
+    path = write_file_table(
+        {"images": ["a.nii.gz", "b.nii.gz"], "masks": ["am", "bm"]}, tmp_path / "table.tsv"
+    )
     assert read_file_table(path) == {"images": ["a.nii.gz", "b.nii.gz"], "masks": ["am", "bm"]}
     with pytest.raises(ValueError, match="different lengths"):
         write_file_table({"images": ["a"], "masks": []}, tmp_path / "bad.tsv")

@@ -22,8 +22,10 @@ import torch
 SKIPPED_FOLDERS = ("logs", "benchmarks", "status", "cache")
 # Table columns and record keys that hold times or speeds, and checksums of model files
 # (which store their training times; the weights themselves are compared).
-TIMING = re.compile(r"(^|_)(elapsed|seconds|per_second|duration|time|started|finished)"
-                    r"(_|$)|^seconds_|_s$|^sha256$")
+TIMING = re.compile(
+    r"(^|_)(elapsed|seconds|per_second|duration|time|started|finished)"
+    r"(_|$)|^seconds_|_s$|^sha256$"
+)
 # Pictures whose content includes times (training curves plot speed), and the report,
 # which embeds them; compared by their presence only.
 TIMED_PICTURES = re.compile(r"(training_curve|loss)\.png$|report/index\.html$")
@@ -48,8 +50,11 @@ def _same_file(a: Path, b: Path) -> str | None:
             return "affines differ"
         data_a, data_b = np.asarray(image_a.dataobj), np.asarray(image_b.dataobj)
         if data_a.shape != data_b.shape or not np.array_equal(data_a, data_b):
-            return f"voxels differ (max |a-b| {np.abs(data_a - data_b).max():.3g})" \
-                if data_a.shape == data_b.shape else "shapes differ"
+            return (
+                f"voxels differ (max |a-b| {np.abs(data_a - data_b).max():.3g})"
+                if data_a.shape == data_b.shape
+                else "shapes differ"
+            )
         return None
     if name.endswith(".pt"):
         payload_a = torch.load(a, weights_only=True, map_location="cpu")
@@ -60,8 +65,9 @@ def _same_file(a: Path, b: Path) -> str | None:
         for key in weights_a:
             if not torch.equal(weights_a[key], weights_b[key]):
                 return f"weights {key} differ"
-        if json.dumps(_without_timing(payload_a), sort_keys=True, default=str) != \
-                json.dumps(_without_timing(payload_b), sort_keys=True, default=str):
+        if json.dumps(_without_timing(payload_a), sort_keys=True, default=str) != json.dumps(
+            _without_timing(payload_b), sort_keys=True, default=str
+        ):
             return "stored records differ"
         return None
     if name.endswith(".tsv"):
@@ -69,15 +75,16 @@ def _same_file(a: Path, b: Path) -> str | None:
         table_b = pd.read_csv(b, sep="\t", keep_default_na=False)
         timing = [c for c in table_a.columns if TIMING.search(c)]
         try:
-            pd.testing.assert_frame_equal(table_a.drop(columns=timing),
-                                          table_b.drop(columns=timing, errors="ignore"),
-                                          check_exact=True)
+            pd.testing.assert_frame_equal(
+                table_a.drop(columns=timing),
+                table_b.drop(columns=timing, errors="ignore"),
+                check_exact=True,
+            )
         except AssertionError as error:
             return str(error).splitlines()[0]
         return None
     if name.endswith(".json"):
-        if _without_timing(json.loads(a.read_text())) != \
-                _without_timing(json.loads(b.read_text())):
+        if _without_timing(json.loads(a.read_text())) != _without_timing(json.loads(b.read_text())):
             return "records differ"
         return None
     if name.endswith(".md") and (a.with_suffix(".tsv")).exists():
@@ -88,13 +95,20 @@ def _same_file(a: Path, b: Path) -> str | None:
 def compare_results(first: Path, second: Path) -> int:
     """Assert two results/ folders hold the same files with the same content; return
     the number of files compared."""
+
     def files(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for p in root.rglob("*")
-                if p.is_file() and not str(p.relative_to(root)).startswith(SKIPPED_FOLDERS)}
+        return {
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and not str(p.relative_to(root)).startswith(SKIPPED_FOLDERS)
+        }
 
     in_first, in_second = files(first), files(second)
     assert in_first == in_second, (sorted(in_first - in_second), sorted(in_second - in_first))
-    differences = {name: problem for name in sorted(in_first)
-                   if (problem := _same_file(first / name, second / name)) is not None}
+    differences = {
+        name: problem
+        for name in sorted(in_first)
+        if (problem := _same_file(first / name, second / name)) is not None
+    }
     assert not differences, differences
     return len(in_first)

@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str, configfile: Path | None = None
-              ) -> subprocess.CompletedProcess[str]:
+def snakemake(
+    workdir: Path, *args: str, configfile: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [*SNAKEMAKE, "--directory", str(workdir)]
     if configfile is not None:
         command += ["--configfile", str(configfile)]
@@ -43,21 +44,28 @@ def write_config(path: Path, **changes: dict) -> Path:
     return path
 
 
-TINY = {"demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0},
-        "preprocessing": {"resolution_mm": 2.0},
-        "synthesis": {
-            "vae": {"channels": [8, 16], "latent_channels": 4, "crop_size": [32, 32, 16],
-                    "iterations": 2, "crops_per_iteration": 4},
-            "supermix": {"samples_per_subject": 2, "n_segments": [50, 300], "tau": 0.9},
-            "figures": {"n_segments": [50, 300], "deltas": [5.0]}},
-        "detector": {
-            "architecture": {"channels": [8, 16], "modules_per_block": 1},
-            "training": {"iterations": 2, "pairs_per_iteration": 2, "patch_size": [16, 16, 16]},
-            "inference": {"window": None, "min_blob_voxels": 3}},
-        # Two models (the main one and the plain U-Net), each scored at two blob sizes.
-        "experiments": {"compare": ["unet-ftl"], "min_blob_voxels": [3, 8]}}
+TINY = {
+    "demo": {"n_train": 1, "n_test": 1, "n_single": 1, "voxel_size_mm": 2.0},
+    "preprocessing": {"resolution_mm": 2.0},
+    "synthesis": {
+        "vae": {
+            "channels": [8, 16],
+            "latent_channels": 4,
+            "crop_size": [32, 32, 16],
+            "iterations": 2,
+            "crops_per_iteration": 4,
+        },
+        "supermix": {"samples_per_subject": 2, "n_segments": [50, 300], "tau": 0.9},
+        "figures": {"n_segments": [50, 300], "deltas": [5.0]},
+    },
+    "detector": {
+        "architecture": {"channels": [8, 16], "modules_per_block": 1},
+        "training": {"iterations": 2, "pairs_per_iteration": 2, "patch_size": [16, 16, 16]},
+        "inference": {"window": None, "min_blob_voxels": 3},
+    },
+    # Two models (the main one and the plain U-Net), each scored at two blob sizes.
+    "experiments": {"compare": ["unet-ftl"], "min_blob_voxels": [3, 8]},
+}
 
 
 REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1}
-
-

@@ -43,9 +43,15 @@ Axes = tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any]]  # x, y, z, b
 # Exponents (x, y, z) of the order-2 polynomial terms of the log bias field; the
 # constant term is left out because a global gain is the contrast step's business.
 BIAS_EXPONENTS: tuple[tuple[int, int, int], ...] = (
-    (1, 0, 0), (0, 1, 0), (0, 0, 1),
-    (2, 0, 0), (0, 2, 0), (0, 0, 2),
-    (1, 1, 0), (1, 0, 1), (0, 1, 1),
+    (1, 0, 0),
+    (0, 1, 0),
+    (0, 0, 1),
+    (2, 0, 0),
+    (0, 2, 0),
+    (0, 0, 2),
+    (1, 1, 0),
+    (1, 0, 1),
+    (0, 1, 1),
 )
 
 
@@ -58,13 +64,16 @@ def uniform(rng: np.random.Generator, low: float, high: float) -> float:
 # --- rigid motion ---------------------------------------------------------------------
 
 
-def draw_rigid_motion(rng: np.random.Generator, max_rotation_deg: float,
-                      max_translation_mm: float) -> dict[str, tuple[float, float, float]]:
+def draw_rigid_motion(
+    rng: np.random.Generator, max_rotation_deg: float, max_translation_mm: float
+) -> dict[str, tuple[float, float, float]]:
     """Three angles ~ U(-max, max) degrees, then three shifts ~ U(-max, max) mm."""
     rotation = [uniform(rng, -max_rotation_deg, max_rotation_deg) for _ in range(3)]
     translation = [uniform(rng, -max_translation_mm, max_translation_mm) for _ in range(3)]
-    return {"rotation_deg": (rotation[0], rotation[1], rotation[2]),
-            "translation_mm": (translation[0], translation[1], translation[2])}
+    return {
+        "rotation_deg": (rotation[0], rotation[1], rotation[2]),
+        "translation_mm": (translation[0], translation[1], translation[2]),
+    }
 
 
 def rotation_matrix(angles_deg: tuple[float, float, float]) -> F64:
@@ -82,8 +91,9 @@ def centre_mm(shape: tuple[int, ...], affine: F64) -> F64:
     return np.asarray(affine[:3, :3] @ centre_voxel + affine[:3, 3], dtype=np.float64)
 
 
-def rigid_mm_transform(angles_deg: tuple[float, float, float],
-                       translation_mm: tuple[float, float, float], centre: F64) -> F64:
+def rigid_mm_transform(
+    angles_deg: tuple[float, float, float], translation_mm: tuple[float, float, float], centre: F64
+) -> F64:
     """4x4 map from input-scan mm to moved-scan mm: ``y = R (x - c) + c + t``."""
     rotation = rotation_matrix(angles_deg)
     transform = np.eye(4)
@@ -92,9 +102,16 @@ def rigid_mm_transform(angles_deg: tuple[float, float, float],
     return transform
 
 
-def apply_motion(image: npt.NDArray[Any], affine: F64, angles_deg: tuple[float, float, float],
-                 translation_mm: tuple[float, float, float], centre: F64, *, order: int = 1,
-                 mode: str = "constant") -> F64:
+def apply_motion(
+    image: npt.NDArray[Any],
+    affine: F64,
+    angles_deg: tuple[float, float, float],
+    translation_mm: tuple[float, float, float],
+    centre: F64,
+    *,
+    order: int = 1,
+    mode: str = "constant",
+) -> F64:
     """Resample the image as seen after the head moved by the rigid transform.
 
     ``order`` 1 is linear interpolation (images), 0 nearest (labels). ``mode`` is
@@ -110,9 +127,15 @@ def apply_motion(image: npt.NDArray[Any], affine: F64, angles_deg: tuple[float, 
     # in voxel space (inv(A) @ A is only the identity up to rounding, and a coordinate
     # of -1e-16 at the border would fall outside the volume in "constant" mode).
     voxel = np.eye(4) + np.linalg.inv(affine) @ (inverse - np.eye(4)) @ affine
-    moved = ndimage.affine_transform(np.asarray(image, dtype=np.float64), voxel[:3, :3],
-                                     offset=voxel[:3, 3], output_shape=image.shape,
-                                     order=order, mode=mode, cval=0.0)
+    moved = ndimage.affine_transform(
+        np.asarray(image, dtype=np.float64),
+        voxel[:3, :3],
+        offset=voxel[:3, 3],
+        output_shape=image.shape,
+        order=order,
+        mode=mode,
+        cval=0.0,
+    )
     return np.asarray(moved, dtype=np.float64)
 
 
@@ -127,7 +150,7 @@ def thick_slice_operator(length: int, factor: float) -> F64:
     interpolation brings it back onto the original slice positions.
     """
     n_thick = max(1, round(length / factor))
-    spacing = length / n_thick                       # in original voxels, ~factor
+    spacing = length / n_thick  # in original voxels, ~factor
     centres = (np.arange(n_thick) + 0.5) * spacing - 0.5
     starts, ends = np.arange(length) - 0.5, np.arange(length) + 0.5
     # Overlap of each original slice with each thick slice's profile (a box of width
@@ -138,8 +161,9 @@ def thick_slice_operator(length: int, factor: float) -> F64:
     acquire = weights / weights.sum(axis=1, keepdims=True)
     positions = np.arange(length, dtype=np.float64)
     # np.interp clamps beyond the first and last thick slice, as scanners' resamplers do.
-    interpolate = np.stack([np.interp(positions, centres, np.eye(n_thick)[k])
-                            for k in range(n_thick)], axis=1)
+    interpolate = np.stack(
+        [np.interp(positions, centres, np.eye(n_thick)[k]) for k in range(n_thick)], axis=1
+    )
     return np.asarray(interpolate @ acquire, dtype=np.float64)
 
 
@@ -181,12 +205,19 @@ def log_bias_polynomial(coefficients: list[float], x: Any, y: Any, z: Any) -> An
     Python-float coefficients keep float32 coordinates in float32.
     """
     c = coefficients
-    return (c[0] * x + c[3] * x * x) + (c[1] * y + c[4] * y * y) + \
-        (c[2] * z + c[5] * z * z) + c[6] * x * y + c[7] * x * z + c[8] * y * z
+    return (
+        (c[0] * x + c[3] * x * x)
+        + (c[1] * y + c[4] * y * y)
+        + (c[2] * z + c[5] * z * z)
+        + c[6] * x * y
+        + c[7] * x * z
+        + c[8] * y * z
+    )
 
 
-def draw_bias_span(rng: np.random.Generator, amplitude: tuple[float, float],
-                   axes: Axes) -> dict[str, Any]:
+def draw_bias_span(
+    rng: np.random.Generator, amplitude: tuple[float, float], axes: Axes
+) -> dict[str, Any]:
     """A bias field whose log spans exactly ``±log1p(amplitude)`` over ``axes``.
 
     The amplitude ~ U(low, high), then normal coefficients, scaled so that the largest
@@ -218,8 +249,9 @@ def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float) -> F64: ...
 def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float, *, out: Out) -> Out: ...
 
 
-def apply_gamma(image: npt.NDArray[Any], gamma: float, scale: float, *,
-                out: npt.NDArray[Any] | None = None) -> npt.NDArray[Any]:
+def apply_gamma(
+    image: npt.NDArray[Any], gamma: float, scale: float, *, out: npt.NDArray[Any] | None = None
+) -> npt.NDArray[Any]:
     """``scale * (image / scale) ** gamma`` after clipping negative values to 0.
 
     Into a new float64 array, or into ``out`` in its own dtype (``out`` may be

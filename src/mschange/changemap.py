@@ -24,35 +24,42 @@ log = logging.getLogger(__name__)
 F32 = npt.NDArray[np.float32]
 
 
-def find_changes(probability: npt.NDArray[Any], kappa: float, min_blob_voxels: int
-                 ) -> npt.NDArray[np.int32]:
+def find_changes(
+    probability: npt.NDArray[Any], kappa: float, min_blob_voxels: int
+) -> npt.NDArray[np.int32]:
     """Label map of the detected changes, ids 1..n from the largest to the smallest.
 
     ``p > kappa``, 26-connected components, components under ``min_blob_voxels`` dropped.
     """
-    components, count = ndimage.label(np.asarray(probability) > kappa,
-                                      structure=np.ones((3, 3, 3), dtype=bool))
+    components, count = ndimage.label(
+        np.asarray(probability) > kappa, structure=np.ones((3, 3, 3), dtype=bool)
+    )
     if count == 0:
         return np.zeros(np.shape(probability), dtype=np.int32)
     sizes = np.bincount(components.ravel())[1:]
-    kept = [label + 1 for label in np.argsort(-sizes, kind="stable")
-            if sizes[label] >= min_blob_voxels]
+    kept = [
+        label + 1 for label in np.argsort(-sizes, kind="stable") if sizes[label] >= min_blob_voxels
+    ]
     relabel = np.zeros(count + 1, dtype=np.int32)
     relabel[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)
     return relabel[components]
 
 
-def to_native_grid(probability: npt.NDArray[Any], labels: npt.NDArray[Any],
-                   affine: npt.NDArray[np.floating[Any]], native_shape: tuple[int, int, int],
-                   native_affine: npt.NDArray[np.floating[Any]]
-                   ) -> tuple[F32, npt.NDArray[np.uint8]]:
+def to_native_grid(
+    probability: npt.NDArray[Any],
+    labels: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    native_shape: tuple[int, int, int],
+    native_affine: npt.NDArray[np.floating[Any]],
+) -> tuple[F32, npt.NDArray[np.uint8]]:
     """Probability and binary change mask on another grid of the same scanner space.
 
     The probability is interpolated (trilinear) at the native voxel centres; the mask
     comes from :func:`changes_to_grid`.
     """
-    native_probability = resample_to_grid(probability, affine, native_shape, native_affine,
-                                          order=1, antialias=False)
+    native_probability = resample_to_grid(
+        probability, affine, native_shape, native_affine, order=1, antialias=False
+    )
     return native_probability, changes_to_grid(labels, affine, native_shape, native_affine)
 
 
@@ -64,17 +71,20 @@ class NearestGrid:
     indexing operation.
     """
 
-    def __init__(self, source_shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]],
-                 target_shape: tuple[int, int, int],
-                 target_affine: npt.NDArray[np.floating[Any]]) -> None:
+    def __init__(
+        self,
+        source_shape: tuple[int, ...],
+        affine: npt.NDArray[np.floating[Any]],
+        target_shape: tuple[int, int, int],
+        target_affine: npt.NDArray[np.floating[Any]],
+    ) -> None:
         self.source_shape = tuple(int(n) for n in source_shape[:3])
         self.target_shape = target_shape
         self.affine = np.asarray(affine, dtype=np.float64)
         self.target_affine = np.asarray(target_affine, dtype=np.float64)
         mapping = np.linalg.solve(self.affine, self.target_affine)
         index = np.indices(target_shape, dtype=np.float32).reshape(3, -1)
-        source = mapping[:3, :3].astype(np.float32) @ index + mapping[:3, 3:4].astype(
-            np.float32)
+        source = mapping[:3, :3].astype(np.float32) @ index + mapping[:3, 3:4].astype(np.float32)
         # Round half up, as scipy's order-0 interpolation does.
         voxel = np.floor(source + 0.5).astype(np.int64)
         inside = np.all((voxel >= 0) & (voxel < np.array(self.source_shape)[:, None]), axis=0)
@@ -87,10 +97,13 @@ class NearestGrid:
         return values.reshape(self.target_shape)
 
 
-def changes_to_grid(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                    native_shape: tuple[int, int, int],
-                    native_affine: npt.NDArray[np.floating[Any]],
-                    grid: NearestGrid | None = None) -> npt.NDArray[np.uint8]:
+def changes_to_grid(
+    labels: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    native_shape: tuple[int, int, int],
+    native_affine: npt.NDArray[np.floating[Any]],
+    grid: NearestGrid | None = None,
+) -> npt.NDArray[np.uint8]:
     """Binary mask of the changes in ``labels`` (ids 1..n) on another grid.
 
     The label map is sampled at the native voxel centres (nearest neighbour; ``grid``
@@ -108,11 +121,9 @@ def changes_to_grid(labels: npt.NDArray[Any], affine: npt.NDArray[np.floating[An
     if missing:
         centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, missing))
         homogeneous = np.c_[centroids, np.ones(len(missing))]
-        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T
-                        )[:, :3]
+        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T)[:, :3]
         for voxel in np.rint(native_index).astype(int):
             if all(0 <= v < n for v, n in zip(voxel, native_shape, strict=True)):
                 mask[tuple(voxel)] = True
-        log.debug("%d change(s) thinner than the native grid kept at their centroid",
-                  len(missing))
+        log.debug("%d change(s) thinner than the native grid kept at their centroid", len(missing))
     return mask.astype(np.uint8)

@@ -87,9 +87,9 @@ class CheckpointFolder:
             raise CheckpointMismatch(
                 f"the checkpoint in {self.folder} was written by a training run with other "
                 f"settings or inputs; refusing to resume across the change:\n{changes}\n"
-                f"Delete {self.folder} to start this training from scratch.")
-        state: dict[str, Any] = torch.load(self.state_path, map_location="cpu",
-                                           weights_only=True)
+                f"Delete {self.folder} to start this training from scratch."
+            )
+        state: dict[str, Any] = torch.load(self.state_path, map_location="cpu", weights_only=True)
         return state
 
     def save(self, state: dict[str, Any]) -> None:
@@ -105,15 +105,18 @@ class CheckpointFolder:
 
 def random_states(rng: np.random.Generator, device: torch.device) -> dict[str, Any]:
     """NumPy, torch and (on CUDA) GPU random states, for a checkpoint."""
-    states: dict[str, Any] = {"numpy_rng": json.dumps(rng.bit_generator.state),
-                              "torch_rng": torch.get_rng_state()}
+    states: dict[str, Any] = {
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
     if device.type == "cuda":
         states["cuda_rng"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_random_states(saved: dict[str, Any], rng: np.random.Generator,
-                          device: torch.device) -> None:
+def restore_random_states(
+    saved: dict[str, Any], rng: np.random.Generator, device: torch.device
+) -> None:
     """Undo :func:`random_states`, so a resumed run draws what the first one would have."""
     rng.bit_generator.state = json.loads(saved["numpy_rng"])
     torch.set_rng_state(saved["torch_rng"])
@@ -145,8 +148,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield request
         return
-    previous = {sig: signal.signal(sig, request._handle)
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield request
     finally:

@@ -46,8 +46,9 @@ class CohortError(ValueError):
         if one_line:
             super().__init__("; ".join(problems))
         else:
-            super().__init__("the cohort cannot be used:\n"
-                             + "\n".join(f"  - {p}" for p in problems))
+            super().__init__(
+                "the cohort cannot be used:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
 
 
 def read_cohort_sheet(sheet: str | os.PathLike[str]) -> pd.DataFrame:
@@ -68,34 +69,50 @@ def read_cohort_sheet(sheet: str | os.PathLike[str]) -> pd.DataFrame:
             reader = csv.reader(stream, delimiter="\t")
             lines = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise CohortError([f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
-                          ) from error
+        raise CohortError(
+            [f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
+        ) from error
     lines = [(number, row) for number, row in lines if row]  # pandas skips blank lines
     if not lines:
         raise CohortError([f"cohort sheet {str(path)!r} is empty"])
     header_fields = len(lines[0][1])
-    extra = [f"{path}: line {number} has {len(row)} fields, the header {header_fields} "
-             "(tab-separated; an extra tab shifts every later column)"
-             for number, row in lines[1:] if len(row) > header_fields]
+    extra = [
+        f"{path}: line {number} has {len(row)} fields, the header {header_fields} "
+        "(tab-separated; an extra tab shifts every later column)"
+        for number, row in lines[1:]
+        if len(row) > header_fields
+    ]
     if extra:
         raise CohortError(extra)
-    notes = {number: f"line {number} has {len(row)} fields, the header {header_fields}"
-             for number, row in lines[1:] if len(row) < header_fields}
+    notes = {
+        number: f"line {number} has {len(row)} fields, the header {header_fields}"
+        for number, row in lines[1:]
+        if len(row) < header_fields
+    }
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False,
-                            comment=None)
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
     except Exception as error:
-        raise CohortError([f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
-                          ) from error
+        raise CohortError(
+            [f"cohort sheet {str(path)!r} is not a readable TSV ({error})"]
+        ) from error
     numbers = [number for number, _ in lines[1:]]
-    return check_cohort_table(table, base_dir=path.parent, source=str(path),
-                              line_numbers=numbers if len(numbers) == len(table) else None,
-                              line_notes=notes)
+    return check_cohort_table(
+        table,
+        base_dir=path.parent,
+        source=str(path),
+        line_numbers=numbers if len(numbers) == len(table) else None,
+        line_notes=notes,
+    )
 
 
-def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
-                       line_numbers: list[int] | None = None,
-                       line_notes: dict[int, str] | None = None) -> pd.DataFrame:
+def check_cohort_table(
+    table: pd.DataFrame,
+    *,
+    base_dir: Path,
+    source: str,
+    line_numbers: list[int] | None = None,
+    line_notes: dict[int, str] | None = None,
+) -> pd.DataFrame:
     """Check every row against the cohort schema; collect all problems before failing.
 
     ``line_numbers``: each row's line in the sheet (default: 2, 3, ...; 0 for a row not
@@ -108,8 +125,10 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
     allowed = set(schema["properties"])
     unknown = [c for c in table.columns if c not in allowed]
     if unknown:
-        problems.append(f"{source}: unknown column(s) {', '.join(map(repr, unknown))}; "
-                        f"allowed: {', '.join(COLUMNS)}")
+        problems.append(
+            f"{source}: unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(COLUMNS)}"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         problems.append(f"{source}: missing column(s) {', '.join(map(repr, missing))}")
@@ -130,13 +149,19 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
             field = ".".join(str(p) for p in error.absolute_path) or "row"
             row_problems.append(f"{field}: {error.message}")
         if "baseline" not in row and (row.get("change"), row.get("split")) not in (
-                ("no", "train"), ("no", "validation")):
-            row_problems.append("baseline is empty, which makes it a single scan; single "
-                                "scans can only be no-change training or validation pairs "
-                                "(change: no, split: train or validation)")
+            ("no", "train"),
+            ("no", "validation"),
+        ):
+            row_problems.append(
+                "baseline is empty, which makes it a single scan; single "
+                "scans can only be no-change training or validation pairs "
+                "(change: no, split: train or validation)"
+            )
         if row.get("split") == "validation" and row.get("change") != "no":
-            row_problems.append("validation scans must be without change (change: no): the "
-                                "workflow paints the validation set's changes into them")
+            row_problems.append(
+                "validation scans must be without change (change: no): the "
+                "workflow paints the validation set's changes into them"
+            )
         for column in IMAGE_COLUMNS:
             if column in row:
                 row[column] = str(_resolve(row[column], base_dir))
@@ -145,8 +170,7 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
             row_problems.append(same)
         note = f" [{notes[line]}]" if line in notes else ""
         where = f"{source}, line {line}" if line else source
-        problems += [f"subject {subject!r} ({where}): {problem}{note}"
-                     for problem in row_problems]
+        problems += [f"subject {subject!r} ({where}): {problem}{note}" for problem in row_problems]
         rows.append({c: row.get(c, "") for c in COLUMNS})
 
     seen: dict[str, tuple[str, int]] = {}
@@ -156,13 +180,17 @@ def check_cohort_table(table: pd.DataFrame, *, base_dir: Path, source: str,
         if key in seen:
             first, first_line = seen[key]
             if first == row["subject"]:
-                problems.append(f"subject {row['subject']!r}: duplicate subject in {source} "
-                                f"(lines {first_line} and {line})")
+                problems.append(
+                    f"subject {row['subject']!r}: duplicate subject in {source} "
+                    f"(lines {first_line} and {line})"
+                )
             else:
-                problems.append(f"subject {row['subject']!r}: differs from subject {first!r} "
-                                f"only in case ({source}, lines {first_line} and {line}); "
-                                "their output folders would be one on a case-insensitive file "
-                                "system (macOS, Windows): rename one")
+                problems.append(
+                    f"subject {row['subject']!r}: differs from subject {first!r} "
+                    f"only in case ({source}, lines {first_line} and {line}); "
+                    "their output folders would be one on a case-insensitive file "
+                    "system (macOS, Windows): rename one"
+                )
         seen.setdefault(key, (row["subject"], line))
     if problems:
         raise CohortError(problems)
@@ -179,8 +207,10 @@ def _same_file_problem(baseline: str, followup: str) -> str | None:
         same = os.path.realpath(baseline) == os.path.realpath(followup)
     if not same:
         return None
-    return (f"baseline and follow-up are the same file ({followup!r}): a pair needs two "
-            "scans (for a single scan, leave baseline empty)")
+    return (
+        f"baseline and follow-up are the same file ({followup!r}): a pair needs two "
+        "scans (for a single scan, leave baseline empty)"
+    )
 
 
 def _resolve(path: str, base_dir: Path) -> Path:
@@ -194,8 +224,9 @@ def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def cohort_from_bids(bids_dir: str | os.PathLike[str], *, split: str = "test",
-                     change: str = "unknown") -> pd.DataFrame:
+def cohort_from_bids(
+    bids_dir: str | os.PathLike[str], *, split: str = "test", change: str = "unknown"
+) -> pd.DataFrame:
     """Pairs of consecutive sessions from ``sub-*/ses-*/anat/*_FLAIR.nii[.gz]``.
 
     A subject with sessions 01, 02, 03 gives the pairs ``<sub>-01to02`` and
@@ -210,24 +241,37 @@ def cohort_from_bids(bids_dir: str | os.PathLike[str], *, split: str = "test",
     for subject_dir in sorted(root.glob("sub-*"), key=lambda p: _natural_key(p.name)):
         if not subject_dir.is_dir():
             continue
-        label = subject_dir.name[len("sub-"):]
+        label = subject_dir.name[len("sub-") :]
         sessions: list[tuple[str, Path]] = []
         for session_dir in sorted(subject_dir.glob("ses-*"), key=lambda p: _natural_key(p.name)):
             flairs = sorted((session_dir / "anat").glob("*_FLAIR.nii*"))
             if len(flairs) > 1:
-                problems.append(f"subject {label!r}: {session_dir} has {len(flairs)} FLAIR "
-                                f"images ({', '.join(f.name for f in flairs)}); "
-                                "write a cohort sheet to choose one")
+                problems.append(
+                    f"subject {label!r}: {session_dir} has {len(flairs)} FLAIR "
+                    f"images ({', '.join(f.name for f in flairs)}); "
+                    "write a cohort sheet to choose one"
+                )
             elif flairs:
-                sessions.append((session_dir.name[len("ses-"):], flairs[0]))
+                sessions.append((session_dir.name[len("ses-") :], flairs[0]))
         for (ses_a, scan_a), (ses_b, scan_b) in pairwise(sessions):
-            rows.append({"subject": f"{label}-{ses_a}to{ses_b}", "baseline": str(scan_a),
-                         "followup": str(scan_b), "split": split, "change": change})
+            rows.append(
+                {
+                    "subject": f"{label}-{ses_a}to{ses_b}",
+                    "baseline": str(scan_a),
+                    "followup": str(scan_b),
+                    "split": split,
+                    "change": change,
+                }
+            )
     if problems:
         raise CohortError(problems)
     if not rows:
-        raise CohortError([f"BIDS folder {str(root)!r}: no subject has two sessions with a "
-                           "FLAIR (sub-*/ses-*/anat/*_FLAIR.nii.gz)"])
+        raise CohortError(
+            [
+                f"BIDS folder {str(root)!r}: no subject has two sessions with a "
+                "FLAIR (sub-*/ses-*/anat/*_FLAIR.nii.gz)"
+            ]
+        )
     return check_cohort_table(pd.DataFrame(rows), base_dir=root, source=str(root))
 
 
@@ -240,8 +284,9 @@ def _cache_key(path: Path, role: str) -> str:
     return f"v{CHECKS_VERSION}|{role}|{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _check_image(path: Path, column: str, subject: str, check_voxels: bool
-                 ) -> tuple[Any, str | None]:
+def _check_image(
+    path: Path, column: str, subject: str, check_voxels: bool
+) -> tuple[Any, str | None]:
     """One image's checks for its column: (the image, its voxel digest or None)."""
     image = load_checked_image(path, subject, read_voxels=check_voxels)
     if column == "label":
@@ -252,8 +297,12 @@ def _check_image(path: Path, column: str, subject: str, check_voxels: bool
     return image, voxel_digest(image) if check_voxels else None
 
 
-def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
-                        cache_file: str | os.PathLike[str] | None = None) -> list[str]:
+def check_cohort_images(
+    cohort: pd.DataFrame,
+    *,
+    check_voxels: bool = True,
+    cache_file: str | os.PathLike[str] | None = None,
+) -> list[str]:
     """Open every image of the cohort and check it; raise :class:`CohortError` listing all problems.
 
     Each file: exists and is a file, readable, a complete .gz, a NIfTI, 3D, no zero
@@ -303,8 +352,9 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
                     digests[column] = entry.get("digest")
                     passed[key] = entry  # type: ignore[index]
                     continue
-                headers[column], digests[column] = _check_image(path, column, row.subject,
-                                                                check_voxels)
+                headers[column], digests[column] = _check_image(
+                    path, column, row.subject, check_voxels
+                )
                 if key is not None:
                     passed[key] = {"voxels": check_voxels, "digest": digests[column]}
             except InputError as error:
@@ -317,12 +367,18 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
                     f"from the follow-up's grid ({row.followup}): "
                     + "; ".join(differences)
                     + " (the label's against the follow-up's); labels must be drawn on the "
-                    "follow-up scan's own grid")
-        if not same and digests.get("baseline") and \
-                digests.get("baseline") == digests.get("followup"):
-            warnings.append(f"subject {row.subject!r}: baseline {row.baseline!r} and "
-                            f"follow-up {row.followup!r} hold identical voxels, so the pair "
-                            "cannot show any change (one scan copied twice?)")
+                    "follow-up scan's own grid"
+                )
+        if (
+            not same
+            and digests.get("baseline")
+            and digests.get("baseline") == digests.get("followup")
+        ):
+            warnings.append(
+                f"subject {row.subject!r}: baseline {row.baseline!r} and "
+                f"follow-up {row.followup!r} hold identical voxels, so the pair "
+                "cannot show any change (one scan copied twice?)"
+            )
     if cache_path is not None and passed:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache_path) as tmp:
@@ -332,8 +388,9 @@ def check_cohort_images(cohort: pd.DataFrame, *, check_voxels: bool = True,
     return warnings
 
 
-def subjects(cohort: pd.DataFrame, split: str | None = None,
-             change: Iterable[str] | None = None) -> list[str]:
+def subjects(
+    cohort: pd.DataFrame, split: str | None = None, change: Iterable[str] | None = None
+) -> list[str]:
     """Subject ids, optionally filtered by split and change status."""
     selected = cohort
     if split is not None:
@@ -355,16 +412,23 @@ def check_cohort_files_exist(cohort: pd.DataFrame) -> None:
         for column in IMAGE_COLUMNS:
             value = getattr(row, column)
             if value and not Path(value).is_file():
-                what = ("is a folder, not an image file" if Path(value).is_dir() else
-                        "the file does not exist")
-                problems.append(f"subject {row.subject!r}, file {value!r}: {what} "
-                                f"({column} scan)")
+                what = (
+                    "is a folder, not an image file"
+                    if Path(value).is_dir()
+                    else "the file does not exist"
+                )
+                problems.append(f"subject {row.subject!r}, file {value!r}: {what} ({column} scan)")
     if problems:
         raise CohortError(problems)
 
 
-def check_pair_images_step(subject: str, files: dict[str, str], output: str | os.PathLike[str],
-                           *, check_voxels: bool = True) -> dict[str, Any]:
+def check_pair_images_step(
+    subject: str,
+    files: dict[str, str],
+    output: str | os.PathLike[str],
+    *,
+    check_voxels: bool = True,
+) -> dict[str, Any]:
     """Check one pair's images (as :func:`check_cohort_images` does) and record them.
 
     ``files`` maps baseline/followup/label to paths (empty: absent). Raises
@@ -380,8 +444,12 @@ def check_pair_images_step(subject: str, files: dict[str, str], output: str | os
         raise CohortError(error.problems, one_line=True) from None
     for warning in warnings:
         log.warning("%s", warning)
-    record: dict[str, Any] = {"subject": subject, "check_voxels": check_voxels, "files": {},
-                              "warnings": warnings}
+    record: dict[str, Any] = {
+        "subject": subject,
+        "check_voxels": check_voxels,
+        "files": {},
+        "warnings": warnings,
+    }
     for column in IMAGE_COLUMNS:
         if row[column]:
             image: Any = nib.load(row[column])
@@ -410,12 +478,17 @@ def training_data_record(cohort: pd.DataFrame, subjects: Iterable[str]) -> dict[
     shared: dict[str, str] = {}
     for subject in subjects:
         row = rows[subject]
-        scans[subject] = {column: str(getattr(row, column))
-                          for column in ("baseline", "followup") if getattr(row, column)}
+        scans[subject] = {
+            column: str(getattr(row, column))
+            for column in ("baseline", "followup")
+            if getattr(row, column)
+        }
         for path in scans[subject].values():
             test_pair = test_images.get(os.path.realpath(path))
             if test_pair is not None:
                 shared[subject] = test_pair
-    return {"training_pairs": scans, "test_pair_images_used": shared,
-            "labels_used": "none: training pairs have no change labels (synthetic changes "
-                           "only)"}
+    return {
+        "training_pairs": scans,
+        "test_pair_images_used": shared,
+        "labels_used": "none: training pairs have no change labels (synthetic changes only)",
+    }

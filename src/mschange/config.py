@@ -63,7 +63,8 @@ def check_setting(value: Any, *keys: str) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} is not a finite number"
     error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(setting_schema(*keys)).iter_errors(value))
+        jsonschema.Draft202012Validator(setting_schema(*keys)).iter_errors(value)
+    )
     return None if error is None else error.message
 
 
@@ -84,8 +85,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted(set(error.instance) - set(allowed))
-        return (f"unknown config key(s) {', '.join(repr(u) for u in unknown)} under {where}; "
-                f"allowed: {', '.join(allowed)}")
+        return (
+            f"unknown config key(s) {', '.join(repr(u) for u in unknown)} under {where}; "
+            f"allowed: {', '.join(allowed)}"
+        )
     return f"config key {where}: {error.message}"
 
 
@@ -100,17 +103,21 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        raise ConfigError("invalid configuration:\n" + "\n".join(
-            f"  - {_describe(e)}" for e in errors))
+        raise ConfigError(
+            "invalid configuration:\n" + "\n".join(f"  - {_describe(e)}" for e in errors)
+        )
     filled = copy.deepcopy(config)
     _fill_defaults(filled, schema)
     source = filled["cohort"]["source"]
     if source == "sheet" and not filled["cohort"].get("sheet"):
-        raise ConfigError("invalid configuration:\n  - cohort.source is 'sheet' but "
-                          "cohort.sheet (the TSV path) is missing")
+        raise ConfigError(
+            "invalid configuration:\n  - cohort.source is 'sheet' but "
+            "cohort.sheet (the TSV path) is missing"
+        )
     if source == "bids" and not filled["cohort"].get("bids_dir"):
-        raise ConfigError("invalid configuration:\n  - cohort.source is 'bids' but "
-                          "cohort.bids_dir is missing")
+        raise ConfigError(
+            "invalid configuration:\n  - cohort.source is 'bids' but cohort.bids_dir is missing"
+        )
     problems = _consistency_problems(filled)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -124,18 +131,24 @@ def _consistency_problems(config: dict[str, Any]) -> list[str]:
     if normalize["low_percentile"] >= normalize["high_percentile"]:
         problems.append("preprocessing.normalize: low_percentile must be below high_percentile")
     synthesis = config["synthesis"]
-    ranges = {"synthesis.supermix.n_segments": synthesis["supermix"]["n_segments"],
-              **{f"synthesis.rescan.{key}": synthesis["rescan"][key]
-                 for key in ("slice_thickness_factor", "noise_fraction", "gamma")}}
+    ranges = {
+        "synthesis.supermix.n_segments": synthesis["supermix"]["n_segments"],
+        **{
+            f"synthesis.rescan.{key}": synthesis["rescan"][key]
+            for key in ("slice_thickness_factor", "noise_fraction", "gamma")
+        },
+    }
     for key, (low, high) in ranges.items():
         if low > high:
             problems.append(f"{key}: [low, high] with low <= high, got [{low}, {high}]")
     vae = synthesis["vae"]
     factor = 2 ** len(vae["channels"])
     if any(size % factor for size in vae["crop_size"]):
-        problems.append(f"synthesis.vae.crop_size {vae['crop_size']}: each side must be a "
-                        f"multiple of {factor} (2 to the number of VAE levels, "
-                        f"len(synthesis.vae.channels) = {len(vae['channels'])})")
+        problems.append(
+            f"synthesis.vae.crop_size {vae['crop_size']}: each side must be a "
+            f"multiple of {factor} (2 to the number of VAE levels, "
+            f"len(synthesis.vae.channels) = {len(vae['channels'])})"
+        )
     problems += _detector_problems(config["detector"], "detector")
     problems += _experiment_problems(config)
     return problems
@@ -149,12 +162,16 @@ def _detector_problems(detector: dict[str, Any], where: str) -> list[str]:
         section, name = key.split(".")
         size = detector[section][name]
         if size is not None and any(n % factor for n in size):
-            problems.append(f"{where}.{key} {size}: each side must be a multiple of {factor} "
-                            f"(2^(levels-1), len(architecture.channels) = "
-                            f"{len(architecture['channels'])})")
+            problems.append(
+                f"{where}.{key} {size}: each side must be a multiple of {factor} "
+                f"(2^(levels-1), len(architecture.channels) = "
+                f"{len(architecture['channels'])})"
+            )
     if architecture["inception"] and any(c % 4 or c < 8 for c in architecture["channels"]):
-        problems.append(f"{where}.architecture.channels {architecture['channels']}: Inception "
-                        "blocks need multiples of 4 that are >= 8")
+        problems.append(
+            f"{where}.architecture.channels {architecture['channels']}: Inception "
+            "blocks need multiples of 4 that are >= 8"
+        )
     return problems
 
 
@@ -179,28 +196,36 @@ def _experiment_problems(config: dict[str, Any]) -> list[str]:
     main = config["detector"]["name"]
     names = [main, *experiments["compare"]]
     if BASELINE_NAME in names:
-        problems.append(f"model name {BASELINE_NAME!r} is the subtraction baseline's; "
-                        "choose another for detector.name or experiments.compare")
+        problems.append(
+            f"model name {BASELINE_NAME!r} is the subtraction baseline's; "
+            "choose another for detector.name or experiments.compare"
+        )
     if main in experiments["compare"]:
-        problems.append(f"experiments.compare lists {main!r}, which is detector.name "
-                        "(the main model is always trained)")
+        problems.append(
+            f"experiments.compare lists {main!r}, which is detector.name "
+            "(the main model is always trained)"
+        )
     import jsonschema
 
     schema = load_schema("config")["properties"]["detector"]
     validator = jsonschema.Draft202012Validator(schema)
     for name in experiments["compare"]:
         if name not in experiments["models"]:
-            problems.append(f"experiments.compare: {name!r} is not defined under "
-                            f"experiments.models (defined: "
-                            f"{', '.join(sorted(experiments['models'])) or 'none'})")
+            problems.append(
+                f"experiments.compare: {name!r} is not defined under "
+                f"experiments.models (defined: "
+                f"{', '.join(sorted(experiments['models'])) or 'none'})"
+            )
             continue
         merged = merge_config(config["detector"], experiments["models"][name])
         merged["name"] = name
-        source = merged.pop("finetune_from", None)   # not a detector key: checked here
+        source = merged.pop("finetune_from", None)  # not a detector key: checked here
         if source is not None and (source == name or source not in names):
             others = ", ".join(n for n in names if n != name)
-            problems.append(f"experiments.models.{name}: finetune_from {source!r} must name "
-                            f"another model of this run ({others})")
+            problems.append(
+                f"experiments.models.{name}: finetune_from {source!r} must name "
+                f"another model of this run ({others})"
+            )
         errors = list(validator.iter_errors(merged))
         problems += [f"experiments.models.{name}: {_describe(e)}" for e in errors]
         if not errors:
@@ -235,13 +260,18 @@ def config_warnings(config: dict[str, Any]) -> list[str]:
     warnings = []
     scored = config["experiments"]["min_blob_voxels"]
     models = config["experiments"]["models"]
-    settings = {"detector": config["detector"]["inference"].get("min_blob_voxels"),
-                **{f"experiments.models.{name}": models[name].get("inference", {})
-                   .get("min_blob_voxels") for name in config["experiments"]["compare"]}}
+    settings = {
+        "detector": config["detector"]["inference"].get("min_blob_voxels"),
+        **{
+            f"experiments.models.{name}": models[name].get("inference", {}).get("min_blob_voxels")
+            for name in config["experiments"]["compare"]
+        },
+    }
     for where, own in settings.items():
-        if own is not None and own not in scored:   # None: inherited, warned of once
+        if own is not None and own not in scored:  # None: inherited, warned of once
             warnings.append(
                 f"{where}.inference.min_blob_voxels is {own}, but every score is computed "
                 f"at experiments.min_blob_voxels {scored}: it shapes only the predicted "
-                f"change masks; add {own} to experiments.min_blob_voxels to score it")
+                f"change masks; add {own} to experiments.min_blob_voxels to score it"
+            )
     return warnings

@@ -19,7 +19,15 @@ from mschange.demo_cohort import (
 from mschange.demo_phantom import CHANGE_TYPE, TEMPLATES, make_demo_subject
 
 __all__ = [
-    "CHANGE_TYPE", "SHEET_COLUMNS", "TEMPLATES", "DemoSubjectPaths", "demo_cohort_rows",
-    "demo_rows", "demo_single_ids", "demo_subject_ids", "demo_subject_paths",
-    "make_demo_subject", "write_demo_sheet",
+    "CHANGE_TYPE",
+    "SHEET_COLUMNS",
+    "TEMPLATES",
+    "DemoSubjectPaths",
+    "demo_cohort_rows",
+    "demo_rows",
+    "demo_single_ids",
+    "demo_subject_ids",
+    "demo_subject_paths",
+    "make_demo_subject",
+    "write_demo_sheet",
 ]

@@ -60,8 +60,9 @@ def demo_single_ids(n_train: int, n_test: int, n_single: int) -> list[str]:
     return [f"demo{i:02d}" for i in range(first, first + n_single)]
 
 
-def demo_rows(out_dir: Path, subjects: list[tuple[str, bool]],
-              single: list[str] | None = None) -> list[dict[str, str]]:
+def demo_rows(
+    out_dir: Path, subjects: list[tuple[str, bool]], single: list[str] | None = None
+) -> list[dict[str, str]]:
     """The cohort sheet's rows (:data:`SHEET_COLUMNS`) of the demo subjects under ``out_dir``.
 
     Pairs first (``subjects`` as from :func:`demo_subject_ids`); then the ``single``
@@ -71,27 +72,46 @@ def demo_rows(out_dir: Path, subjects: list[tuple[str, bool]],
     rows = []
     for subject, has_change in subjects:
         paths = demo_subject_paths(out_dir, subject)
-        rows.append({"subject": subject, "baseline": str(paths.baseline),
-                     "followup": str(paths.followup),
-                     "split": "test" if has_change else "train",
-                     "change": "yes" if has_change else "no",
-                     "label": str(paths.change_mask) if has_change else ""})
+        rows.append(
+            {
+                "subject": subject,
+                "baseline": str(paths.baseline),
+                "followup": str(paths.followup),
+                "split": "test" if has_change else "train",
+                "change": "yes" if has_change else "no",
+                "label": str(paths.change_mask) if has_change else "",
+            }
+        )
     for subject in single or []:
         paths = demo_subject_paths(out_dir, subject)
-        rows.append({"subject": subject, "baseline": "", "followup": str(paths.followup),
-                     "split": "train", "change": "no", "label": ""})
+        rows.append(
+            {
+                "subject": subject,
+                "baseline": "",
+                "followup": str(paths.followup),
+                "split": "train",
+                "change": "no",
+                "label": "",
+            }
+        )
     return rows
 
 
-def demo_cohort_rows(out_dir: Path, n_train: int, n_test: int,
-                     n_single: int) -> list[dict[str, str]]:
+def demo_cohort_rows(
+    out_dir: Path, n_train: int, n_test: int, n_single: int
+) -> list[dict[str, str]]:
     """The rows of the demo cohort the config's ``demo`` counts describe."""
-    return demo_rows(out_dir, demo_subject_ids(n_train, n_test),
-                     demo_single_ids(n_train, n_test, n_single))
+    return demo_rows(
+        out_dir, demo_subject_ids(n_train, n_test), demo_single_ids(n_train, n_test, n_single)
+    )
 
 
-def write_demo_sheet(out_dir: Path, subjects: list[tuple[str, bool]], sheet_path: Path,
-                     single: list[str] | None = None) -> Path:
+def write_demo_sheet(
+    out_dir: Path,
+    subjects: list[tuple[str, bool]],
+    sheet_path: Path,
+    single: list[str] | None = None,
+) -> Path:
     """Write the cohort TSV of :func:`demo_rows`.
 
     Image paths are relative to the sheet's folder, the convention of
@@ -104,7 +124,12 @@ def write_demo_sheet(out_dir: Path, subjects: list[tuple[str, bool]], sheet_path
         writer = csv.writer(stream, delimiter="\t", lineterminator="\n")
         writer.writerow(SHEET_COLUMNS)
         for row in demo_rows(out_dir, subjects, single):
-            writer.writerow([os.path.relpath(row[key], folder)
-                             if key in PATH_COLUMNS and row[key] else row[key]
-                             for key in SHEET_COLUMNS])
+            writer.writerow(
+                [
+                    os.path.relpath(row[key], folder)
+                    if key in PATH_COLUMNS and row[key]
+                    else row[key]
+                    for key in SHEET_COLUMNS
+                ]
+            )
     return Path(sheet_path)

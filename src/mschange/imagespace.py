@@ -19,8 +19,9 @@ from mschange.io import voxel_sizes
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def itk_geometry(affine: npt.NDArray[np.floating[Any]]
-                 ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+def itk_geometry(
+    affine: npt.NDArray[np.floating[Any]],
+) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(origin, spacing, direction) in ITK's LPS convention for a NIfTI affine."""
     affine = np.asarray(affine, dtype=np.float64)
     spacing = voxel_sizes(affine)
@@ -58,16 +59,21 @@ def to_ants(data: npt.ArrayLike, affine: npt.NDArray[np.floating[Any]]) -> Any:
     import ants  # imported lazily: loading ANTsPy takes seconds
 
     origin, spacing, direction = itk_geometry(affine)
-    return ants.from_numpy(np.asarray(data, dtype=np.float32), origin=origin, spacing=spacing,
-                           direction=np.asarray(direction).reshape(3, 3))
+    return ants.from_numpy(
+        np.asarray(data, dtype=np.float32),
+        origin=origin,
+        spacing=spacing,
+        direction=np.asarray(direction).reshape(3, 3),
+    )
 
 
 def from_ants(image: Any) -> npt.NDArray[Any]:
     return np.asarray(image.numpy())
 
 
-def voxel_centres_mm(shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]]
-                     ) -> npt.NDArray[np.float64]:
+def voxel_centres_mm(
+    shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.float64]:
     """Scanner (RAS mm) coordinates of every voxel centre, shape (N, 3), C order."""
     grid = np.indices(shape[:3], dtype=np.float64).reshape(3, -1)
     return (np.asarray(affine)[:3, :3] @ grid + np.asarray(affine)[:3, 3:4]).T
@@ -84,8 +90,9 @@ def _numbers(values: Any) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
-def grid_differences(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3
-                     ) -> list[str]:
+def grid_differences(
+    a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float = 1e-3
+) -> list[str]:
     """How the grid of ``a`` differs from that of ``b``, one phrase per aspect (shape,
     voxel size, orientation, origin), with both values; empty when :func:`same_grid`."""
     if same_grid(a, b, tolerance_mm):
@@ -106,21 +113,26 @@ def grid_differences(a: nib.Nifti1Image, b: nib.Nifti1Image, tolerance_mm: float
         codes_b = "".join(nib.orientations.aff2axcodes(affine_b))
         cosine = np.clip((np.trace(direction_a.T @ direction_b) - 1.0) / 2.0, -1.0, 1.0)
         angle = float(np.degrees(np.arccos(cosine)))
-        differences.append(f"orientation {codes_a} against {codes_b} (axes turned by "
-                           f"{angle:.3g} degrees)" if codes_a == codes_b else
-                           f"orientation {codes_a} against {codes_b}")
+        differences.append(
+            f"orientation {codes_a} against {codes_b} (axes turned by {angle:.3g} degrees)"
+            if codes_a == codes_b
+            else f"orientation {codes_a} against {codes_b}"
+        )
     if not np.allclose(affine_a[:3, 3], affine_b[:3, 3], atol=tolerance_mm):
-        differences.append(f"origin {_numbers(affine_a[:3, 3])} mm against "
-                           f"{_numbers(affine_b[:3, 3])} mm")
-    if len(differences) == int(shape_a != shape_b) and \
-            not np.allclose(affine_a, affine_b, atol=tolerance_mm):
+        differences.append(
+            f"origin {_numbers(affine_a[:3, 3])} mm against {_numbers(affine_b[:3, 3])} mm"
+        )
+    if len(differences) == int(shape_a != shape_b) and not np.allclose(
+        affine_a, affine_b, atol=tolerance_mm
+    ):
         # Each part within tolerance, yet not the same affine (e.g. a shear): say so.
         differences.append("voxel-to-scanner matrix (affine) differs")
     return differences
 
 
-def to_ras_axes(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]]
-                ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
+def to_ras_axes(
+    data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]]
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float64]]:
     """The array with axes permuted and flipped to the nearest R, A, S order.
 
     Returns the view and the orientation that undoes it (for :func:`from_ras_axes`).

@@ -41,10 +41,13 @@ def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def common_space_mask_to_followup(mask: str | os.PathLike[str],
-                                  followup: str | os.PathLike[str],
-                                  transform: str | os.PathLike[str], *,
-                                  subject: str | None = None) -> nib.Nifti1Image:
+def common_space_mask_to_followup(
+    mask: str | os.PathLike[str],
+    followup: str | os.PathLike[str],
+    transform: str | os.PathLike[str],
+    *,
+    subject: str | None = None,
+) -> nib.Nifti1Image:
     """A mask drawn on open_ms_data's common space, on the raw follow-up scan's grid.
 
     ``transform`` is the data's ``study2_FLAIR_to_common_space.txt``: an ITK transform
@@ -59,8 +62,9 @@ def common_space_mask_to_followup(mask: str | os.PathLike[str],
         to_followup = sitk.ReadTransform(str(transform))
         from_followup = to_followup.GetInverse()
     except RuntimeError as error:
-        raise InputError(f"not a readable, invertible ITK transform ({error})", transform,
-                         subject) from error
+        raise InputError(
+            f"not a readable, invertible ITK transform ({error})", transform, subject
+        ) from error
     moving = load_checked_image(mask, subject)
     try:
         reference_image = nib.load(followup)
@@ -77,17 +81,27 @@ def common_space_mask_to_followup(mask: str | os.PathLike[str],
     reference.SetSpacing(spacing)
     reference.SetDirection(direction)
     binary = (np.asarray(moving.dataobj) > 0).astype(np.uint8)
-    mapped = sitk.Resample(to_sitk(binary, moving.affine), reference, from_followup,
-                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    mapped = sitk.Resample(
+        to_sitk(binary, moving.affine),
+        reference,
+        from_followup,
+        sitk.sitkNearestNeighbor,
+        0,
+        sitk.sitkUInt8,
+    )
     data: npt.NDArray[Any] = from_sitk(mapped)[0]
     return nib.Nifti1Image(np.ascontiguousarray(data, dtype=np.uint8), affine)
 
 
-def open_ms_data_cohort(data_dir: str | os.PathLike[str],
-                        label_dir: str | os.PathLike[str] | None = None, *,
-                        extra_single: bool = False, longitudinal_as_single: bool = False,
-                        isbi_dir: str | os.PathLike[str] | None = None,
-                        validation: Sequence[str] = ()) -> pd.DataFrame:
+def open_ms_data_cohort(
+    data_dir: str | os.PathLike[str],
+    label_dir: str | os.PathLike[str] | None = None,
+    *,
+    extra_single: bool = False,
+    longitudinal_as_single: bool = False,
+    isbi_dir: str | os.PathLike[str] | None = None,
+    validation: Sequence[str] = (),
+) -> pd.DataFrame:
     """The open_ms_data subset (Lesjak et al.): its pairs and its single scans.
 
     ``longitudinal/patientNN/study{1,2}_FLAIR.nii.gz`` become test pairs with change.
@@ -110,23 +124,34 @@ def open_ms_data_cohort(data_dir: str | os.PathLike[str],
     if not root.is_dir():
         raise CohortError([f"open_ms_data folder {str(root)!r} does not exist"])
     pairs = []
-    for patient in sorted((root / "longitudinal").glob("patient*"),
-                          key=lambda p: _natural_key(p.name)):
+    for patient in sorted(
+        (root / "longitudinal").glob("patient*"), key=lambda p: _natural_key(p.name)
+    ):
         baseline = patient / "study1_FLAIR.nii.gz"
         followup = patient / "study2_FLAIR.nii.gz"
         if baseline.is_file() and followup.is_file():
             pairs.append((patient, baseline, followup))
-    singles = [(_subject_id(scan.name), scan)
-               for scan in sorted((root / "single").glob("*FLAIR*.nii.gz"))]
+    singles = [
+        (_subject_id(scan.name), scan) for scan in sorted((root / "single").glob("*FLAIR*.nii.gz"))
+    ]
     if not pairs and not singles:
-        raise CohortError([f"{root}: no longitudinal/patient*/study*_FLAIR.nii.gz or "
-                           "single/*FLAIR*.nii.gz found (is this the open_ms_data folder?)"])
+        raise CohortError(
+            [
+                f"{root}: no longitudinal/patient*/study*_FLAIR.nii.gz or "
+                "single/*FLAIR*.nii.gz found (is this the open_ms_data folder?)"
+            ]
+        )
     if extra_single:
-        singles += [(_subject_id(scan.name), scan)
-                    for scan in sorted((root / "extra_single").glob("*FLAIR*.nii.gz"))]
+        singles += [
+            (_subject_id(scan.name), scan)
+            for scan in sorted((root / "extra_single").glob("*FLAIR*.nii.gz"))
+        ]
     if longitudinal_as_single:
-        singles += [(f"long-{patient.name}-{scan.name.split('_')[0]}", scan)
-                    for patient, baseline, followup in pairs for scan in (baseline, followup)]
+        singles += [
+            (f"long-{patient.name}-{scan.name.split('_')[0]}", scan)
+            for patient, baseline, followup in pairs
+            for scan in (baseline, followup)
+        ]
     if isbi_dir is not None:
         isbi_scans = sorted(Path(isbi_dir).glob("*FLAIR*.nii.gz"))
         if not isbi_scans:
@@ -134,38 +159,62 @@ def open_ms_data_cohort(data_dir: str | os.PathLike[str],
         singles += [(f"isbi2015-{_subject_id(scan.name)}", scan) for scan in isbi_scans]
     unknown = sorted(set(validation) - {subject for subject, _ in singles})
     if unknown:
-        raise CohortError([f"validation subject {name!r} is not one of the single scans "
-                           f"({', '.join(subject for subject, _ in singles)})"
-                           for name in unknown])
+        raise CohortError(
+            [
+                f"validation subject {name!r} is not one of the single scans "
+                f"({', '.join(subject for subject, _ in singles)})"
+                for name in unknown
+            ]
+        )
 
     labels: dict[str, str] = {}
     if label_dir is not None:
         labels = _write_open_ms_labels(pairs, Path(label_dir).absolute())
-    rows = [{"subject": patient.name, "baseline": str(baseline.absolute()),
-             "followup": str(followup.absolute()), "split": "test", "change": "yes",
-             "label": labels.get(patient.name, "")}
-            for patient, baseline, followup in pairs]
-    rows += [{"subject": subject, "baseline": "", "followup": str(scan.absolute()),
-              "split": "validation" if subject in validation else "train", "change": "no",
-              "label": ""}
-             for subject, scan in singles]
+    rows = [
+        {
+            "subject": patient.name,
+            "baseline": str(baseline.absolute()),
+            "followup": str(followup.absolute()),
+            "split": "test",
+            "change": "yes",
+            "label": labels.get(patient.name, ""),
+        }
+        for patient, baseline, followup in pairs
+    ]
+    rows += [
+        {
+            "subject": subject,
+            "baseline": "",
+            "followup": str(scan.absolute()),
+            "split": "validation" if subject in validation else "train",
+            "change": "no",
+            "label": "",
+        }
+        for subject, scan in singles
+    ]
     return check_cohort_table(pd.DataFrame(rows), base_dir=root, source=str(root))
 
 
-def _write_open_ms_labels(pairs: list[tuple[Path, Path, Path]], label_dir: Path
-                          ) -> dict[str, str]:
+def _write_open_ms_labels(pairs: list[tuple[Path, Path, Path]], label_dir: Path) -> dict[str, str]:
     """Map and write every pair's ground truth; check all pairs' files before writing any."""
     needed = ("gt.nii.gz", "study2_FLAIR_to_common_space.txt")
-    problems = [f"subject {patient.name!r}, file {str(patient / name)!r}: missing (needed "
-                "to map the ground truth onto the follow-up grid)"
-                for patient, _, _ in pairs for name in needed if not (patient / name).is_file()]
+    problems = [
+        f"subject {patient.name!r}, file {str(patient / name)!r}: missing (needed "
+        "to map the ground truth onto the follow-up grid)"
+        for patient, _, _ in pairs
+        for name in needed
+        if not (patient / name).is_file()
+    ]
     if problems:
         raise CohortError(problems)
     labels = {}
     for patient, _, followup in pairs:
         image = common_space_mask_to_followup(
-            patient / "gt.nii.gz", followup, patient / "study2_FLAIR_to_common_space.txt",
-            subject=patient.name)
+            patient / "gt.nii.gz",
+            followup,
+            patient / "study2_FLAIR_to_common_space.txt",
+            subject=patient.name,
+        )
         path = label_dir / f"{patient.name}{OPEN_MS_LABEL_SUFFIX}"
         save_nifti(np.asarray(image.dataobj), image.affine, path, dtype=np.uint8)
         labels[patient.name] = str(path)
@@ -178,12 +227,15 @@ def msseg2_ground_truth_file(ground_truth: str) -> str:
         return "ground_truth.nii.gz"
     if ground_truth in MSSEG2_GROUND_TRUTHS:
         return f"ground_truth_{ground_truth}.nii.gz"
-    raise ValueError(f"unknown MSSEG-2 ground truth {ground_truth!r}; choose one of "
-                     f"{', '.join(MSSEG2_GROUND_TRUTHS)}")
+    raise ValueError(
+        f"unknown MSSEG-2 ground truth {ground_truth!r}; choose one of "
+        f"{', '.join(MSSEG2_GROUND_TRUTHS)}"
+    )
 
 
-def msseg2_cohort(data_dir: str | os.PathLike[str], *, ground_truth: str = "consensus"
-                  ) -> pd.DataFrame:
+def msseg2_cohort(
+    data_dir: str | os.PathLike[str], *, ground_truth: str = "consensus"
+) -> pd.DataFrame:
     """The MSSEG-2 training data: one folder per case, each a test pair.
 
     Each case folder (named by its case id, e.g. ``013``) holds both FLAIRs already
@@ -198,23 +250,30 @@ def msseg2_cohort(data_dir: str | os.PathLike[str], *, ground_truth: str = "cons
     root = Path(data_dir)
     if not root.is_dir():
         raise CohortError([f"MSSEG-2 folder {str(root)!r} does not exist"])
-    cases = sorted((p for p in root.iterdir()
-                    if p.is_dir() and not p.name.startswith((".", "_"))),
-                   key=lambda p: _natural_key(p.name))
+    cases = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))),
+        key=lambda p: _natural_key(p.name),
+    )
     if not cases:
-        raise CohortError([f"{root}: no case folders found (expected one folder per case, "
-                           f"e.g. 013/{MSSEG2_FOLLOWUP})"])
+        raise CohortError(
+            [
+                f"{root}: no case folders found (expected one folder per case, "
+                f"e.g. 013/{MSSEG2_FOLLOWUP})"
+            ]
+        )
     problems: list[str] = []
     rows = []
     for case in cases:
         subject = "msseg2-" + "-".join(p for p in re.split(r"[^A-Za-z0-9]+", case.name) if p)
-        baseline, followup, label = (case / MSSEG2_BASELINE, case / MSSEG2_FOLLOWUP,
-                                     case / label_name)
+        baseline, followup, label = (
+            case / MSSEG2_BASELINE,
+            case / MSSEG2_FOLLOWUP,
+            case / label_name,
+        )
         missing = [path for path in (baseline, followup, label) if not path.is_file()]
         for path in missing:
             what = f"the {ground_truth} ground truth" if path == label else "a FLAIR"
-            problems.append(f"case {case.name!r}, file {str(path.absolute())!r}: missing "
-                            f"({what})")
+            problems.append(f"case {case.name!r}, file {str(path.absolute())!r}: missing ({what})")
         if missing:
             continue
         try:
@@ -223,9 +282,16 @@ def msseg2_cohort(data_dir: str | os.PathLike[str], *, ground_truth: str = "cons
             problems.append(f"case {case.name!r}: {error}")
             continue
         change = "yes" if bool(np.any(np.asarray(image.dataobj) > 0)) else "no"
-        rows.append({"subject": subject, "baseline": str(baseline.absolute()),
-                     "followup": str(followup.absolute()), "split": "test",
-                     "change": change, "label": str(label.absolute())})
+        rows.append(
+            {
+                "subject": subject,
+                "baseline": str(baseline.absolute()),
+                "followup": str(followup.absolute()),
+                "split": "test",
+                "change": change,
+                "label": str(label.absolute()),
+            }
+        )
     if problems:
         raise CohortError(problems)
     return check_cohort_table(pd.DataFrame(rows), base_dir=root, source=str(root))

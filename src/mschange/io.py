@@ -27,8 +27,9 @@ class InputError(ValueError):
     The message always names the subject (when known), the file and what is wrong.
     """
 
-    def __init__(self, problem: str, path: str | os.PathLike[str] | None = None,
-                 subject: str | None = None) -> None:
+    def __init__(
+        self, problem: str, path: str | os.PathLike[str] | None = None, subject: str | None = None
+    ) -> None:
         self.problem = problem
         self.path = None if path is None else str(path)
         self.subject = subject
@@ -61,9 +62,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink()
 
 
-def save_nifti(data: npt.ArrayLike, affine: npt.NDArray[np.floating[Any]],
-               path: str | os.PathLike[str], *, header: nib.Nifti1Header | None = None,
-               dtype: npt.DTypeLike = np.float32) -> Path:
+def save_nifti(
+    data: npt.ArrayLike,
+    affine: npt.NDArray[np.floating[Any]],
+    path: str | os.PathLike[str],
+    *,
+    header: nib.Nifti1Header | None = None,
+    dtype: npt.DTypeLike = np.float32,
+) -> Path:
     """Write ``data`` as NIfTI with the given affine (sform and qform), atomically."""
     array = np.asarray(data).astype(dtype, copy=False)
     hdr = header.copy() if header is not None else None
@@ -106,8 +112,9 @@ def _check_gzip_complete(path: Path, subject: str | None) -> int:
             while chunk := stream.read(1 << 24):
                 total += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
-        raise InputError(f"the gzip stream is truncated or corrupt ({error})", path,
-                         subject) from error
+        raise InputError(
+            f"the gzip stream is truncated or corrupt ({error})", path, subject
+        ) from error
     return total
 
 
@@ -146,14 +153,20 @@ def _voxel_bytes_problem(image: Any, available: int) -> str | None:
     held = max(available - offset, 0)
     if held >= promised:
         return None
-    return (f"the header promises {promised:,} bytes of voxel data (shape {shape}, "
-            f"{dtype}, from byte {offset}), the file holds {held:,}: a truncated file or "
-            "a wrong header")
+    return (
+        f"the header promises {promised:,} bytes of voxel data (shape {shape}, "
+        f"{dtype}, from byte {offset}), the file holds {held:,}: a truncated file or "
+        "a wrong header"
+    )
 
 
-def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
-                       *, check_values: bool = True,
-                       read_voxels: bool = True) -> nib.Nifti1Image:
+def load_checked_image(
+    path: str | os.PathLike[str],
+    subject: str | None = None,
+    *,
+    check_values: bool = True,
+    read_voxels: bool = True,
+) -> nib.Nifti1Image:
     """Load a 3D NIfTI image and refuse anything the pipeline cannot use.
 
     Checks, in order: the file exists, is a file (not a folder), is readable and not
@@ -193,24 +206,30 @@ def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
         shape = shape[:-1]
     if len(shape) != 3:
         kind = f"{len(shape)}D"
-        raise InputError(f"expected a 3D image, found a {kind} image of shape {image.shape}",
-                         file, subject)
+        raise InputError(
+            f"expected a 3D image, found a {kind} image of shape {image.shape}", file, subject
+        )
     if min(shape) < 2:
-        raise InputError(f"expected a 3D volume, found shape {shape} (a single slice?)", file,
-                         subject)
+        raise InputError(
+            f"expected a 3D volume, found shape {shape} (a single slice?)", file, subject
+        )
     try:
         pixdim = np.asarray(_raw_header(file, image)["pixdim"][1:4], dtype=np.float64)
     except Exception as error:  # already loaded once: unlikely
         raise InputError(f"not a readable NIfTI header ({error})", file, subject) from error
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
-        raise InputError(f"the header's voxel size (pixdim) is {_format_numbers(pixdim)} "
-                         "mm: a zero voxel size, which nibabel would silently take as 1 mm "
-                         "and other tools reject; set the true voxel size in the header",
-                         file, subject)
+        raise InputError(
+            f"the header's voxel size (pixdim) is {_format_numbers(pixdim)} "
+            "mm: a zero voxel size, which nibabel would silently take as 1 mm "
+            "and other tools reject; set the true voxel size in the header",
+            file,
+            subject,
+        )
     affine = image.affine
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise InputError("the image's affine (voxel-to-scanner matrix) is not invertible",
-                         file, subject)
+        raise InputError(
+            "the image's affine (voxel-to-scanner matrix) is not invertible", file, subject
+        )
     if read_voxels or not compressed:
         problem = _voxel_bytes_problem(image, size)
         if problem is not None:
@@ -231,8 +250,13 @@ def load_checked_image(path: str | os.PathLike[str], subject: str | None = None,
     return checked
 
 
-def check_scan(image: nib.Nifti1Image, path: str | os.PathLike[str],
-               subject: str | None = None, *, voxels: bool = True) -> None:
+def check_scan(
+    image: nib.Nifti1Image,
+    path: str | os.PathLike[str],
+    subject: str | None = None,
+    *,
+    voxels: bool = True,
+) -> None:
     """Refuse a baseline or follow-up scan that cannot hold a brain.
 
     From the header: at least :data:`MIN_SCAN_VOXELS` voxels and :data:`MIN_SCAN_FOV_MM`
@@ -243,37 +267,53 @@ def check_scan(image: nib.Nifti1Image, path: str | os.PathLike[str],
     sizes = voxel_sizes(image.affine)
     fov = np.asarray(shape) * sizes
     if min(shape) < MIN_SCAN_VOXELS:
-        raise InputError(f"the scan has only {min(shape)} voxels along axis "
-                         f"{shape.index(min(shape))} (shape {shape}); a brain scan has at "
-                         f"least {MIN_SCAN_VOXELS} along every axis", path, subject)
+        raise InputError(
+            f"the scan has only {min(shape)} voxels along axis "
+            f"{shape.index(min(shape))} (shape {shape}); a brain scan has at "
+            f"least {MIN_SCAN_VOXELS} along every axis",
+            path,
+            subject,
+        )
     if fov.min() < MIN_SCAN_FOV_MM - 1e-3:  # a rotated affine's 1 mm is 0.9999999...
-        raise InputError(f"the scan covers only {_format_numbers(fov)} mm ({shape[0]} x "
-                         f"{shape[1]} x {shape[2]} voxels of {_format_numbers(sizes)} mm); "
-                         f"a brain scan covers at least {MIN_SCAN_FOV_MM:g} mm along every "
-                         "axis: check the voxel size in the header, or that this is the "
-                         "whole scan", path, subject)
+        raise InputError(
+            f"the scan covers only {_format_numbers(fov)} mm ({shape[0]} x "
+            f"{shape[1]} x {shape[2]} voxels of {_format_numbers(sizes)} mm); "
+            f"a brain scan covers at least {MIN_SCAN_FOV_MM:g} mm along every "
+            "axis: check the voxel size in the header, or that this is the "
+            "whole scan",
+            path,
+            subject,
+        )
     if voxels:
         data = np.asarray(image.dataobj)
         low, high = float(data.min()), float(data.max())
         if low == high:
-            raise InputError(f"every voxel of the scan is {low:g}: a blank image, with no "
-                             "head to find", path, subject)
+            raise InputError(
+                f"every voxel of the scan is {low:g}: a blank image, with no head to find",
+                path,
+                subject,
+            )
 
 
-def check_label_values(image: nib.Nifti1Image, path: str | os.PathLike[str],
-                       subject: str | None = None) -> None:
+def check_label_values(
+    image: nib.Nifti1Image, path: str | os.PathLike[str], subject: str | None = None
+) -> None:
     """Refuse a label holding anything but 0 (no change) and 1 (change)."""
     data = np.asarray(image.dataobj)
     other = (data != LABEL_VALUES[0]) & (data != LABEL_VALUES[1])
     if not other.any():
         return
     values, counts = np.unique(data[other], return_counts=True)
-    found = ", ".join(f"{float(v):g} ({int(n)} voxels)" for v, n in
-                      list(zip(values, counts, strict=True))[:5])
+    found = ", ".join(
+        f"{float(v):g} ({int(n)} voxels)" for v, n in list(zip(values, counts, strict=True))[:5]
+    )
     more = f" and {len(values) - 5} other values" if len(values) > 5 else ""
-    raise InputError(f"a label holds only 0 (no change) and 1 (change); this one also holds "
-                     f"{found}{more}: binarise it (e.g. 1 where > 0.5) before use", path,
-                     subject)
+    raise InputError(
+        f"a label holds only 0 (no change) and 1 (change); this one also holds "
+        f"{found}{more}: binarise it (e.g. 1 where > 0.5) before use",
+        path,
+        subject,
+    )
 
 
 def voxel_digest(image: nib.Nifti1Image) -> str:
@@ -284,8 +324,9 @@ def voxel_digest(image: nib.Nifti1Image) -> str:
     return digest.hexdigest()
 
 
-def load_float_image(path: str | os.PathLike[str]
-                     ) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
+def load_float_image(
+    path: str | os.PathLike[str],
+) -> tuple[npt.NDArray[np.float32], nib.Nifti1Image]:
     """A pipeline intermediate's voxels as float32, and the image (already checked when
     it was an input)."""
     image = nib.load(path)
@@ -317,10 +358,10 @@ def write_file_table(columns: dict[str, list[str]], path: str | os.PathLike[str]
     """
     lengths = {len(files) for files in columns.values()}
     if len(lengths) > 1:
-        raise ValueError(f"file lists of different lengths: "
-                         f"{ {k: len(v) for k, v in columns.items()} }")
-    lines = ["\t".join(columns), *("\t".join(row) for row in zip(*columns.values(),
-                                                                 strict=True))]
+        raise ValueError(
+            f"file lists of different lengths: { {k: len(v) for k, v in columns.items()} }"
+        )
+    lines = ["\t".join(columns), *("\t".join(row) for row in zip(*columns.values(), strict=True))]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return Path(path)

@@ -23,8 +23,9 @@ from mschange import __version__
 from mschange.io import atomic_path
 
 
-def save_model_file(model: nn.Module, path: str | os.PathLike[str], kind: str,
-                    fields: dict[str, Any]) -> Path:
+def save_model_file(
+    model: nn.Module, path: str | os.PathLike[str], kind: str, fields: dict[str, Any]
+) -> Path:
     """Write ``{kind, package_version, **fields, state_dict}`` (weights on the CPU) to
     ``path`` atomically."""
     payload = {
@@ -53,24 +54,33 @@ def read_model_payload(path: str | os.PathLike[str]) -> Any:
     if not path.exists():
         raise FileNotFoundError(f"model file {str(path)!r} does not exist")
     if path.is_dir():
-        inside = " (the model file inside it is model.pt)" if (path / "model.pt").is_file() \
-            else ""
+        inside = " (the model file inside it is model.pt)" if (path / "model.pt").is_file() else ""
         raise ModelFileError(path, [f"this is a folder, not a model file{inside}"])
     if path.stat().st_size == 0:
         raise ModelFileError(path, ["the file is empty"])
     if not zipfile.is_zipfile(path):
-        raise ModelFileError(path, ["not a PyTorch model file (those are zip archives; this "
-                                    "one is not: another format, or cut short)"])
+        raise ModelFileError(
+            path,
+            [
+                "not a PyTorch model file (those are zip archives; this "
+                "one is not: another format, or cut short)"
+            ],
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "GLOBAL" in str(error):   # torch's safe unpickler met a class or function
-            raise ModelFileError(path, [
-                "it holds Python objects other than tensors and plain values; mschange "
-                "refuses to load it, because loading such a file can run code it contains"]
+        if "GLOBAL" in str(error):  # torch's safe unpickler met a class or function
+            raise ModelFileError(
+                path,
+                [
+                    "it holds Python objects other than tensors and plain values; mschange "
+                    "refuses to load it, because loading such a file can run code it contains"
+                ],
             ) from None
-        raise ModelFileError(path, ["the file is damaged (its contents cannot be "
-                                    "decoded)"]) from None
-    except Exception as error:   # a damaged archive: torch raises several types
-        raise ModelFileError(path, [f"the file is damaged or cut short "
-                                    f"({type(error).__name__})"]) from None
+        raise ModelFileError(
+            path, ["the file is damaged (its contents cannot be decoded)"]
+        ) from None
+    except Exception as error:  # a damaged archive: torch raises several types
+        raise ModelFileError(
+            path, [f"the file is damaged or cut short ({type(error).__name__})"]
+        ) from None

@@ -56,9 +56,11 @@ def preprocessing_differences(model: PathLike, preprocessing: Mapping[str, Any])
             return {k: v for k, v in value.items() if k not in SPEED_SETTINGS[key]}
         return value
 
-    return [f"{key}: the model's {stored.get(key)!r}, the config's {value!r}"
-            for key, value in preprocessing.items()
-            if relevant(key, stored.get(key)) != relevant(key, value)]
+    return [
+        f"{key}: the model's {stored.get(key)!r}, the config's {value!r}"
+        for key, value in preprocessing.items()
+        if relevant(key, stored.get(key)) != relevant(key, value)
+    ]
 
 
 def available_models() -> list[str]:
@@ -73,20 +75,25 @@ def resolve_model(model: PathLike | None) -> Path:
     name; the default shipped model when ``model`` is None."""
     if model is not None and Path(model).is_file():
         return Path(model)
-    if model is not None and Path(model).exists() and \
-            not (models_folder() / str(model) / "model.pt").is_file():
-        return Path(model)   # a folder: the model file's check says what is wrong
+    if (
+        model is not None
+        and Path(model).exists()
+        and not (models_folder() / str(model) / "model.pt").is_file()
+    ):
+        return Path(model)  # a folder: the model file's check says what is wrong
     name = DEFAULT_MODEL if model is None else str(model)
     path = models_folder() / name / "model.pt"
     if path.is_file():
         return path
     shipped = ", ".join(available_models()) or "none"
-    raise FileNotFoundError(f"no model file {str(name)!r}, and no shipped model of that "
-                            f"name (shipped: {shipped})")
+    raise FileNotFoundError(
+        f"no model file {str(name)!r}, and no shipped model of that name (shipped: {shipped})"
+    )
 
 
-def inference_for(metadata: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
-                  ) -> InferenceSettings:
+def inference_for(
+    metadata: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> InferenceSettings:
     """Inference settings for a model file: the defaults (the paper's), then those
     stored in the file (chosen for it on the validation set), then ``overrides``."""
     from mschange.config import check_setting
@@ -98,9 +105,15 @@ def inference_for(metadata: Mapping[str, Any], overrides: Mapping[str, Any] | No
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"unknown inference settings {unknown}; known: {sorted(fields)}")
-    problems = [f"inference setting {key!r}: {problem}" for key, value in values.items()
-                if (problem := check_setting(list(value) if isinstance(value, tuple) else value,
-                                             "detector", "inference", key))]
+    problems = [
+        f"inference setting {key!r}: {problem}"
+        for key, value in values.items()
+        if (
+            problem := check_setting(
+                list(value) if isinstance(value, tuple) else value, "detector", "inference", key
+            )
+        )
+    ]
     if problems:
         raise ValueError("; ".join(problems))
     for key in ("window", "mirror_axes"):
@@ -109,18 +122,27 @@ def inference_for(metadata: Mapping[str, Any], overrides: Mapping[str, Any] | No
     return dataclasses.replace(InferenceSettings(), **values)
 
 
-def data_fingerprints(training_data: Mapping[str, Any], extra: Sequence[PathLike] = ()
-                      ) -> dict[str, str]:
+def data_fingerprints(
+    training_data: Mapping[str, Any], extra: Sequence[PathLike] = ()
+) -> dict[str, str]:
     """SHA-256 of every scan of the training pairs (``training_data`` of a model file,
     paths relative to the working folder they were trained in) and of ``extra`` files."""
-    paths = [path for scans in training_data.get("training_pairs", {}).values()
-             for path in scans.values()]
-    return {str(path): file_sha256(path) for path in sorted({*map(str, paths),
-                                                            *map(str, extra)})}
+    paths = [
+        path
+        for scans in training_data.get("training_pairs", {}).values()
+        for path in scans.values()
+    ]
+    return {str(path): file_sha256(path) for path in sorted({*map(str, paths), *map(str, extra)})}
 
 
-def ship_model(trained: PathLike, name: str, *, inference: Mapping[str, Any],
-               extra_data: Sequence[PathLike] = (), models: PathLike | None = None) -> Path:
+def ship_model(
+    trained: PathLike,
+    name: str,
+    *,
+    inference: Mapping[str, Any],
+    extra_data: Sequence[PathLike] = (),
+    models: PathLike | None = None,
+) -> Path:
     """Copy a workflow-trained detector folder (``results/detector/model-<m>/``, run
     from its working folder) into ``models/<name>/``, adding the chosen inference
     settings and the data fingerprints to the model file. Returns the new model file."""
@@ -132,14 +154,13 @@ def ship_model(trained: PathLike, name: str, *, inference: Mapping[str, Any],
     target = Path(models or models_folder()) / name
     target.mkdir(parents=True, exist_ok=True)
     payload = torch.load(source / "model.pt", map_location="cpu", weights_only=True)
-    inference_for({"inference": inference})   # refuses unknown keys and bad values
+    inference_for({"inference": inference})  # refuses unknown keys and bad values
     payload["inference"] = dict(inference)
     payload["name"] = name
-    payload["data_fingerprints"] = data_fingerprints(payload.get("training_data", {}),
-                                                     extra_data)
+    payload["data_fingerprints"] = data_fingerprints(payload.get("training_data", {}), extra_data)
     with atomic_path(target / "model.pt") as tmp:
         torch.save(payload, tmp)
     for file in SHIPPED_FILES[1:]:
         shutil.copyfile(source / file, target / file)
-    load_detector(target / "model.pt")   # the shipped file loads
+    load_detector(target / "model.pt")  # the shipped file loads
     return target / "model.pt"

@@ -20,8 +20,9 @@ def brain_volume_ml(mask: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]
     return float(np.count_nonzero(mask)) * voxel_ml
 
 
-def registration_correlation(fixed: npt.NDArray[Any], moved: npt.NDArray[Any],
-                             mask: npt.NDArray[Any]) -> float:
+def registration_correlation(
+    fixed: npt.NDArray[Any], moved: npt.NDArray[Any], mask: npt.NDArray[Any]
+) -> float:
     """Pearson correlation of the two images inside the mask.
 
     Kept as a QC column for comparison; the registration flag uses
@@ -36,8 +37,9 @@ def registration_correlation(fixed: npt.NDArray[Any], moved: npt.NDArray[Any],
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def registration_similarity(fixed: npt.NDArray[Any], moved: npt.NDArray[Any],
-                            mask: npt.NDArray[Any]) -> float:
+def registration_similarity(
+    fixed: npt.NDArray[Any], moved: npt.NDArray[Any], mask: npt.NDArray[Any]
+) -> float:
     """How well two images are aligned inside the mask, whatever their contrasts: the
     Spearman (rank) correlation of their intensities.
 
@@ -60,9 +62,12 @@ def registration_similarity(fixed: npt.NDArray[Any], moved: npt.NDArray[Any],
     return float(scipy.stats.spearmanr(a, b).statistic)
 
 
-def contrast_difference(followup: npt.NDArray[Any], baseline: npt.NDArray[Any],
-                        followup_mask: npt.NDArray[Any], baseline_mask: npt.NDArray[Any]
-                        ) -> float:
+def contrast_difference(
+    followup: npt.NDArray[Any],
+    baseline: npt.NDArray[Any],
+    followup_mask: npt.NDArray[Any],
+    baseline_mask: npt.NDArray[Any],
+) -> float:
     """How much the two time points' intensity distributions inside the brain differ.
 
     The Wasserstein (earth mover's) distance between the intensities inside each time
@@ -81,25 +86,31 @@ def contrast_difference(followup: npt.NDArray[Any], baseline: npt.NDArray[Any],
     return float(scipy.stats.wasserstein_distance(a, b))
 
 
-def checkerboard(a: npt.NDArray[Any], b: npt.NDArray[Any], tile: int = 16
-                 ) -> npt.NDArray[Any]:
+def checkerboard(a: npt.NDArray[Any], b: npt.NDArray[Any], tile: int = 16) -> npt.NDArray[Any]:
     """Alternate 2D tiles of ``a`` and ``b``: misregistration shows as broken edges."""
     rows, cols = np.indices(a.shape)
     pick_a = ((rows // tile) + (cols // tile)) % 2 == 0
     return np.where(pick_a, a, b)
 
 
-def _mid_slices(volume: npt.NDArray[Any], centre: tuple[int, int, int]
-                ) -> list[npt.NDArray[Any]]:
+def _mid_slices(volume: npt.NDArray[Any], centre: tuple[int, int, int]) -> list[npt.NDArray[Any]]:
     i, j, k = centre
     # Transposed and flipped so that superior/anterior is up in the picture (RAS-ish input).
-    return [np.flipud(volume[:, :, k].T), np.flipud(volume[:, j, :].T),
-            np.flipud(volume[i, :, :].T)]
+    return [
+        np.flipud(volume[:, :, k].T),
+        np.flipud(volume[:, j, :].T),
+        np.flipud(volume[i, :, :].T),
+    ]
 
 
-def plot_pair_qc(followup: npt.NDArray[Any], baseline_moved: npt.NDArray[Any],
-                 mask: npt.NDArray[Any], png_path: str | os.PathLike[str], *, title: str
-                 ) -> Path:
+def plot_pair_qc(
+    followup: npt.NDArray[Any],
+    baseline_moved: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    png_path: str | os.PathLike[str],
+    *,
+    title: str,
+) -> Path:
     """A QC figure: both time points with the mask contour, a checkerboard, the difference.
 
     Rows are axial, coronal and sagittal slices through the brain's centre.
@@ -118,10 +129,14 @@ def plot_pair_qc(followup: npt.NDArray[Any], baseline_moved: npt.NDArray[Any],
     tile = max(4, followup.shape[0] // 12)
     columns = ["follow-up + mask", "baseline on follow-up", "checkerboard", "follow-up - baseline"]
     fig, axes = plt.subplots(3, 4, figsize=(12, 9), facecolor="black")
-    for row, (fu, bl, m) in enumerate(zip(_mid_slices(followup, centre),
-                                          _mid_slices(baseline_moved, centre),
-                                          _mid_slices(brain, centre),
-                                          strict=True)):
+    for row, (fu, bl, m) in enumerate(
+        zip(
+            _mid_slices(followup, centre),
+            _mid_slices(baseline_moved, centre),
+            _mid_slices(brain, centre),
+            strict=True,
+        )
+    ):
         panels = [fu, bl, checkerboard(fu, bl, tile), fu - bl]
         for col, panel in enumerate(panels):
             ax = axes[row, col]
@@ -142,33 +157,54 @@ def plot_pair_qc(followup: npt.NDArray[Any], baseline_moved: npt.NDArray[Any],
     return Path(png_path)
 
 
-QC_COLUMNS = ["subject", "split", "change", "brain_volume_ml_baseline",
-              "brain_volume_ml_followup", "registration_similarity", "contrast_difference",
-              "registration_correlation", "flagged", "flag_registration", "flag_contrast",
-              "flag_brain_volume", "flag_reason"]
+QC_COLUMNS = [
+    "subject",
+    "split",
+    "change",
+    "brain_volume_ml_baseline",
+    "brain_volume_ml_followup",
+    "registration_similarity",
+    "contrast_difference",
+    "registration_correlation",
+    "flagged",
+    "flag_registration",
+    "flag_contrast",
+    "flag_brain_volume",
+    "flag_reason",
+]
 
 
 def registration_flag(similarity: float, min_similarity: float) -> str:
     """The registration check's reason, or "" when the pair passes."""
     if np.isfinite(similarity) and similarity >= min_similarity:
         return ""
-    return (f"registration: similarity of the registered time points {similarity:.3f} < "
-            f"{min_similarity} (rank correlation inside the brain, contrast-robust): "
-            "misaligned, or a skull strip failed; see the checkerboard")
+    return (
+        f"registration: similarity of the registered time points {similarity:.3f} < "
+        f"{min_similarity} (rank correlation inside the brain, contrast-robust): "
+        "misaligned, or a skull strip failed; see the checkerboard"
+    )
 
 
 def contrast_flag(difference: float, max_difference: float) -> str:
     """The contrast check's reason, or "" when the pair passes."""
     if np.isfinite(difference) and difference <= max_difference:
         return ""
-    return (f"contrast: the time points' intensity distributions inside the brain differ by "
-            f"{difference:.3f} > {max_difference} (Wasserstein distance, normalised "
-            "intensities): the scans differ in contrast, which the detector may report "
-            "as change")
+    return (
+        f"contrast: the time points' intensity distributions inside the brain differ by "
+        f"{difference:.3f} > {max_difference} (Wasserstein distance, normalised "
+        "intensities): the scans differ in contrast, which the detector may report "
+        "as change"
+    )
 
 
-def qc_table(rows: Iterable[Mapping[str, Any]], *, min_similarity: float, max_contrast: float,
-             min_brain_ml: float, max_brain_ml: float) -> pd.DataFrame:
+def qc_table(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    min_similarity: float,
+    max_contrast: float,
+    min_brain_ml: float,
+    max_brain_ml: float,
+) -> pd.DataFrame:
     """One row per pair, with ``flagged`` set where a documented threshold is crossed.
 
     Three checks, each with its own column and its own text in ``flag_reason``:
@@ -184,15 +220,16 @@ def qc_table(rows: Iterable[Mapping[str, Any]], *, min_similarity: float, max_co
     reasons: list[str] = []
     flags: dict[str, list[bool]] = {"registration": [], "contrast": [], "brain_volume": []}
     for _, row in table.iterrows():
-        registration = registration_flag(float(row["registration_similarity"]),
-                                         min_similarity)
+        registration = registration_flag(float(row["registration_similarity"]), min_similarity)
         contrast = contrast_flag(float(row["contrast_difference"]), max_contrast)
         volumes = []
         for tp in ("baseline", "followup"):
             volume = row[f"brain_volume_ml_{tp}"]
             if not min_brain_ml <= volume <= max_brain_ml:
-                volumes.append(f"{tp} brain volume {volume:.0f} ml outside "
-                               f"[{min_brain_ml:.0f}, {max_brain_ml:.0f}]")
+                volumes.append(
+                    f"{tp} brain volume {volume:.0f} ml outside "
+                    f"[{min_brain_ml:.0f}, {max_brain_ml:.0f}]"
+                )
         flags["registration"].append(bool(registration))
         flags["contrast"].append(bool(contrast))
         flags["brain_volume"].append(bool(volumes))

@@ -38,7 +38,7 @@ from mschange.io import atomic_path
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-CACHE_FOLDER = "scan_cache"   # inside a training run's checkpoint folder
+CACHE_FOLDER = "scan_cache"  # inside a training run's checkpoint folder
 
 
 class DiskArray:
@@ -81,17 +81,25 @@ class ScanCache:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.used: set[str] = set()
-        self.built = 0    # entries made by this instance (the others were reused)
+        self.built = 0  # entries made by this instance (the others were reused)
 
     def key(self, kind: str, sources: Sequence[str | os.PathLike[str]]) -> str:
         """The name of the entry made by ``kind`` from the files ``sources``."""
-        described = json.dumps({"version": CACHE_VERSION, "kind": kind,
-                                "sources": fingerprint_of_files([str(s) for s in sources])})
+        described = json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "kind": kind,
+                "sources": fingerprint_of_files([str(s) for s in sources]),
+            }
+        )
         return hashlib.sha256(described.encode()).hexdigest()[:32]
 
-    def entry(self, kind: str, sources: Sequence[str | os.PathLike[str]],
-              build: Callable[[], tuple[Mapping[str, npt.NDArray[Any]], dict[str, Any]]]
-              ) -> tuple[dict[str, DiskArray], dict[str, Any]]:
+    def entry(
+        self,
+        kind: str,
+        sources: Sequence[str | os.PathLike[str]],
+        build: Callable[[], tuple[Mapping[str, npt.NDArray[Any]], dict[str, Any]]],
+    ) -> tuple[dict[str, DiskArray], dict[str, Any]]:
         """The arrays and the JSON-able values ``build()`` returns for these sources.
 
         ``build`` runs only when the entry is not in the folder yet; its arrays are
@@ -103,19 +111,28 @@ class ScanCache:
         index = self.folder / f"{key}.json"
         if index.is_file():
             stored = json.loads(index.read_text())
-            return ({name: DiskArray(self.folder / f"{key}.{name}.npy")
-                     for name in stored["arrays"]}, stored["values"])
+            return (
+                {name: DiskArray(self.folder / f"{key}.{name}.npy") for name in stored["arrays"]},
+                stored["values"],
+            )
         arrays, values = build()
         self.folder.mkdir(parents=True, exist_ok=True)
         for name, array in arrays.items():
             with atomic_path(self.folder / f"{key}.{name}.npy") as tmp, open(tmp, "wb") as file:
                 np.save(file, np.ascontiguousarray(array), allow_pickle=False)
         with atomic_path(index) as tmp:
-            tmp.write_text(json.dumps({"kind": kind, "sources": [str(s) for s in sources],
-                                       "arrays": list(arrays), "values": values}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "kind": kind,
+                        "sources": [str(s) for s in sources],
+                        "arrays": list(arrays),
+                        "values": values,
+                    }
+                )
+            )
         self.built += 1
-        return ({name: DiskArray(self.folder / f"{key}.{name}.npy") for name in arrays},
-                values)
+        return ({name: DiskArray(self.folder / f"{key}.{name}.npy") for name in arrays}, values)
 
     def prune(self) -> int:
         """Delete the files of entries not used since this instance was made; their count."""

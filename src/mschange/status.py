@@ -23,12 +23,23 @@ import pandas as pd
 
 from mschange.io import atomic_path
 
-STATUS_COLUMNS = ["subject", "split", "change", "state", "stage_reached", "next_stage",
-                  "failed_rule", "log", "error"]
+STATUS_COLUMNS = [
+    "subject",
+    "split",
+    "change",
+    "state",
+    "stage_reached",
+    "next_stage",
+    "failed_rule",
+    "log",
+    "error",
+]
 # Stopped before the end: how a stage that is not done is described, worst first.
 STATES = ("failed", "interrupted", "pending", "complete")
-_STEP_EVENT = re.compile(r"^\S+ \S+ \w+ \S+: (?P<step>[\w-]+): (?P<event>started|finished in"
-                         r"|failed: (?P<error>.*))")
+_STEP_EVENT = re.compile(
+    r"^\S+ \S+ \w+ \S+: (?P<step>[\w-]+): (?P<event>started|finished in"
+    r"|failed: (?P<error>.*))"
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,9 @@ def template_wildcards(template: str) -> list[str]:
     return sorted({name for _, name, _, _ in string.Formatter().parse(template) if name})
 
 
-def expand_template(template: str, fixed: Mapping[str, str],
-                    wildcard_values: Mapping[str, Sequence[str]]) -> list[str]:
+def expand_template(
+    template: str, fixed: Mapping[str, str], wildcard_values: Mapping[str, Sequence[str]]
+) -> list[str]:
     """Every path a template stands for: ``fixed`` wildcards set, the others over their values."""
     others = [name for name in template_wildcards(template) if name not in fixed]
     paths = []
@@ -78,15 +90,19 @@ def expand_template(template: str, fixed: Mapping[str, str],
     return paths
 
 
-def rule_jobs(rule: RulePlan, subject: str, wildcard_values: Mapping[str, Sequence[str]]
-              ) -> list[tuple[str, list[str]]]:
+def rule_jobs(
+    rule: RulePlan, subject: str, wildcard_values: Mapping[str, Sequence[str]]
+) -> list[tuple[str, list[str]]]:
     """(log, outputs) of each job of a rule for one subject; the log names the job."""
     names = [name for name in template_wildcards(rule.log) if name != "subject"]
     jobs = []
     for values in itertools.product(*(wildcard_values[name] for name in names)):
         fixed = {"subject": subject, **dict(zip(names, values, strict=True))}
-        outputs = [path for template in rule.outputs
-                   for path in expand_template(template, fixed, wildcard_values)]
+        outputs = [
+            path
+            for template in rule.outputs
+            for path in expand_template(template, fixed, wildcard_values)
+        ]
         jobs.append((rule.log.format(**fixed), outputs))
     return jobs
 
@@ -106,9 +122,15 @@ def last_step_event(log: Path) -> tuple[str, str]:
     return event, error
 
 
-def pair_status(subject: str, split: str, change: str, roles: Iterable[str],
-                plan: Sequence[StagePlan],
-                wildcard_values: Mapping[str, Sequence[str]], root: Path) -> PairStatus:
+def pair_status(
+    subject: str,
+    split: str,
+    change: str,
+    roles: Iterable[str],
+    plan: Sequence[StagePlan],
+    wildcard_values: Mapping[str, Sequence[str]],
+    root: Path,
+) -> PairStatus:
     """The stage a pair reached and, if it stopped, why (paths relative to ``root``)."""
     status = PairStatus(subject, split, change)
     roles = {"all", *roles}
@@ -123,8 +145,9 @@ def pair_status(subject: str, split: str, change: str, roles: Iterable[str],
                     continue
                 event, error = last_step_event(root / log)
                 state = {"failed": "failed", "started": "interrupted"}.get(event, "pending")
-                problems.append((STATES.index(state), rule.rule,
-                                 log if state != "pending" else "", error))
+                problems.append(
+                    (STATES.index(state), rule.rule, log if state != "pending" else "", error)
+                )
         if not problems:
             status.stage_reached = stage.stage
             continue
@@ -137,14 +160,25 @@ def pair_status(subject: str, split: str, change: str, roles: Iterable[str],
     return status
 
 
-def cohort_status(cohort: pd.DataFrame, roles: Mapping[str, Iterable[str]],
-                  plan: Sequence[StagePlan], wildcard_values: Mapping[str, Sequence[str]],
-                  root: str | os.PathLike[str] = ".") -> pd.DataFrame:
+def cohort_status(
+    cohort: pd.DataFrame,
+    roles: Mapping[str, Iterable[str]],
+    plan: Sequence[StagePlan],
+    wildcard_values: Mapping[str, Sequence[str]],
+    root: str | os.PathLike[str] = ".",
+) -> pd.DataFrame:
     """One row per pair of ``cohort`` (columns subject, split, change): :data:`STATUS_COLUMNS`."""
     rows = []
     for row in cohort.itertuples(index=False):
-        status = pair_status(row.subject, row.split, row.change, roles[row.subject], plan,
-                             wildcard_values, Path(root))
+        status = pair_status(
+            row.subject,
+            row.split,
+            row.change,
+            roles[row.subject],
+            plan,
+            wildcard_values,
+            Path(root),
+        )
         rows.append({column: getattr(status, column) for column in STATUS_COLUMNS})
     return pd.DataFrame(rows, columns=STATUS_COLUMNS)
 
@@ -162,12 +196,15 @@ def status_summary(table: pd.DataFrame, path: str | os.PathLike[str] | None = No
     """A few lines for the terminal: counts per state, then each failed pair and its log."""
     counts = table["state"].value_counts()
     parts = [f"{counts[state]} {state}" for state in reversed(STATES) if state in counts]
-    lines = [f"Cohort status ({len(table)} pairs): {', '.join(parts)}"
-             + (f"; table: {path}" if path else "")]
+    lines = [
+        f"Cohort status ({len(table)} pairs): {', '.join(parts)}"
+        + (f"; table: {path}" if path else "")
+    ]
     for row in table[table["state"].isin(["failed", "interrupted"])].itertuples(index=False):
-        lines.append(f"  {row.subject}: {row.state} in {row.failed_rule} "
-                     f"({row.next_stage}); log: {row.log}"
-                     + (f"; error: {row.error}" if row.error else ""))
+        lines.append(
+            f"  {row.subject}: {row.state} in {row.failed_rule} "
+            f"({row.next_stage}); log: {row.log}" + (f"; error: {row.error}" if row.error else "")
+        )
     return "\n".join(lines)
 
 
@@ -176,16 +213,21 @@ def plan_from_dict(stages: Sequence[Mapping[str, object]]) -> list[StagePlan]:
     plan = []
     for stage in stages:
         rules = tuple(
-            RulePlan(str(rule["rule"]), tuple(rule["outputs"]), str(rule["log"]),
-                     str(rule.get("role", "all")))
+            RulePlan(
+                str(rule["rule"]),
+                tuple(rule["outputs"]),
+                str(rule["log"]),
+                str(rule.get("role", "all")),
+            )
             for rule in stage["rules"]  # type: ignore[attr-defined]
         )
         plan.append(StagePlan(str(stage["stage"]), rules))
     return plan
 
 
-def status_from_request(request: Mapping[str, object], root: str | os.PathLike[str] = "."
-                        ) -> pd.DataFrame:
+def status_from_request(
+    request: Mapping[str, object], root: str | os.PathLike[str] = "."
+) -> pd.DataFrame:
     """:func:`cohort_status` from the workflow's plain description (rules/status.smk).
 
     ``request`` has ``plan`` (stages, see :func:`plan_from_dict`), ``pairs`` (subject,
@@ -194,5 +236,10 @@ def status_from_request(request: Mapping[str, object], root: str | os.PathLike[s
     """
     pairs = pd.DataFrame(request["pairs"], columns=["subject", "split", "change", "roles"])
     roles = dict(zip(pairs["subject"], pairs["roles"], strict=True))
-    return cohort_status(pairs, roles, plan_from_dict(request["plan"]),  # type: ignore[arg-type]
-                         request["wildcards"], root)  # type: ignore[arg-type]
+    return cohort_status(
+        pairs,
+        roles,
+        plan_from_dict(request["plan"]),  # type: ignore[arg-type]
+        request["wildcards"],  # type: ignore[arg-type]
+        root,
+    )

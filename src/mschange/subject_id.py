@@ -16,8 +16,9 @@ import re
 # Anchored, as in the schema.
 SUBJECT_ID_PATTERN = "^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$"
 # The same rule unanchored and without capturing groups: a Snakemake wildcard constraint.
-SUBJECT_ID_WILDCARD = re.sub(r"\((?!\?)", "(?:",
-                             SUBJECT_ID_PATTERN.removeprefix("^").removesuffix("$"))
+SUBJECT_ID_WILDCARD = re.sub(
+    r"\((?!\?)", "(?:", SUBJECT_ID_PATTERN.removeprefix("^").removesuffix("$")
+)
 
 
 def is_subject_id(text: str) -> bool:

@@ -38,13 +38,16 @@ def blend_weights(shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
     return weights
 
 
-def brain_box(mask: npt.NDArray[Any], margin: int, factor: int
-              ) -> tuple[tuple[slice, ...], tuple[int, ...]]:
+def brain_box(
+    mask: npt.NDArray[Any], margin: int, factor: int
+) -> tuple[tuple[slice, ...], tuple[int, ...]]:
     """The mask's bounding box plus ``margin``, as slices, and its size padded to ``factor``."""
     where = np.nonzero(mask)
     if not where[0].size:
         raise ValueError("the brain mask is empty")
-    box = tuple(slice(max(0, int(w.min()) - margin), min(n, int(w.max()) + 1 + margin))
-                for w, n in zip(where, mask.shape, strict=True))
+    box = tuple(
+        slice(max(0, int(w.min()) - margin), min(n, int(w.max()) + 1 + margin))
+        for w, n in zip(where, mask.shape, strict=True)
+    )
     padded = tuple(round_up(s.stop - s.start, factor) for s in box)
     return box, padded

@@ -25,10 +25,12 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"device {name!r} was requested (config key `device`) but PyTorch sees no "
-                "CUDA GPU here; set `device: cpu` or run the job on a GPU node")
+                "CUDA GPU here; set `device: cpu` or run the job on a GPU node"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) "
-                              "are visible")
+            raise DeviceError(
+                f"device {name!r}: only {torch.cuda.device_count()} GPU(s) are visible"
+            )
     elif device.type != "cpu":
         raise DeviceError(f"device {name!r} is not supported (use cpu, cuda or cuda:N)")
     return device

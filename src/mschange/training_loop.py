@@ -77,11 +77,18 @@ ModelT = TypeVar("ModelT", bound=nn.Module)
 Panel = Callable[[Axes], None]
 
 
-def write_log_and_curve(rows: list[dict[str, Any]], columns: list[str],
-                        log_tsv: str | os.PathLike[str], curve_png: str | os.PathLike[str], *,
-                        title: str, second_curve: tuple[str, str] | None = None,
-                        log_scale: bool = False, na_rep: str = "",
-                        more: Callable[[pd.DataFrame], Panel | None] | None = None) -> None:
+def write_log_and_curve(
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    log_tsv: str | os.PathLike[str],
+    curve_png: str | os.PathLike[str],
+    *,
+    title: str,
+    second_curve: tuple[str, str] | None = None,
+    log_scale: bool = False,
+    na_rep: str = "",
+    more: Callable[[pd.DataFrame], Panel | None] | None = None,
+) -> None:
     """The log table (one row per iteration) and its curve: the mean loss per iteration,
     with ``second_curve`` (column, label) beside it, and to the right the panel that
     ``more(table)`` gives, if any."""
@@ -118,22 +125,29 @@ class ResumableTraining(ABC, Generic[SettingsT, ModelT]):
     ``self.rng`` (NumPy, checkpointed) and ``self.rows`` (the log's rows) are set.
     """
 
-    name: str                  # in log messages: "detector", "VAE"
-    unit: str                  # what a batch holds ("pairs", "crops"): the count column
-    columns: list[str]         # the log table's columns
-    logger: logging.Logger     # the trainer's module logger
-    second_curve: tuple[str, str] | None = None   # (column, label) plotted beside the loss
-    log_scale = False          # plot the loss on a log scale (when all positive)
-    na_rep = ""                # how the log table writes a missing value
+    name: str  # in log messages: "detector", "VAE"
+    unit: str  # what a batch holds ("pairs", "crops"): the count column
+    columns: list[str]  # the log table's columns
+    logger: logging.Logger  # the trainer's module logger
+    second_curve: tuple[str, str] | None = None  # (column, label) plotted beside the loss
+    log_scale = False  # plot the loss on a log scale (when all positive)
+    na_rep = ""  # how the log table writes a missing value
 
     model: ModelT
     optimiser: torch.optim.Optimizer
     rng: np.random.Generator
 
-    def __init__(self, settings: SettingsT, *, inputs: Sequence[str],
-                 checkpoint_dir: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
-                 curve_png: str | os.PathLike[str], device: torch.device,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: SettingsT,
+        *,
+        inputs: Sequence[str],
+        checkpoint_dir: str | os.PathLike[str],
+        log_tsv: str | os.PathLike[str],
+        curve_png: str | os.PathLike[str],
+        device: torch.device,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.inputs = list(inputs)
         self.checkpoint_dir = checkpoint_dir
@@ -198,8 +212,10 @@ class ResumableTraining(ABC, Generic[SettingsT, ModelT]):
     def run(self) -> dict[str, Any]:
         """Train (or resume), write the log, its curve and the model files; the summary."""
         settings, device, log = self.settings, self.device, self.logger
-        checkpoints = CheckpointFolder(self.checkpoint_dir, {
-            "settings": settings.as_dict(), "inputs": fingerprint_of_files(self.inputs)})
+        checkpoints = CheckpointFolder(
+            self.checkpoint_dir,
+            {"settings": settings.as_dict(), "inputs": fingerprint_of_files(self.inputs)},
+        )
         saved = checkpoints.load()
 
         torch.manual_seed(settings.seed)  # before building: the initial weights come from it
@@ -213,22 +229,38 @@ class ResumableTraining(ABC, Generic[SettingsT, ModelT]):
             restore_random_states(saved, self.rng, device)
             self.rows = json.loads(saved["rows"])
             start_step, elapsed_before = int(saved["step"]), float(saved["elapsed_s"])
-            log.info(f"resuming {self.name} training from the checkpoint at step %d of %d "
-                     "(%s)", start_step, settings.total_steps, checkpoints.state_path)
+            log.info(
+                f"resuming {self.name} training from the checkpoint at step %d of %d (%s)",
+                start_step,
+                settings.total_steps,
+                checkpoints.state_path,
+            )
         else:
-            log.info(f"training the {self.name} from scratch: %d steps (%d iterations x %d "
-                     f"{self.unit}, batch %d) on %s", settings.total_steps,
-                     settings.iterations, self.samples_per_iteration, settings.batch_size,
-                     device)
+            log.info(
+                f"training the {self.name} from scratch: %d steps (%d iterations x %d "
+                f"{self.unit}, batch %d) on %s",
+                settings.total_steps,
+                settings.iterations,
+                self.samples_per_iteration,
+                settings.batch_size,
+                device,
+            )
         self.load_data(ScanCache(Path(self.checkpoint_dir) / CACHE_FOLDER))
         if saved is not None:
             self.restore(saved)
 
         def checkpoint(step: int, elapsed: float) -> None:
-            checkpoints.save({
-                "model": self.model.state_dict(), "optimiser": self.optimiser.state_dict(),
-                "step": step, "elapsed_s": elapsed, "rows": json.dumps(self.rows),
-                **random_states(self.rng, device), **self.state()})
+            checkpoints.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimiser": self.optimiser.state_dict(),
+                    "step": step,
+                    "elapsed_s": elapsed,
+                    "rows": json.dumps(self.rows),
+                    **random_states(self.rng, device),
+                    **self.state(),
+                }
+            )
 
         self.model.train()
         run_started = iteration_started = time.perf_counter()
@@ -251,32 +283,55 @@ class ResumableTraining(ABC, Generic[SettingsT, ModelT]):
                 elapsed = elapsed_before + time.perf_counter() - run_started
                 at_boundary = step % settings.steps_per_iteration == 0
                 if at_boundary:
-                    self.rows.append({
-                        "iteration": step // settings.steps_per_iteration, "step": step,
-                        self.unit: count, **{key: total / count for key, total in sums.items()},
-                        **self.iteration_values(),
-                        f"{self.unit}_per_second": count / (time.perf_counter()
-                                                            - iteration_started),
-                        "elapsed_s": elapsed})
+                    self.rows.append(
+                        {
+                            "iteration": step // settings.steps_per_iteration,
+                            "step": step,
+                            self.unit: count,
+                            **{key: total / count for key, total in sums.items()},
+                            **self.iteration_values(),
+                            f"{self.unit}_per_second": count
+                            / (time.perf_counter() - iteration_started),
+                            "elapsed_s": elapsed,
+                        }
+                    )
                     self.end_of_iteration(self.rows[-1])
                     sums, count = {"loss": 0.0}, 0
                     iteration_started = time.perf_counter()
-                if stop or (at_boundary and step < settings.total_steps) or \
-                        step % settings.checkpoint_every == 0:
+                if (
+                    stop
+                    or (at_boundary and step < settings.total_steps)
+                    or step % settings.checkpoint_every == 0
+                ):
                     checkpoint(step, elapsed)
                 if stop:
                     raise TrainingInterrupted(
                         f"stopped by signal {stop.signal_number} at step {step}; the "
-                        f"checkpoint in {self.checkpoint_dir} resumes it on the next run")
+                        f"checkpoint in {self.checkpoint_dir} resumes it on the next run"
+                    )
 
         elapsed = elapsed_before + time.perf_counter() - run_started
-        summary = {"settings": settings.as_dict(), "steps": settings.total_steps,
-                   "resumed_from_step": start_step, "steps_this_run": step - start_step,
-                   "final_loss": self.rows[-1]["loss"] if self.rows else None,
-                   "elapsed_s": elapsed, "device": str(device), **self.summary_values()}
-        write_log_and_curve(self.rows, self.columns, self.log_tsv, self.curve_png,
-                            title=self.curve_title(), second_curve=self.second_curve,
-                            log_scale=self.log_scale, na_rep=self.na_rep, more=self.more_curves)
+        summary = {
+            "settings": settings.as_dict(),
+            "steps": settings.total_steps,
+            "resumed_from_step": start_step,
+            "steps_this_run": step - start_step,
+            "final_loss": self.rows[-1]["loss"] if self.rows else None,
+            "elapsed_s": elapsed,
+            "device": str(device),
+            **self.summary_values(),
+        }
+        write_log_and_curve(
+            self.rows,
+            self.columns,
+            self.log_tsv,
+            self.curve_png,
+            title=self.curve_title(),
+            second_curve=self.second_curve,
+            log_scale=self.log_scale,
+            na_rep=self.na_rep,
+            more=self.more_curves,
+        )
         self.save_models(summary)
         checkpoints.clear()
         return summary

@@ -64,8 +64,9 @@ def crop_box(mask: npt.NDArray[np.bool_], margin: int) -> tuple[slice, ...]:
     box = []
     for axis in range(3):
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(max(0, int(hits[0]) - margin),
-                         min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+        box.append(
+            slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin))
+        )
     return tuple(box)
 
 
@@ -79,8 +80,9 @@ def pack_subject(row: pd.Series, results: Path, out: Path, margin: int) -> dict[
     affine = np.asarray(follow_image.affine, dtype=np.float64)
     follow = np.asarray(follow_image.dataobj, dtype=np.float32)
     base = np.asarray(nib.load(paths["baseline"]).dataobj, dtype=np.float32)
-    brain = ((np.asarray(nib.load(paths["mask_baseline"]).dataobj) > 0)
-             & (np.asarray(nib.load(paths["mask_followup"]).dataobj) > 0))
+    brain = (np.asarray(nib.load(paths["mask_baseline"]).dataobj) > 0) & (
+        np.asarray(nib.load(paths["mask_followup"]).dataobj) > 0
+    )
     ras_brain, back = to_ras_axes(brain, affine)
     box = crop_box(ras_brain, margin)
     arrays: dict[str, Any] = {
@@ -90,9 +92,14 @@ def pack_subject(row: pd.Series, results: Path, out: Path, margin: int) -> dict[
         "box": np.array([[s.start, s.stop] for s in box], dtype=np.int64),
         "ras_shape": np.array(ras_brain.shape, dtype=np.int64),
         "back": np.asarray(back, dtype=np.float64),
-        "affine": affine, "shape": np.array(brain.shape, dtype=np.int64)}
-    info: dict[str, Any] = {"subject": subject, "split": row["split"],
-                            "box_shape": list(arrays["brain"].shape)}
+        "affine": affine,
+        "shape": np.array(brain.shape, dtype=np.int64),
+    }
+    info: dict[str, Any] = {
+        "subject": subject,
+        "split": row["split"],
+        "box_shape": list(arrays["brain"].shape),
+    }
     if row["split"] == "train":
         raw_affine = np.asarray(nib.load(str(row["followup"])).affine, dtype=np.float64)
         thickness, axis = slice_profile_from_raw(raw_affine, affine)
@@ -105,12 +112,23 @@ def pack_subject(row: pd.Series, results: Path, out: Path, margin: int) -> dict[
     else:
         label_image = nib.load(str(row["label"]))
         label = np.asarray(label_image.dataobj) > 0
-        on_grid = resample_to_grid(label.astype(np.float32), label_image.affine, brain.shape,
-                                   affine, order=0, antialias=False) > 0.5
+        on_grid = (
+            resample_to_grid(
+                label.astype(np.float32),
+                label_image.affine,
+                brain.shape,
+                affine,
+                order=0,
+                antialias=False,
+            )
+            > 0.5
+        )
         arrays["label"] = np.ascontiguousarray(to_ras_axes(on_grid, affine)[0][box])
-        info.update(label_voxels_native=int(label.sum()),
-                    label_voxels_1mm=int(on_grid.sum()),
-                    label_voxels_box=int(arrays["label"].sum()))
+        info.update(
+            label_voxels_native=int(label.sum()),
+            label_voxels_1mm=int(on_grid.sum()),
+            label_voxels_box=int(arrays["label"].sum()),
+        )
     target = out / f"{subject}.npz"
     np.savez_compressed(target, **arrays)
     info["bytes"] = target.stat().st_size
@@ -126,9 +144,16 @@ def load_config() -> dict[str, Any]:
 
 def travelling_bytes() -> int:
     """Tracked plus untracked-not-ignored files of the repository, and the carried paths."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], cwd=REPO, check=True,
-                            capture_output=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     total = sum((REPO / p).stat().st_size for p in listed if p and (REPO / p).is_file())
     for carried in (".gpu_data", ".whl"):
         total += sum(f.stat().st_size for f in (REPO / carried).rglob("*") if f.is_file())
@@ -143,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", nargs="*", help="only these (default: train + test)")
     args = parser.parse_args(argv)
 
-    cohort = pd.read_csv(args.realrun / "cohort.tsv", sep="\t", dtype=str,
-                         keep_default_na=False)
+    cohort = pd.read_csv(args.realrun / "cohort.tsv", sep="\t", dtype=str, keep_default_na=False)
     rows = cohort.loc[cohort["split"].isin(["train", "test"])]
     if args.subjects:
         rows = rows.loc[rows["subject"].isin(args.subjects)]
@@ -163,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             continue
         infos.append(info)
         print(json.dumps(info), flush=True)
-    meta = {"paint_settings": paint, "loss": config["detector"]["loss"],
-            "augmentation": config["detector"]["training"]["augmentation"],
-            "seed": int(config.get("seed", 0)), "margin": args.margin,
-            "subjects": infos, "source": str(args.realrun)}
+    meta = {
+        "paint_settings": paint,
+        "loss": config["detector"]["loss"],
+        "augmentation": config["detector"]["training"]["augmentation"],
+        "seed": int(config.get("seed", 0)),
+        "margin": args.margin,
+        "subjects": infos,
+        "source": str(args.realrun),
+    }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
     size = travelling_bytes() / 2**20
     print(f"travelling: {size:.1f} MiB (limit {LIMIT_MIB:.0f} MiB)")

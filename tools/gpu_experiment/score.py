@@ -33,9 +33,16 @@ from mschange.preprocessing.resample import resample_to_grid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pack import REALRUN, REPO, load_config, preproc_paths
 
-COLUMNS = {"truth_lesions": "truth", "predicted_lesions": "pred", "msseg_dice": "Dice",
-           "msseg_f1": "MSSEG-2 F1", "to_ltpr": "LTPR", "to_ppv": "PPV",
-           "krueger_sensitivity": "Krueger sens.", "krueger_fp_count": "Krueger FP"}
+COLUMNS = {
+    "truth_lesions": "truth",
+    "predicted_lesions": "pred",
+    "msseg_dice": "Dice",
+    "msseg_f1": "MSSEG-2 F1",
+    "to_ltpr": "LTPR",
+    "to_ppv": "PPV",
+    "krueger_sensitivity": "Krueger sens.",
+    "krueger_fp_count": "Krueger FP",
+}
 
 
 def full_grid_probability(packed: Path, returned: Path) -> npt.NDArray[np.float32]:
@@ -55,39 +62,69 @@ def full_grid_probability(packed: Path, returned: Path) -> npt.NDArray[np.float3
     return full
 
 
-def score_subject(subject: str, row: pd.Series, returned: Path, data: Path,
-                  config: dict[str, Any], kappas: list[float], ks: list[float],
-                  blobs: list[int]) -> list[dict[str, Any]]:
+def score_subject(
+    subject: str,
+    row: pd.Series,
+    returned: Path,
+    data: Path,
+    config: dict[str, Any],
+    kappas: list[float],
+    ks: list[float],
+    blobs: list[int],
+) -> list[dict[str, Any]]:
     paths = preproc_paths(REALRUN / "results", subject)
     baseline, _ = load_float_image(paths["baseline"])
     followup, image = load_float_image(paths["followup"])
     affine = np.asarray(image.affine, dtype=np.float64)
     brain = brain_intersection(paths["mask_baseline"], paths["mask_followup"])
     truth, label_affine = load_truth(str(row["label"]), str(row["followup"]), subject)
-    difference = resample_to_grid(followup - baseline, affine, truth.shape, label_affine,
-                                  order=1, antialias=False)
+    difference = resample_to_grid(
+        followup - baseline, affine, truth.shape, label_affine, order=1, antialias=False
+    )
     settings = MetricSettings.from_dict(config["evaluation"]["metrics"])
     base = config["evaluation"]["baseline"]
     scores: dict[str, tuple[npt.NDArray[np.float32], list[float]]] = {
-        "subtraction": (subtraction_zmap(baseline, followup, brain, voxel_sizes(affine),
-                                         float(base["sigma_mm"]), float(base["erode_mm"])),
-                        ks)}
+        "subtraction": (
+            subtraction_zmap(
+                baseline,
+                followup,
+                brain,
+                voxel_sizes(affine),
+                float(base["sigma_mm"]),
+                float(base["erode_mm"]),
+            ),
+            ks,
+        )
+    }
     prob_file = returned / f"prob_{subject}.npz"
     if prob_file.exists():
         probability = full_grid_probability(data / f"{subject}.npz", prob_file)
-        scores["detector-gpu"] = (np.where(brain, probability, 0.0).astype(np.float32),
-                                  kappas)
+        scores["detector-gpu"] = (np.where(brain, probability, 0.0).astype(np.float32), kappas)
     else:
         print(f"no {prob_file}: detector not scored", file=sys.stderr)
     rows = []
     for method, (score, thresholds) in scores.items():
         for blob in blobs:
-            scorer = PairScorer(score, affine, truth, label_affine, difference,
-                                min_blob_voxels=blob, settings=settings)
+            scorer = PairScorer(
+                score,
+                affine,
+                truth,
+                label_affine,
+                difference,
+                min_blob_voxels=blob,
+                settings=settings,
+            )
             for threshold in thresholds:
                 for metrics in scorer.rows(scorer.prediction(threshold)):
-                    rows.append({"pair": subject, "method": method, "threshold": threshold,
-                                 "blob": blob, **metrics})
+                    rows.append(
+                        {
+                            "pair": subject,
+                            "method": method,
+                            "threshold": threshold,
+                            "blob": blob,
+                            **metrics,
+                        }
+                    )
     return rows
 
 
@@ -95,8 +132,13 @@ def markdown(table: pd.DataFrame) -> str:
     head = ["pair", "method", "threshold", "blob", "direction", *COLUMNS.values()]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        cells = [str(r["pair"]), str(r["method"]), f"{r['threshold']:g}", str(r["blob"]),
-                 str(r["direction"])]
+        cells = [
+            str(r["pair"]),
+            str(r["method"]),
+            f"{r['threshold']:g}",
+            str(r["blob"]),
+            str(r["direction"]),
+        ]
         for key in COLUMNS:
             value = r[key]
             if key in ("truth_lesions", "predicted_lesions", "krueger_fp_count"):
@@ -114,29 +156,35 @@ def run_description(returned: Path) -> str:
     summary = json.loads(summary_file.read_text())
     args, training, painting = summary["args"], summary["training"], summary["painting"]
     kinds = {k: painting[k] for k in ("new", "enlarging", "shrinking") if k in painting}
-    return "\n".join([
-        f"- device: {summary.get('device_name', summary['device'])}; script total "
-        f"{summary['total_seconds']:.0f} s",
-        f"- painting: {painting['samples']} lesion-painted samples in "
-        f"{painting['seconds']:.0f} s on {painting['workers']} workers, from "
-        f"{len(summary['train_subjects'])} train no-change pairs ({painting['lesions']} "
-        f"lesions: {kinds}; {painting['samples_without_label']} samples without label)",
-        f"- training: {training['steps']} steps in {training['train_seconds'] / 60:.1f} min "
-        f"({training['steps_per_second']:.2f} steps/s), batch {args['batch']}, patch "
-        f"{args['patch']}^3, foreground share {args['foreground_share']}, Adam lr "
-        f"{args['lr']:g} cosine to {args['lr_min']:g} over the time budget, bf16 autocast, "
-        f"peak GPU memory {summary.get('max_memory_gib', float('nan')):.1f} GiB",
-        f"- architecture: {training['architecture']} ({training['parameters'] / 1e6:.2f} M "
-        "parameters)",
-        f"- last logged loss window (step, s, lr, loss, final, deep, l2, fg voxels): "
-        f"`{training['final_loss_window']}`",
-    ])
+    return "\n".join(
+        [
+            f"- device: {summary.get('device_name', summary['device'])}; script total "
+            f"{summary['total_seconds']:.0f} s",
+            f"- painting: {painting['samples']} lesion-painted samples in "
+            f"{painting['seconds']:.0f} s on {painting['workers']} workers, from "
+            f"{len(summary['train_subjects'])} train no-change pairs ({painting['lesions']} "
+            f"lesions: {kinds}; {painting['samples_without_label']} samples without label)",
+            f"- training: {training['steps']} steps in {training['train_seconds'] / 60:.1f} min "
+            f"({training['steps_per_second']:.2f} steps/s), batch {args['batch']}, patch "
+            f"{args['patch']}^3, foreground share {args['foreground_share']}, Adam lr "
+            f"{args['lr']:g} cosine to {args['lr_min']:g} over the time budget, bf16 autocast, "
+            f"peak GPU memory {summary.get('max_memory_gib', float('nan')):.1f} GiB",
+            f"- architecture: {training['architecture']} ({training['parameters'] / 1e6:.2f} M "
+            "parameters)",
+            f"- last logged loss window (step, s, lr, loss, final, deep, l2, fg voxels): "
+            f"`{training['final_loss_window']}`",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--returned", type=Path, required=True,
-                        help="folder with prob_<subject>.npz and summary.json")
+    parser.add_argument(
+        "--returned",
+        type=Path,
+        required=True,
+        help="folder with prob_<subject>.npz and summary.json",
+    )
     parser.add_argument("--data", type=Path, default=REPO / ".gpu_data")
     parser.add_argument("--kappa", type=float, nargs="+", default=[0.1, 0.3, 0.5])
     parser.add_argument("--k", type=float, nargs="+", default=[3.0])
@@ -149,8 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     cohort = pd.read_csv(REALRUN / "cohort.tsv", sep="\t", dtype=str, keep_default_na=False)
     rows: list[dict[str, Any]] = []
     for _, row in cohort.loc[cohort["split"] == "test"].iterrows():
-        rows += score_subject(str(row["subject"]), row, args.returned, args.data, config,
-                              args.kappa, args.k, args.blob)
+        rows += score_subject(
+            str(row["subject"]),
+            row,
+            args.returned,
+            args.data,
+            config,
+            args.kappa,
+            args.k,
+            args.blob,
+        )
     table = pd.DataFrame(rows)
     if args.tsv:
         table.to_csv(args.tsv, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
@@ -170,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             "Scored as the workflow's evaluate_pair rule (PairScorer, on the raw follow-up "
             "grid). detector-gpu: threshold = kappa on the probability; subtraction: "
             "threshold = k on |z| (sigma 1 mm, erode 6 mm). blob = minimum component size "
-            "(1 mm voxels). Dice = MSSEG-2 Dice; LTPR/PPV = To et al.\n\n" + text + "\n")
+            "(1 mm voxels). Dice = MSSEG-2 Dice; LTPR/PPV = To et al.\n\n" + text + "\n"
+        )
     return 0
 
 

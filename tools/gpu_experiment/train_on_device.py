@@ -83,7 +83,9 @@ def _subject_arrays(subject: str) -> dict[str, Any]:
                 "baseline": stored["baseline"].astype(np.float32) / np.float32(255.0),
                 "followup": stored["followup"].astype(np.float32) / np.float32(255.0),
                 "brain": stored["brain"].astype(bool),
-                "thickness": float(stored["thickness_mm"]), "axis": int(stored["axis"])}
+                "thickness": float(stored["thickness_mm"]),
+                "axis": int(stored["axis"]),
+            }
     return cache[subject]
 
 
@@ -99,22 +101,40 @@ def _paint(task: tuple[str, int, int]) -> dict[str, Any]:
     arrays = _subject_arrays(subject)
     bank: LesionBank = _WORKER["bank"]
     settings: LesionPaintSettings = _WORKER["settings"]
-    pair = paint_pair(arrays["baseline"], arrays["followup"], arrays["brain"], bank, settings,
-                      paint_seed(seed, subject, index), slice_thickness_mm=arrays["thickness"],
-                      through_plane_axis=arrays["axis"], affine=None)
-    return {"subject": subject, "index": index,
-            "baseline": pair.baseline.astype(np.float16),
-            "followup": pair.followup.astype(np.float16),
-            "label": pair.label.astype(np.uint8),
-            "changed": np.flatnonzero(pair.label).astype(np.int64),
-            "kinds": [lesion["kind"] for lesion in pair.record["lesions"]]}
+    pair = paint_pair(
+        arrays["baseline"],
+        arrays["followup"],
+        arrays["brain"],
+        bank,
+        settings,
+        paint_seed(seed, subject, index),
+        slice_thickness_mm=arrays["thickness"],
+        through_plane_axis=arrays["axis"],
+        affine=None,
+    )
+    return {
+        "subject": subject,
+        "index": index,
+        "baseline": pair.baseline.astype(np.float16),
+        "followup": pair.followup.astype(np.float16),
+        "label": pair.label.astype(np.uint8),
+        "changed": np.flatnonzero(pair.label).astype(np.int64),
+        "kinds": [lesion["kind"] for lesion in pair.record["lesions"]],
+    }
 
 
-def paint_pool(data: Path, subjects: list[str], paint: dict[str, Any], seed: int, *,
-               workers: int, pool_size: int, seconds: float) -> list[dict[str, Any]]:
+def paint_pool(
+    data: Path,
+    subjects: list[str],
+    paint: dict[str, Any],
+    seed: int,
+    *,
+    workers: int,
+    pool_size: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
     """Up to ``pool_size`` painted samples, round-robin over the subjects, in ``seconds``."""
-    tasks = [(subjects[i % len(subjects)], seed, i // len(subjects))
-             for i in range(pool_size)]
+    tasks = [(subjects[i % len(subjects)], seed, i // len(subjects)) for i in range(pool_size)]
     samples: list[dict[str, Any]] = []
     failures = 0
     deadline = time.monotonic() + seconds
@@ -152,8 +172,15 @@ def paint_pool(data: Path, subjects: list[str], paint: dict[str, Any], seed: int
 class PatchSampler:
     """Random patches of the painted pool (numpy, float16 images), in a background thread."""
 
-    def __init__(self, samples: list[dict[str, Any]], patch: int, batch: int,
-                 foreground_share: float, seed: int, prefetch: int = 6) -> None:
+    def __init__(
+        self,
+        samples: list[dict[str, Any]],
+        patch: int,
+        batch: int,
+        foreground_share: float,
+        seed: int,
+        prefetch: int = 6,
+    ) -> None:
         self.samples, self.patch, self.batch = samples, patch, batch
         self.foreground_share = foreground_share
         self.rng = np.random.default_rng(seed)
@@ -167,17 +194,22 @@ class PatchSampler:
         size = np.full(3, self.patch)
         changed = sample["changed"]
         if len(changed) and self.rng.random() < self.foreground_share:
-            centre = np.array(np.unravel_index(int(changed[int(self.rng.integers(len(changed)))]),
-                                               sample["label"].shape))
+            centre = np.array(
+                np.unravel_index(
+                    int(changed[int(self.rng.integers(len(changed)))]), sample["label"].shape
+                )
+            )
         else:
             centre = np.array([self.rng.integers(n) for n in shape])
         start = np.clip(centre - size // 2, 0, np.maximum(shape - size, 0))
         return tuple(slice(int(s), int(s + n)) for s, n in zip(start, size, strict=True))
 
     def make(self) -> tuple[npt.NDArray[Any], ...]:
-        arrays = (np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.float16),
-                  np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.float16),
-                  np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.uint8))
+        arrays = (
+            np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.float16),
+            np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.float16),
+            np.zeros((self.batch, 1, *(self.patch,) * 3), dtype=np.uint8),
+        )
         for b in range(self.batch):
             sample = self.samples[int(self.rng.integers(len(self.samples)))]
             region = self._region(sample)
@@ -208,8 +240,9 @@ def _rotation(angles: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(rz @ ry @ rx, dtype=np.float64)
 
 
-def _bias_field(shape: tuple[int, int, int], coefficients: tuple[float, ...],
-                device: torch.device) -> torch.Tensor:
+def _bias_field(
+    shape: tuple[int, int, int], coefficients: tuple[float, ...], device: torch.device
+) -> torch.Tensor:
     """mschange.artefacts.bias_field, on the GPU."""
     coords = [torch.linspace(-1.0, 1.0, n, device=device) for n in shape]
     x, y, z = torch.meshgrid(*coords, indexing="ij")
@@ -219,9 +252,13 @@ def _bias_field(shape: tuple[int, int, int], coefficients: tuple[float, ...],
     return torch.exp(log_field)
 
 
-def augment_batch(baseline: torch.Tensor, followup: torch.Tensor, label: torch.Tensor,
-                  aug: dict[str, Any], rng: np.random.Generator
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def augment_batch(
+    baseline: torch.Tensor,
+    followup: torch.Tensor,
+    label: torch.Tensor,
+    aug: dict[str, Any],
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flips (all three), a rigid misalignment of the baseline, then per time point a bias
     field, a gamma change and Rician noise (augment_patch's semantics, on the GPU)."""
     n = baseline.shape[0]
@@ -229,7 +266,7 @@ def augment_batch(baseline: torch.Tensor, followup: torch.Tensor, label: torch.T
     outs_b, outs_f, outs_l = [], [], []
     for b in range(n):
         flips = [axis + 2 for axis in range(3) if rng.random() < aug["flip_probability"]]
-        pb, pf, pl = baseline[b:b + 1], followup[b:b + 1], label[b:b + 1]
+        pb, pf, pl = baseline[b : b + 1], followup[b : b + 1], label[b : b + 1]
         if flips:
             pb, pf, pl = (torch.flip(t, flips) for t in (pb, pf, pl))
         outs_b.append(pb)
@@ -249,22 +286,30 @@ def augment_batch(baseline: torch.Tensor, followup: torch.Tensor, label: torch.T
                 # align_corners=True: one voxel is 2 / (size - 1) normalised units.
                 shift = rng.uniform(-mm, mm, 3) * 2.0 / (np.array(shape[::-1]) - 1.0)
                 theta[b, :, 3] = shift
-        grid = F.affine_grid(torch.from_numpy(theta).to(baseline.device), list(baseline.shape),
-                             align_corners=True)
-        baseline = F.grid_sample(baseline, grid, mode="bilinear", padding_mode="border",
-                                 align_corners=True)
+        grid = F.affine_grid(
+            torch.from_numpy(theta).to(baseline.device), list(baseline.shape), align_corners=True
+        )
+        baseline = F.grid_sample(
+            baseline, grid, mode="bilinear", padding_mode="border", align_corners=True
+        )
 
     background = (baseline == 0) & (followup == 0)
-    upper = torch.clamp(torch.maximum(baseline.amax(dim=(1, 2, 3, 4)),
-                                      followup.amax(dim=(1, 2, 3, 4))), min=1.0)
+    upper = torch.clamp(
+        torch.maximum(baseline.amax(dim=(1, 2, 3, 4)), followup.amax(dim=(1, 2, 3, 4))), min=1.0
+    )
     images = [baseline.clone(), followup.clone()]
     for image in images:
         for b in range(n):
             patch = image[b, 0]
             if rng.random() < aug["bias_field_probability"]:
                 strength = rng.uniform(*aug["bias_field_strength"])
-                patch.mul_(_bias_field(shape, draw_bias_coefficients(rng, strength),  # type: ignore[arg-type]
-                                       image.device))
+                patch.mul_(
+                    _bias_field(
+                        shape,
+                        draw_bias_coefficients(rng, strength),  # type: ignore[arg-type]
+                        image.device,
+                    )
+                )
             if rng.random() < aug["gamma_probability"]:
                 gamma = rng.uniform(*aug["gamma"])
                 patch.copy_(torch.clamp(patch, min=0.0) ** gamma)
@@ -282,18 +327,24 @@ def learning_rate(elapsed: float, budget: float, high: float, low: float) -> flo
     return low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * fraction))
 
 
-def train(samples: list[dict[str, Any]], args: argparse.Namespace, loss: LossSettings,
-          aug: dict[str, Any], device: torch.device, deadline: float, out: Path
-          ) -> tuple[ChangeDetector, dict[str, Any]]:
-    architecture = DetectorArchitecture(channels=tuple(args.channels),
-                                        modules_per_block=args.modules_per_block)
+def train(
+    samples: list[dict[str, Any]],
+    args: argparse.Namespace,
+    loss: LossSettings,
+    aug: dict[str, Any],
+    device: torch.device,
+    deadline: float,
+    out: Path,
+) -> tuple[ChangeDetector, dict[str, Any]]:
+    architecture = DetectorArchitecture(
+        channels=tuple(args.channels), modules_per_block=args.modules_per_block
+    )
     torch.manual_seed(args.seed)
     model = ChangeDetector(architecture).to(device)
     n_parameters = sum(p.numel() for p in model.parameters())
     log(f"model: {architecture.as_dict()}, {n_parameters / 1e6:.2f} M parameters")
     optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
-    sampler = PatchSampler(samples, args.patch, args.batch, args.foreground_share,
-                           args.seed + 1)
+    sampler = PatchSampler(samples, args.patch, args.batch, args.foreground_share, args.seed + 1)
     rng = np.random.default_rng(args.seed + 2)
     budget = max(1.0, deadline - time.monotonic())
     begin = time.monotonic()
@@ -308,8 +359,9 @@ def train(samples: list[dict[str, Any]], args: argparse.Namespace, loss: LossSet
             for group in optimiser.param_groups:
                 group["lr"] = lr
             arrays = sampler.next()
-            baseline, followup, label = (torch.from_numpy(a).to(device, non_blocking=True)
-                                         .float() for a in arrays)
+            baseline, followup, label = (
+                torch.from_numpy(a).to(device, non_blocking=True).float() for a in arrays
+            )
             baseline, followup, label = augment_batch(baseline, followup, label, aug, rng)
             with autocast(device):
                 logits = model(baseline, followup)
@@ -321,9 +373,11 @@ def train(samples: list[dict[str, Any]], args: argparse.Namespace, loss: LossSet
             window.append(float(total.detach()))
             if step % args.log_every == 0 or step == 1:
                 deep = sum(v for k, v in parts.items() if k.startswith("deep"))
-                row = (f"{step}\t{time.monotonic() - begin:.1f}\t{lr:.3g}\t"
-                       f"{np.mean(window):.4f}\t{parts['final']:.4f}\t{deep:.4f}\t"
-                       f"{parts.get('l2', 0.0):.3g}\t{int(label.sum())}")
+                row = (
+                    f"{step}\t{time.monotonic() - begin:.1f}\t{lr:.3g}\t"
+                    f"{np.mean(window):.4f}\t{parts['final']:.4f}\t{deep:.4f}\t"
+                    f"{parts.get('l2', 0.0):.3g}\t{int(label.sum())}"
+                )
                 rows.append(row)
                 log("train " + row.replace("\t", " "))
                 window = []
@@ -332,18 +386,27 @@ def train(samples: list[dict[str, Any]], args: argparse.Namespace, loss: LossSet
         sampler.stop.set()
     (out / "train_log.tsv").write_text("\n".join(rows) + "\n")
     seconds = time.monotonic() - begin
-    return model, {"steps": step, "train_seconds": seconds,
-                   "steps_per_second": step / max(seconds, 1e-9),
-                   "parameters": n_parameters, "architecture": architecture.as_dict(),
-                   "final_loss_window": rows[-1]}
+    return model, {
+        "steps": step,
+        "train_seconds": seconds,
+        "steps_per_second": step / max(seconds, 1e-9),
+        "parameters": n_parameters,
+        "architecture": architecture.as_dict(),
+        "final_loss_window": rows[-1],
+    }
 
 
 # ------------------------------------------------------------------ phase 3: prediction
 
 
 @torch.no_grad()
-def predict_box(model: ChangeDetector, baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                brain: npt.NDArray[np.bool_], device: torch.device) -> npt.NDArray[np.float32]:
+def predict_box(
+    model: ChangeDetector,
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[np.bool_],
+    device: torch.device,
+) -> npt.NDArray[np.float32]:
     """The network on the whole box, zero-padded at the end to a multiple of the
     downsampling; sigmoid; 0 outside the brain."""
     factor = model.architecture.downsampling
@@ -357,8 +420,9 @@ def predict_box(model: ChangeDetector, baseline: npt.NDArray[Any], followup: npt
     model.eval()
     with autocast(device):
         logits = model(*tensors)[0]
-    probability = torch.sigmoid(logits.float())[0, 0].cpu().numpy()[: shape[0], : shape[1],
-                                                                   : shape[2]]
+    probability = (
+        torch.sigmoid(logits.float())[0, 0].cpu().numpy()[: shape[0], : shape[1], : shape[2]]
+    )
     probability = np.where(brain, probability, 0.0).astype(np.float32)
     return probability
 
@@ -369,10 +433,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=5.0, help="training wall clock")
     parser.add_argument("--paint-seconds", type=float, default=90.0)
-    parser.add_argument("--deadline-seconds", type=float, default=480.0,
-                        help="training stops by this long after the start, whatever --minutes")
-    parser.add_argument("--predict-reserve", type=float, default=45.0,
-                        help="seconds kept for prediction and saving before the deadline")
+    parser.add_argument(
+        "--deadline-seconds",
+        type=float,
+        default=480.0,
+        help="training stops by this long after the start, whatever --minutes",
+    )
+    parser.add_argument(
+        "--predict-reserve",
+        type=float,
+        default=45.0,
+        help="seconds kept for prediction and saving before the deadline",
+    )
     parser.add_argument("--pool", type=int, default=600, help="painted samples at most")
     parser.add_argument("--workers", type=int, default=0, help="0: all CPUs")
     parser.add_argument("--patch", type=int, default=96)
@@ -398,21 +470,33 @@ def main(argv: list[str] | None = None) -> int:
     train_subjects = [s["subject"] for s in meta["subjects"] if s["split"] == "train"]
     test_subjects = [s["subject"] for s in meta["subjects"] if s["split"] == "test"]
     log(f"train subjects: {len(train_subjects)}, test pairs: {test_subjects}")
-    summary: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v
-                                        for k, v in vars(args).items()},
-                               "device": str(device), "train_subjects": train_subjects}
+    summary: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "device": str(device),
+        "train_subjects": train_subjects,
+    }
 
     workers = args.workers or len(os.sched_getaffinity(0))
     t0 = time.monotonic()
-    samples = paint_pool(args.data, train_subjects, meta["paint_settings"], args.seed,
-                         workers=workers, pool_size=args.pool, seconds=args.paint_seconds)
+    samples = paint_pool(
+        args.data,
+        train_subjects,
+        meta["paint_settings"],
+        args.seed,
+        workers=workers,
+        pool_size=args.pool,
+        seconds=args.paint_seconds,
+    )
     kinds = [k for s in samples for k in s["kinds"]]
     summary["painting"] = {
-        "samples": len(samples), "seconds": time.monotonic() - t0, "workers": workers,
-        "lesions": len(kinds), **{kind: kinds.count(kind) for kind in sorted(set(kinds))},
+        "samples": len(samples),
+        "seconds": time.monotonic() - t0,
+        "workers": workers,
+        "lesions": len(kinds),
+        **{kind: kinds.count(kind) for kind in sorted(set(kinds))},
         "samples_without_label": sum(1 for s in samples if not len(s["changed"])),
-        "per_subject": {s: sum(1 for x in samples if x["subject"] == s)
-                        for s in train_subjects}}
+        "per_subject": {s: sum(1 for x in samples if x["subject"] == s) for s in train_subjects},
+    }
     log(f"painting: {summary['painting']}")
     if not samples:
         raise RuntimeError("no sample was painted")
@@ -422,15 +506,18 @@ def main(argv: list[str] | None = None) -> int:
         summary["device_name"] = torch.cuda.get_device_name(device)
         log(f"device: {summary['device_name']}, torch {torch.__version__}")
     loss = LossSettings(**meta["loss"])
-    deadline = min(time.monotonic() + 60.0 * args.minutes,
-                   START + args.deadline_seconds - args.predict_reserve)
-    model, summary["training"] = train(samples, args, loss, meta["augmentation"], device,
-                                       deadline, args.out)
+    deadline = min(
+        time.monotonic() + 60.0 * args.minutes, START + args.deadline_seconds - args.predict_reserve
+    )
+    model, summary["training"] = train(
+        samples, args, loss, meta["augmentation"], device, deadline, args.out
+    )
     del samples
     log(f"training: {summary['training']}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "architecture": model.architecture.as_dict()},
-               args.out / "model.pt")
+    torch.save(
+        {"state_dict": state, "architecture": model.architecture.as_dict()}, args.out / "model.pt"
+    )
     if device.type == "cuda":
         summary["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
@@ -442,10 +529,14 @@ def main(argv: list[str] | None = None) -> int:
             followup = stored["followup"].astype(np.float32) / np.float32(255.0)
             brain = stored["brain"].astype(bool)
         probability = predict_box(model, baseline, followup, brain, device)
-        np.savez_compressed(args.out / f"prob_{subject}.npz",
-                            probability=np.round(probability * 255.0).astype(np.uint8))
-        summary["prediction"][subject] = {"seconds": time.monotonic() - t1,
-                                          "voxels_above_0.5": int((probability > 0.5).sum())}
+        np.savez_compressed(
+            args.out / f"prob_{subject}.npz",
+            probability=np.round(probability * 255.0).astype(np.uint8),
+        )
+        summary["prediction"][subject] = {
+            "seconds": time.monotonic() - t1,
+            "voxels_above_0.5": int((probability > 0.5).sum()),
+        }
         log(f"predicted {subject}: {summary['prediction'][subject]}")
     summary["total_seconds"] = time.monotonic() - START
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -48,8 +48,8 @@ from mschange.artefacts import (
 )
 
 F32 = npt.NDArray[np.float32]
-AXIAL = 2          # patches are in RAS order: axis 2 runs across axial slices
-MAX_SEED = 2**31   # torch and noise seeds drawn from the numpy generator
+AXIAL = 2  # patches are in RAS order: axis 2 runs across axial slices
+MAX_SEED = 2**31  # torch and noise seeds drawn from the numpy generator
 IDENTITY = np.eye(4)
 
 Range = tuple[float, float]
@@ -65,30 +65,30 @@ class AugmentationSettings:
 
     enabled: bool = False
     # shared by both time points and the label
-    flip_probability: float = 0.5            # per axis
+    flip_probability: float = 0.5  # per axis
     rotation_probability: float = 0.5
-    max_rotation_deg: float = 10.0           # per axis, ~U(-max, max)
+    max_rotation_deg: float = 10.0  # per axis, ~U(-max, max)
     # residual misalignment: the baseline only. Real registrations of the two development
     # pairs have mean errors of 0.32 mm and 1.06 mm (docs/real-data.md).
     misalignment_probability: float = 1.0
-    misalignment_translation_mm: float = 1.0   # per axis, ~U(-max, max)
-    misalignment_rotation_deg: float = 1.0     # per axis, ~U(-max, max)
+    misalignment_translation_mm: float = 1.0  # per axis, ~U(-max, max)
+    misalignment_rotation_deg: float = 1.0  # per axis, ~U(-max, max)
     # per time point
     bias_field_probability: float = 0.1
-    bias_field_strength: Range = (0.05, 0.3)   # max |log field|, as the rescan's
+    bias_field_strength: Range = (0.05, 0.3)  # max |log field|, as the rescan's
     gamma_probability: float = 0.1
-    gamma: Range = (0.75, 1.35)                # exponent; the intensity 1 stays put
+    gamma: Range = (0.75, 1.35)  # exponent; the intensity 1 stays put
     slice_thickness_probability: float = 0.1
     slice_thickness_factor: Range = (2.0, 4.0)  # axial mean filter of 2-4 slices (paper)
     anisotropy_probability: float = 0.1
-    anisotropy_factor: Range = (1.5, 4.0)      # down-sampling factor on a random axis
+    anisotropy_factor: Range = (1.5, 4.0)  # down-sampling factor on a random axis
     blur_probability: float = 0.1
     blur_std_mm: Range = (0.5, 1.75)
     edge_probability: float = 0.1
-    edge_std_mm: Range = (0.5, 1.75)           # of the Gaussian that unsharp masking removes
+    edge_std_mm: Range = (0.5, 1.75)  # of the Gaussian that unsharp masking removes
     edge_amount: Range = (0.5, 1.0)
     motion_probability: float = 0.1
-    motion_degrees: float = 5.0                # k-space motion (TorchIO RandomMotion)
+    motion_degrees: float = 5.0  # k-space motion (TorchIO RandomMotion)
     motion_translation_mm: float = 4.0
     motion_transforms: int = 2
     ghosting_probability: float = 0.1
@@ -97,7 +97,7 @@ class AugmentationSettings:
     spike_probability: float = 0.1
     spike_intensity: Range = (1.0, 3.0)
     noise_probability: float = 0.1
-    noise_std: Range = (0.02, 0.1)             # Rician sigma, intensities ~[0, 1] (paper)
+    noise_std: Range = (0.02, 0.1)  # Rician sigma, intensities ~[0, 1] (paper)
 
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
@@ -105,21 +105,26 @@ class AugmentationSettings:
             if item.name.endswith("_probability") and not 0.0 <= value <= 1.0:
                 raise ValueError(f"augmentation {item.name} must be in [0, 1], got {value}")
             if isinstance(value, tuple) and not (len(value) == 2 and 0 <= value[0] <= value[1]):
-                raise ValueError(f"augmentation {item.name} must be [low, high] with "
-                                 f"0 <= low <= high, got {list(value)}")
+                raise ValueError(
+                    f"augmentation {item.name} must be [low, high] with "
+                    f"0 <= low <= high, got {list(value)}"
+                )
             if isinstance(value, float) and value < 0:
                 raise ValueError(f"augmentation {item.name} must be >= 0, got {value}")
         for name in ("slice_thickness_factor", "anisotropy_factor"):
             if getattr(self, name)[0] < 1.0:
                 raise ValueError(f"augmentation {name} must be >= 1")
         if self.gamma[0] <= 0 or self.motion_transforms < 1 or self.ghosting_count[0] < 1:
-            raise ValueError("augmentation gamma must be > 0, motion_transforms and "
-                             "ghosting_count >= 1")
+            raise ValueError(
+                "augmentation gamma must be > 0, motion_transforms and ghosting_count >= 1"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
 
 
 def augmentation_settings(config: Mapping[str, Any] | None) -> AugmentationSettings:
@@ -148,8 +153,13 @@ def augmentation_settings(config: Mapping[str, Any] | None) -> AugmentationSetti
 # --- single effects ---------------------------------------------------------------------
 
 
-def rigid_patch(image: npt.NDArray[Any], rotation_deg: tuple[float, float, float],
-                translation_mm: tuple[float, float, float], *, order: int = 1) -> F32:
+def rigid_patch(
+    image: npt.NDArray[Any],
+    rotation_deg: tuple[float, float, float],
+    translation_mm: tuple[float, float, float],
+    *,
+    order: int = 1,
+) -> F32:
     """A 1 mm patch moved rigidly about its centre (the rescan's resampler).
 
     ``order`` 1 (linear) for images, 0 (nearest) for labels. Voxels that come from
@@ -157,8 +167,9 @@ def rigid_patch(image: npt.NDArray[Any], rotation_deg: tuple[float, float, float
     larger brain, so a 0 there would look like background that is not.
     """
     centre = centre_mm(image.shape, IDENTITY)
-    moved = apply_motion(image, IDENTITY, rotation_deg, translation_mm, centre, order=order,
-                         mode="nearest")
+    moved = apply_motion(
+        image, IDENTITY, rotation_deg, translation_mm, centre, order=order, mode="nearest"
+    )
     return moved.astype(np.float32)
 
 
@@ -169,8 +180,7 @@ def edge_enhance(image: npt.NDArray[Any], std_mm: float, amount: float) -> F32:
     return np.asarray(data + amount * (data - blurred), dtype=np.float32)
 
 
-def _torchio(transform: tio.Transform, image: npt.NDArray[Any],
-             rng: np.random.Generator) -> F32:
+def _torchio(transform: tio.Transform, image: npt.NDArray[Any], rng: np.random.Generator) -> F32:
     """Apply a TorchIO transform with a torch seed drawn from ``rng``."""
     seed = int(rng.integers(MAX_SEED))
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)[None])
@@ -204,12 +214,14 @@ def _artefacts(image: F32, settings: AugmentationSettings, rng: np.random.Genera
     if rng.random() < s.edge_probability:
         out = edge_enhance(out, uniform(rng, *s.edge_std_mm), uniform(rng, *s.edge_amount))
     if rng.random() < s.motion_probability:
-        motion = tio.RandomMotion(degrees=s.motion_degrees, translation=s.motion_translation_mm,
-                                  num_transforms=s.motion_transforms)
+        motion = tio.RandomMotion(
+            degrees=s.motion_degrees,
+            translation=s.motion_translation_mm,
+            num_transforms=s.motion_transforms,
+        )
         out = _torchio(motion, out, rng)
     if rng.random() < s.ghosting_probability:
-        ghosting = tio.RandomGhosting(num_ghosts=s.ghosting_count,
-                                      intensity=s.ghosting_intensity)
+        ghosting = tio.RandomGhosting(num_ghosts=s.ghosting_count, intensity=s.ghosting_intensity)
         out = _torchio(ghosting, out, rng)
     if rng.random() < s.spike_probability:
         out = _torchio(tio.RandomSpike(intensity=s.spike_intensity), out, rng)
@@ -224,9 +236,13 @@ def _artefacts(image: F32, settings: AugmentationSettings, rng: np.random.Genera
 # --- a training patch -------------------------------------------------------------------
 
 
-def augment_patch(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                  label: npt.NDArray[Any], settings: AugmentationSettings,
-                  rng: np.random.Generator) -> tuple[F32, F32, npt.NDArray[Any]]:
+def augment_patch(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    label: npt.NDArray[Any],
+    settings: AugmentationSettings,
+    rng: np.random.Generator,
+) -> tuple[F32, F32, npt.NDArray[Any]]:
     """An augmented copy of one training patch: (baseline, follow-up, label).
 
     Disabled settings return the inputs unchanged. The label keeps its dtype and
@@ -247,15 +263,20 @@ def augment_patch(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
         images = [np.flip(image, flips) for image in images]
         mask = np.flip(mask, flips)
     if rng.random() < s.rotation_probability:
-        angles = (uniform(rng, -s.max_rotation_deg, s.max_rotation_deg),
-                  uniform(rng, -s.max_rotation_deg, s.max_rotation_deg),
-                  uniform(rng, -s.max_rotation_deg, s.max_rotation_deg))
+        angles = (
+            uniform(rng, -s.max_rotation_deg, s.max_rotation_deg),
+            uniform(rng, -s.max_rotation_deg, s.max_rotation_deg),
+            uniform(rng, -s.max_rotation_deg, s.max_rotation_deg),
+        )
         images = [rigid_patch(image, angles, (0.0, 0.0, 0.0)) for image in images]
         mask = rigid_patch(mask, angles, (0.0, 0.0, 0.0), order=0)
     if rng.random() < s.misalignment_probability:
         degrees, mm = s.misalignment_rotation_deg, s.misalignment_translation_mm
-        angles = (uniform(rng, -degrees, degrees), uniform(rng, -degrees, degrees),
-                  uniform(rng, -degrees, degrees))
+        angles = (
+            uniform(rng, -degrees, degrees),
+            uniform(rng, -degrees, degrees),
+            uniform(rng, -degrees, degrees),
+        )
         shift = (uniform(rng, -mm, mm), uniform(rng, -mm, mm), uniform(rng, -mm, mm))
         images[0] = rigid_patch(images[0], angles, shift)
 
@@ -277,36 +298,54 @@ def augment_patch(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
 GALLERY_EFFECTS = {
     "flips and rotation": ("flip_probability", "rotation_probability"),
     "residual misalignment (|BL - FU|)": ("misalignment_probability",),
-    "bias field": ("bias_field_probability",), "gamma": ("gamma_probability",),
+    "bias field": ("bias_field_probability",),
+    "gamma": ("gamma_probability",),
     "thick slices": ("slice_thickness_probability",),
     "anisotropic down/upsampling": ("anisotropy_probability",),
-    "blur": ("blur_probability",), "edge enhancement": ("edge_probability",),
-    "motion (k-space)": ("motion_probability",), "ghosting": ("ghosting_probability",),
-    "spike": ("spike_probability",), "Rician noise": ("noise_probability",)}
+    "blur": ("blur_probability",),
+    "edge enhancement": ("edge_probability",),
+    "motion (k-space)": ("motion_probability",),
+    "ghosting": ("ghosting_probability",),
+    "spike": ("spike_probability",),
+    "Rician noise": ("noise_probability",),
+}
 
 
-def gallery_patches(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                    settings: AugmentationSettings, seed: int) -> dict[str, F32]:
+def gallery_patches(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    settings: AugmentationSettings,
+    seed: int,
+) -> dict[str, F32]:
     """Each effect of :data:`GALLERY_EFFECTS` alone on one patch (RAS axis order): the
     augmented follow-up, or for the misalignment |baseline - follow-up| after it."""
-    off: dict[str, Any] = {item.name: 0.0 for item in dataclasses.fields(settings)
-                           if item.name.endswith("_probability")}
+    off: dict[str, Any] = {
+        item.name: 0.0
+        for item in dataclasses.fields(settings)
+        if item.name.endswith("_probability")
+    }
     label = np.zeros(np.shape(followup), dtype=np.uint8)
     patches = {"original": np.asarray(followup, dtype=np.float32)}
     for name, switches in GALLERY_EFFECTS.items():
-        alone = dataclasses.replace(settings, enabled=True, **{**off, **dict.fromkeys(
-            switches, 1.0)})
+        alone = dataclasses.replace(
+            settings, enabled=True, **{**off, **dict.fromkeys(switches, 1.0)}
+        )
         rng = np.random.default_rng([seed, len(patches)])
-        moved_baseline, moved_followup, _ = augment_patch(baseline, followup, label, alone,
-                                                          rng)
-        patches[name] = (np.abs(moved_baseline - moved_followup) if "misalignment" in name
-                         else moved_followup)
+        moved_baseline, moved_followup, _ = augment_patch(baseline, followup, label, alone, rng)
+        patches[name] = (
+            np.abs(moved_baseline - moved_followup) if "misalignment" in name else moved_followup
+        )
     return patches
 
 
-def plot_augmentation_gallery(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                              settings: AugmentationSettings, png_path: Any, *,
-                              seed: int) -> list[str]:
+def plot_augmentation_gallery(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    settings: AugmentationSettings,
+    png_path: Any,
+    *,
+    seed: int,
+) -> list[str]:
     """The gallery as a figure: the middle axial slice of each patch."""
     import matplotlib
 
@@ -316,8 +355,9 @@ def plot_augmentation_gallery(baseline: npt.NDArray[Any], followup: npt.NDArray[
     patches = gallery_patches(baseline, followup, settings, seed)
     columns = 5
     rows = -(-len(patches) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), dpi=100,
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(2.4 * columns, 2.6 * rows), dpi=100, squeeze=False
+    )
     for axis in axes.ravel():
         axis.axis("off")
     middle = np.shape(followup)[2] // 2
@@ -328,8 +368,11 @@ def plot_augmentation_gallery(baseline: npt.NDArray[Any], followup: npt.NDArray[
         else:
             axis.imshow(view, cmap="gray", vmin=0.0, vmax=1.0)
         axis.set_title(name, fontsize=8)
-    figure.suptitle("On-the-fly augmentation of the detector's training patches, each "
-                    "effect alone (axial slice)", fontsize=9)
+    figure.suptitle(
+        "On-the-fly augmentation of the detector's training patches, each "
+        "effect alone (axial slice)",
+        fontsize=9,
+    )
     figure.tight_layout()
     from mschange.io import atomic_path
 

@@ -35,19 +35,28 @@ from mschange.torchrun import autocast
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-LESION_COLUMNS = ["lesion_id", "voxels", "volume_mm3", "centroid_x_mm", "centroid_y_mm",
-                  "centroid_z_mm", "mean_probability", "max_probability",
-                  "mean_intensity_change", "direction"]
+LESION_COLUMNS = [
+    "lesion_id",
+    "voxels",
+    "volume_mm3",
+    "centroid_x_mm",
+    "centroid_y_mm",
+    "centroid_z_mm",
+    "mean_probability",
+    "max_probability",
+    "mean_intensity_change",
+    "direction",
+]
 BRIGHTER, DARKER = "brighter", "darker"
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
     window: tuple[int, int, int] | None = None  # voxels, RAS order; None: the whole brain box
-    overlap: int = 32         # voxels shared by neighbouring windows
-    kappa: float = 0.1        # threshold on the change probability (paper 0.1)
+    overlap: int = 32  # voxels shared by neighbouring windows
+    kappa: float = 0.1  # threshold on the change probability (paper 0.1)
     min_blob_voxels: int = 20  # smaller components are dropped (paper 20 or 100)
-    margin: int = 8           # voxels of context kept around the brain box
+    margin: int = 8  # voxels of context kept around the brain box
     # Follow-up histogram matched to the baseline's inside both brain masks first.
     harmonise: bool = False
     # Mirroring test-time augmentation: the mean over every combination of flips of
@@ -61,10 +70,12 @@ class InferenceSettings:
     min_lesion_contrast: float = 0.0
 
     def __post_init__(self) -> None:
-        if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or \
-                len(set(self.mirror_axes)) != len(self.mirror_axes):
-            raise ValueError(f"mirror_axes {list(self.mirror_axes)} must be distinct axes "
-                             "among 0, 1, 2")
+        if any(axis not in (0, 1, 2) for axis in self.mirror_axes) or len(
+            set(self.mirror_axes)
+        ) != len(self.mirror_axes):
+            raise ValueError(
+                f"mirror_axes {list(self.mirror_axes)} must be distinct axes among 0, 1, 2"
+            )
         if self.edge_margin_mm < 0:
             raise ValueError("edge_margin_mm must be >= 0")
         if self.min_lesion_contrast < 0:
@@ -79,13 +90,18 @@ class InferenceSettings:
 
 def mirrorings(axes: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Every combination of flips of ``axes`` (the empty one first): 2^len(axes)."""
-    return [tuple(axis for bit, axis in enumerate(axes) if code >> bit & 1)
-            for code in range(2 ** len(axes))]
+    return [
+        tuple(axis for bit, axis in enumerate(axes) if code >> bit & 1)
+        for code in range(2 ** len(axes))
+    ]
 
 
-def network_inputs(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                   brain: npt.NDArray[Any], settings: InferenceSettings
-                   ) -> tuple[F32, F32]:
+def network_inputs(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[Any],
+    settings: InferenceSettings,
+) -> tuple[F32, F32]:
     """The two scans as the network gets them (float32; harmonised when set)."""
     baseline = np.asarray(baseline, dtype=np.float32)
     followup = np.asarray(followup, dtype=np.float32)
@@ -94,8 +110,12 @@ def network_inputs(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
     return baseline, followup
 
 
-def lesion_bright_mask(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                       brain: npt.NDArray[Any], min_contrast: float) -> npt.NDArray[np.bool_]:
+def lesion_bright_mask(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[Any],
+    min_contrast: float,
+) -> npt.NDArray[np.bool_]:
     """Brain voxels where either scan is at least ``min_contrast`` x the brain's median
     intensity (each scan its own median), grown by one voxel to keep lesion borders."""
     inside = np.asarray(brain) > 0
@@ -105,8 +125,9 @@ def lesion_bright_mask(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
     return inside & ndimage.binary_dilation(bright, structure=np.ones((3, 3, 3), bool))
 
 
-def edge_depth_mask(brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                    margin_mm: float) -> npt.NDArray[np.bool_]:
+def edge_depth_mask(
+    brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]], margin_mm: float
+) -> npt.NDArray[np.bool_]:
     """Brain voxels deeper than ``margin_mm`` inside ``brain`` (all of it for 0)."""
     inside = np.asarray(brain) > 0
     if margin_mm <= 0:
@@ -116,12 +137,17 @@ def edge_depth_mask(brain: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any
 
 
 @torch.no_grad()
-def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
-                        baseline: npt.NDArray[Any],
-                        followup: npt.NDArray[Any], brain: npt.NDArray[Any],
-                        affine: npt.NDArray[np.floating[Any]], settings: InferenceSettings,
-                        *, device: torch.device | None = None,
-                        on_window: Callable[[int, int], None] | None = None) -> F32:
+def predict_probability(
+    model: ChangeDetector | Sequence[ChangeDetector],
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    settings: InferenceSettings,
+    *,
+    device: torch.device | None = None,
+    on_window: Callable[[int, int], None] | None = None,
+) -> F32:
     """Change probability on the input grid; zero outside ``brain`` (and within
     ``settings.edge_margin_mm`` of its edge).
 
@@ -146,10 +172,14 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
         region[tuple(slice(0, n) for n in part.shape)] = part
         regions.append(region)
 
-    window = padded if settings.window is None else tuple(
-        min(round_up(w, factor), n) for w, n in zip(settings.window, padded, strict=True))
-    strides = [max(factor, w - min(round_up(settings.overlap, factor), w // 2))
-               for w in window]
+    window = (
+        padded
+        if settings.window is None
+        else tuple(
+            min(round_up(w, factor), n) for w, n in zip(settings.window, padded, strict=True)
+        )
+    )
+    strides = [max(factor, w - min(round_up(settings.overlap, factor), w // 2)) for w in window]
     starts = [tile_starts(n, w, s) for n, w, s in zip(padded, window, strides, strict=True)]
     weights = blend_weights(tuple(window))
     flipped = mirrorings(settings.mirror_axes)
@@ -160,12 +190,12 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
     for i in starts[0]:
         for j in starts[1]:
             for k in starts[2]:
-                where = (slice(i, i + window[0]), slice(j, j + window[1]),
-                         slice(k, k + window[2]))
+                where = (slice(i, i + window[0]), slice(j, j + window[1]), slice(k, k + window[2]))
                 done += 1
                 if brain_region[where].any():  # corners of the box may hold no brain
-                    pair = [torch.from_numpy(r[where].copy())[None, None].to(device)
-                            for r in regions]
+                    pair = [
+                        torch.from_numpy(r[where].copy())[None, None].to(device) for r in regions
+                    ]
                     window_probability = torch.zeros(pair[0].shape[2:], device=device)
                     for network in models:
                         for flips in flipped:
@@ -176,8 +206,9 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
                             if dims:
                                 logits = torch.flip(logits, dims)
                             window_probability += torch.sigmoid(logits)[0, 0]
-                    output[where] += (window_probability.cpu().numpy()
-                                      / (len(flipped) * len(models)) * weights)
+                    output[where] += (
+                        window_probability.cpu().numpy() / (len(flipped) * len(models)) * weights
+                    )
                     weight_sum[where] += weights
                 if on_window is not None:
                     on_window(done, total)
@@ -190,14 +221,19 @@ def predict_probability(model: ChangeDetector | Sequence[ChangeDetector],
     if settings.edge_margin_mm > 0:
         probability[~edge_depth_mask(brain, affine, settings.edge_margin_mm)] = 0.0
     if settings.min_lesion_contrast > 0:
-        probability[~lesion_bright_mask(baseline, followup, brain,
-                                        settings.min_lesion_contrast)] = 0.0
+        probability[
+            ~lesion_bright_mask(baseline, followup, brain, settings.min_lesion_contrast)
+        ] = 0.0
     return np.ascontiguousarray(probability, dtype=np.float32)
 
 
-def lesion_table(labels: npt.NDArray[Any], probability: npt.NDArray[Any],
-                 baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                 affine: npt.NDArray[np.floating[Any]]) -> pd.DataFrame:
+def lesion_table(
+    labels: npt.NDArray[Any],
+    probability: npt.NDArray[Any],
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+) -> pd.DataFrame:
     """One row per detected change (see ``LESION_COLUMNS``); centroids in scanner mm."""
     count = int(labels.max()) if labels.size else 0
     if count == 0:
@@ -208,13 +244,18 @@ def lesion_table(labels: npt.NDArray[Any], probability: npt.NDArray[Any],
     scanner = (np.asarray(affine)[:3, :3] @ centroids.T + np.asarray(affine)[:3, 3:4]).T
     change = np.asarray(followup, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
     mean_change = ndimage.mean(change, labels, index)
-    table = pd.DataFrame({
-        "lesion_id": index, "voxels": voxels.astype(int),
-        "volume_mm3": voxels * float(np.prod(voxel_sizes(affine))),
-        "centroid_x_mm": scanner[:, 0], "centroid_y_mm": scanner[:, 1],
-        "centroid_z_mm": scanner[:, 2],
-        "mean_probability": ndimage.mean(probability, labels, index),
-        "max_probability": ndimage.maximum(probability, labels, index),
-        "mean_intensity_change": mean_change,
-        "direction": np.where(np.asarray(mean_change) > 0, BRIGHTER, DARKER)})
+    table = pd.DataFrame(
+        {
+            "lesion_id": index,
+            "voxels": voxels.astype(int),
+            "volume_mm3": voxels * float(np.prod(voxel_sizes(affine))),
+            "centroid_x_mm": scanner[:, 0],
+            "centroid_y_mm": scanner[:, 1],
+            "centroid_z_mm": scanner[:, 2],
+            "mean_probability": ndimage.mean(probability, labels, index),
+            "max_probability": ndimage.maximum(probability, labels, index),
+            "mean_intensity_change": mean_change,
+            "direction": np.where(np.asarray(mean_change) > 0, BRIGHTER, DARKER),
+        }
+    )
     return table[LESION_COLUMNS]

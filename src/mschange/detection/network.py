@@ -38,13 +38,13 @@ CHANGE_PRIOR_LOGIT = -4.595  # log(0.01 / 0.99)
 @dataclass(frozen=True)
 class DetectorArchitecture:
     siamese: bool = True
-    fusion: str = "concat"          # how the two branches' features meet: concat | difference
+    fusion: str = "concat"  # how the two branches' features meet: concat | difference
     inception: bool = True
     attention_gates: bool = True
     multiscale_inputs: bool = True
     deep_supervision: bool = True
     channels: tuple[int, ...] = (16, 32, 64, 128)  # per level; the paper gives no sizes
-    modules_per_block: int = 2      # Inception modules (or 3x3x3 convolutions) per block
+    modules_per_block: int = 2  # Inception modules (or 3x3x3 convolutions) per block
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -52,8 +52,10 @@ class DetectorArchitecture:
         if len(self.channels) < 2:
             raise ValueError("the U-Net needs at least 2 levels (channels with 2+ entries)")
         if self.inception and any(c % 4 or c < 8 for c in self.channels):
-            raise ValueError(f"Inception blocks need channels that are multiples of 4 and "
-                             f">= 8 (four branches), got {list(self.channels)}")
+            raise ValueError(
+                f"Inception blocks need channels that are multiples of 4 and "
+                f">= 8 (four branches), got {list(self.channels)}"
+            )
         if self.modules_per_block < 1:
             raise ValueError("modules_per_block must be >= 1")
 
@@ -93,8 +95,11 @@ class ConvModule(nn.Sequential):
     """3x3x3 convolution, group norm, ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
-                         _norm(out_channels), nn.ReLU(inplace=True))
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            _norm(out_channels),
+            nn.ReLU(inplace=True),
+        )
 
 
 class InceptionModule(nn.Module):
@@ -113,12 +118,15 @@ class InceptionModule(nn.Module):
             return nn.Sequential(nn.Conv3d(in_channels, width, 1), nn.ReLU(inplace=True))
 
         self.branch1 = nn.Conv3d(in_channels, quarter, 1, bias=False)
-        self.branch3 = nn.Sequential(reduce(quarter),
-                                     nn.Conv3d(quarter, quarter, 3, padding=1, bias=False))
-        self.branch5 = nn.Sequential(reduce(reduced),
-                                     nn.Conv3d(reduced, quarter, 5, padding=2, bias=False))
-        self.branch_pool = nn.Sequential(nn.MaxPool3d(3, stride=1, padding=1),
-                                         nn.Conv3d(in_channels, quarter, 1, bias=False))
+        self.branch3 = nn.Sequential(
+            reduce(quarter), nn.Conv3d(quarter, quarter, 3, padding=1, bias=False)
+        )
+        self.branch5 = nn.Sequential(
+            reduce(reduced), nn.Conv3d(reduced, quarter, 5, padding=2, bias=False)
+        )
+        self.branch_pool = nn.Sequential(
+            nn.MaxPool3d(3, stride=1, padding=1), nn.Conv3d(in_channels, quarter, 1, bias=False)
+        )
         self.finish = nn.Sequential(_norm(out_channels), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,12 +135,14 @@ class InceptionModule(nn.Module):
         return fused
 
 
-def make_block(in_channels: int, out_channels: int, architecture: DetectorArchitecture
-               ) -> nn.Sequential:
+def make_block(
+    in_channels: int, out_channels: int, architecture: DetectorArchitecture
+) -> nn.Sequential:
     module = InceptionModule if architecture.inception else ConvModule
     layers: list[nn.Module] = [module(in_channels, out_channels)]
-    layers += [module(out_channels, out_channels)
-               for _ in range(architecture.modules_per_block - 1)]
+    layers += [
+        module(out_channels, out_channels) for _ in range(architecture.modules_per_block - 1)
+    ]
     return nn.Sequential(*layers)
 
 
@@ -229,11 +239,19 @@ class ChangeDetector(nn.Module):
         difference = torch.abs(followup - baseline)
         if not self.architecture.siamese:
             levels: list[torch.Tensor] = self.encoder(
-                torch.cat([baseline, followup, difference], dim=1))
+                torch.cat([baseline, followup, difference], dim=1)
+            )
             return levels
         # One pass through the shared encoder with both branches stacked on the batch axis.
-        both = self.encoder(torch.cat([torch.cat([baseline, difference], dim=1),
-                                       torch.cat([followup, difference], dim=1)], dim=0))
+        both = self.encoder(
+            torch.cat(
+                [
+                    torch.cat([baseline, difference], dim=1),
+                    torch.cat([followup, difference], dim=1),
+                ],
+                dim=0,
+            )
+        )
         n = baseline.shape[0]
         return [self._fuse(level[:n], level[n:]) for level in both]
 
@@ -248,7 +266,8 @@ class ChangeDetector(nn.Module):
             if self.architecture.attention_gates:
                 skip = self.gates[index](skip, current)
             current = self.decoder_blocks[index](
-                torch.cat([self.upsample[index](current), skip], dim=1))
+                torch.cat([self.upsample[index](current), skip], dim=1)
+            )
             if level == 0 or self.architecture.deep_supervision:
                 maps.append(next(heads)(current))
         # Collected coarse to fine; the final map goes first.

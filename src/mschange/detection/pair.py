@@ -64,9 +64,11 @@ def subject_id_pattern() -> str:
 
 def check_subject_id(subject: str) -> str:
     if not re.fullmatch(subject_id_pattern(), subject):
-        raise InputError(f"{subject!r} is not a valid subject id: use ASCII letters and "
-                         "digits, with single hyphens between them (as in a cohort sheet); "
-                         "it becomes part of every output file name")
+        raise InputError(
+            f"{subject!r} is not a valid subject id: use ASCII letters and "
+            "digits, with single hyphens between them (as in a cohort sheet); "
+            "it becomes part of every output file name"
+        )
     return subject
 
 
@@ -105,13 +107,14 @@ class Progress:
         self.current = f"[{self.done}/{self.total}] {text}"
         self.say(f"{self.current} ...")
         yield
-        self.say(f"[{self.done}/{self.total}] {text}: done in "
-                 f"{time.perf_counter() - started:.1f} s")
+        self.say(
+            f"[{self.done}/{self.total}] {text}: done in {time.perf_counter() - started:.1f} s"
+        )
 
     def windows(self) -> Callable[[int, int], None]:
         def show(done: int, total: int) -> None:
-            self.say(f"\r      network window {done}/{total}",
-                     end="\n" if done == total else "")
+            self.say(f"\r      network window {done}/{total}", end="\n" if done == total else "")
+
         return show
 
 
@@ -133,6 +136,7 @@ def interrupt_on_signals(*signals: int) -> Iterator[None]:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
+
     previous = {sig: signal.signal(sig, stop) for sig in signals or (signal.SIGTERM,)}
     try:
         yield
@@ -162,13 +166,16 @@ def check_output_folder(out: Path) -> None:
     folder holding files that ``predict`` did not write (they would be deleted)."""
     if out.exists() and not out.is_dir():
         raise InputError("--out is a file, not a folder", out)
-    other = sorted(e.name for e in out.iterdir() if not _written_by_predict(e)) \
-        if out.is_dir() else []
+    other = (
+        sorted(e.name for e in out.iterdir() if not _written_by_predict(e)) if out.is_dir() else []
+    )
     if other:
         raise InputError(
             f"--out already holds files that mschange predict did not write "
             f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); a finished run "
-            "replaces the whole folder, so give a new or empty folder", out)
+            "replaces the whole folder, so give a new or empty folder",
+            out,
+        )
 
 
 def remove_stale_partial_folders(out: Path) -> list[Path]:
@@ -176,8 +183,10 @@ def remove_stale_partial_folders(out: Path) -> list[Path]:
     process is gone); returns the folders removed."""
     host = socket.gethostname()
     removed: list[Path] = []
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{PARTIAL_TAG}|{REPLACED_TAG})-"
-                         rf"{re.escape(host)}-(\d+)")
+    pattern = re.compile(
+        rf"\.{re.escape(out.name)}\.(?:{PARTIAL_TAG}|{REPLACED_TAG})-"
+        rf"{re.escape(host)}-(\d+)"
+    )
     if not out.parent.is_dir():
         return removed
     for folder in out.parent.iterdir():
@@ -193,7 +202,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # alive, another user's
+    except PermissionError:  # alive, another user's
         return True
     return True
 
@@ -225,7 +234,7 @@ def _moved_paths(value: Any, old: str, new: str) -> Any:
     if isinstance(value, list):
         return [_moved_paths(v, old, new) for v in value]
     if isinstance(value, str) and (value == old or value.startswith(old + os.sep)):
-        return new + value[len(old):]
+        return new + value[len(old) :]
     return value
 
 
@@ -233,21 +242,37 @@ def check_inputs(baseline: PathLike, followup: PathLike, subject: str) -> list[s
     """The cohort sheet's checks on one pair, as a test pair without a label (one set of
     rules for the workflow and ``predict``); raises :class:`CohortError` naming each
     problem, returns the warnings."""
-    row = {"subject": subject, "baseline": str(baseline), "followup": str(followup),
-           "split": "test", "change": "unknown"}
+    row = {
+        "subject": subject,
+        "baseline": str(baseline),
+        "followup": str(followup),
+        "split": "test",
+        "change": "unknown",
+    }
     try:
-        cohort = check_cohort_table(pd.DataFrame([row]), base_dir=Path.cwd(),
-                                    source="--baseline and --followup", line_numbers=[0])
+        cohort = check_cohort_table(
+            pd.DataFrame([row]),
+            base_dir=Path.cwd(),
+            source="--baseline and --followup",
+            line_numbers=[0],
+        )
         return check_cohort_images(cohort)
     except CohortError as error:
         raise CohortError(error.problems, one_line=True) from None
 
 
-def predict_pair(baseline: PathLike, followup: PathLike,
-                 model: PathLike | Sequence[PathLike] | None, out_dir: PathLike,
-                 *, subject: str | None = None, device: str = "cpu",
-                 threads: int | None = None, overrides: dict[str, Any] | None = None,
-                 progress: Progress | None = None) -> dict[str, Any]:
+def predict_pair(
+    baseline: PathLike,
+    followup: PathLike,
+    model: PathLike | Sequence[PathLike] | None,
+    out_dir: PathLike,
+    *,
+    subject: str | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Preprocess a raw pair and detect its changes; returns the prediction record.
 
     ``model``: a model file or the name of a shipped model (None: the default shipped
@@ -276,8 +301,10 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     prep = loaded[0][1]["preprocessing"]
     for path, (_, other) in zip(model_files[1:], loaded[1:], strict=True):
         if other["preprocessing"] != prep:
-            raise ValueError(f"{path}: an ensemble's models must share their preprocessing; "
-                             f"it differs from {model_files[0]}'s")
+            raise ValueError(
+                f"{path}: an ensemble's models must share their preprocessing; "
+                f"it differs from {model_files[0]}'s"
+            )
     settings = inference_for(loaded[0][1], overrides)
 
     for removed in remove_stale_partial_folders(out):
@@ -285,9 +312,19 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     partial = _sibling(out, PARTIAL_TAG)
     try:
         partial.mkdir(parents=True)
-        record = _run(baseline, followup, model_files, loaded, partial, subject=subject,
-                      settings=settings, device=device, torch_device=torch_device,
-                      threads=threads, progress=progress)
+        record = _run(
+            baseline,
+            followup,
+            model_files,
+            loaded,
+            partial,
+            subject=subject,
+            settings=settings,
+            device=device,
+            torch_device=torch_device,
+            threads=threads,
+            progress=progress,
+        )
         record = _moved_paths(record, str(partial), str(out))
         save_json(record, output_paths(partial, subject)["record"])
         publish(partial, out)
@@ -296,37 +333,68 @@ def predict_pair(baseline: PathLike, followup: PathLike,
     return record
 
 
-def _run(baseline: PathLike, followup: PathLike, model_files: Sequence[Path],
-         loaded: Sequence[tuple[ChangeDetector, dict[str, Any]]], out: Path, *, subject: str,
-         settings: InferenceSettings, device: str, torch_device: torch.device, threads: int,
-         progress: Progress) -> dict[str, Any]:
+def _run(
+    baseline: PathLike,
+    followup: PathLike,
+    model_files: Sequence[Path],
+    loaded: Sequence[tuple[ChangeDetector, dict[str, Any]]],
+    out: Path,
+    *,
+    subject: str,
+    settings: InferenceSettings,
+    device: str,
+    torch_device: torch.device,
+    threads: int,
+    progress: Progress,
+) -> dict[str, Any]:
     """The preprocessing steps and the detection, one progress stage each, writing into
     ``out`` (the run's partial folder)."""
     networks = [network for network, _ in loaded]
     metadata = loaded[0][1]
     work = str(out / "preproc")
-    plan = plan_pair({"baseline": baseline, "followup": followup}, subject=subject,
-                     settings=metadata["preprocessing"], folder=work,
-                     seed=int(metadata.get("seed", 1)), device=device, threads=threads)
-    for step in STEPS:   # one progress stage per step, both time points in it
+    plan = plan_pair(
+        {"baseline": baseline, "followup": followup},
+        subject=subject,
+        settings=metadata["preprocessing"],
+        folder=work,
+        seed=int(metadata.get("seed", 1)),
+        device=device,
+        threads=threads,
+    )
+    for step in STEPS:  # one progress stage per step, both time points in it
         calls = [call for call in plan if call.step == step]
-        with progress.stage(calls[0].label if len(calls) == 1 else
-                            f"{step.does} the baseline and the follow-up"):
+        with progress.stage(
+            calls[0].label if len(calls) == 1 else f"{step.does} the baseline and the follow-up"
+        ):
             for call in calls:
                 call.run()
     ready = preprocessed_pair(subject, work)
     outputs = output_paths(out, subject)
-    with progress.stage(f"detecting changes on {torch_device}"), \
-            cpu_threads(threads, torch_device):
+    with progress.stage(f"detecting changes on {torch_device}"), cpu_threads(threads, torch_device):
         record = predict_with_network(
-            networks, ready["baseline"], ready["followup"],
-            [ready["baseline_mask"], ready["followup_mask"]], followup, outputs,
-            subject=subject, settings=settings, device=torch_device,
+            networks,
+            ready["baseline"],
+            ready["followup"],
+            [ready["baseline_mask"], ready["followup_mask"]],
+            followup,
+            outputs,
+            subject=subject,
+            settings=settings,
+            device=torch_device,
             on_window=progress.windows(),
-            record_extra={"model": model_summary(model_files[0], metadata),
-                          **({"ensemble": [model_summary(path, other) for path, (_, other)
-                                           in zip(model_files, loaded, strict=True)]}
-                             if len(loaded) > 1 else {}),
-                          "raw_inputs": {"baseline": str(baseline),
-                                         "followup": str(followup)}})
+            record_extra={
+                "model": model_summary(model_files[0], metadata),
+                **(
+                    {
+                        "ensemble": [
+                            model_summary(path, other)
+                            for path, (_, other) in zip(model_files, loaded, strict=True)
+                        ]
+                    }
+                    if len(loaded) > 1
+                    else {}
+                ),
+                "raw_inputs": {"baseline": str(baseline), "followup": str(followup)},
+            },
+        )
     return record

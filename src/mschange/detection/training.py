@@ -47,8 +47,16 @@ from mschange.training_loop import Panel, ResumableTraining
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["iteration", "step", "pairs", "loss", "loss_final", "learning_rate",
-               "pairs_per_second", "elapsed_s"]
+LOG_COLUMNS = [
+    "iteration",
+    "step",
+    "pairs",
+    "loss",
+    "loss_final",
+    "learning_rate",
+    "pairs_per_second",
+    "elapsed_s",
+]
 # Written at the iterations where the validation set is scored (NaN elsewhere).
 VALIDATION_COLUMNS = ["val_f1", "val_ltpr", "val_ppv", "val_kappa", "val_fp_nochange"]
 # Scores the network on the validation set: ``validate(network, device)`` -> val_* values.
@@ -66,8 +74,8 @@ class DetectorTrainingSettings:
     batch_size: int = 2
     iterations: int = 60
     pairs_per_iteration: int = 100
-    patch_size: tuple[int, int, int] | None = None   # None: whole brain boxes
-    foreground_share: float = 0.5   # patches centred on a changed voxel (patch training)
+    patch_size: tuple[int, int, int] | None = None  # None: whole brain boxes
+    foreground_share: float = 0.5  # patches centred on a changed voxel (patch training)
     checkpoint_every: int = 100
     # Score the validation set every this many iterations (and after the last); the best
     # scoring weights become the model file (0: no validation, the last weights).
@@ -79,9 +87,12 @@ class DetectorTrainingSettings:
     def __post_init__(self) -> None:
         factor = self.architecture.downsampling
         if self.patch_size is not None and (
-                len(self.patch_size) != 3 or any(p % factor or p <= 0 for p in self.patch_size)):
-            raise ValueError(f"patch_size {list(self.patch_size)} must be 3 positive multiples "
-                             f"of {factor} (2 to the number of poolings)")
+            len(self.patch_size) != 3 or any(p % factor or p <= 0 for p in self.patch_size)
+        ):
+            raise ValueError(
+                f"patch_size {list(self.patch_size)} must be 3 positive multiples "
+                f"of {factor} (2 to the number of poolings)"
+            )
         if self.batch_size < 1 or self.iterations < 1 or self.pairs_per_iteration < 1:
             raise ValueError("batch_size, iterations and pairs_per_iteration must be >= 1")
         if not 0.0 <= self.foreground_share <= 1.0:
@@ -127,7 +138,7 @@ class LoadedSample:
     baseline: npt.NDArray[np.float16] | DiskArray
     followup: npt.NDArray[np.float16] | DiskArray
     label: npt.NDArray[np.uint8] | DiskArray
-    changed: npt.NDArray[np.int32] | DiskArray   # (n, 3) indices of changed voxels
+    changed: npt.NDArray[np.int32] | DiskArray  # (n, 3) indices of changed voxels
 
     ARRAYS = ("baseline", "followup", "label", "changed")
 
@@ -148,9 +159,12 @@ def load_sample(sample: TrainingSample) -> LoadedSample:
         raise ValueError(f"{sample.followup}: the images are empty (all zero)")
     box = tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)
     label = np.ascontiguousarray(label[box] > 0, dtype=np.uint8)
-    return LoadedSample(baseline=baseline[box].astype(np.float16),
-                        followup=followup[box].astype(np.float16), label=label,
-                        changed=np.argwhere(label).astype(np.int32))
+    return LoadedSample(
+        baseline=baseline[box].astype(np.float16),
+        followup=followup[box].astype(np.float16),
+        label=label,
+        changed=np.argwhere(label).astype(np.int32),
+    )
 
 
 SAMPLE_CACHE_KIND = "detector-sample ras box float16"
@@ -158,19 +172,26 @@ SAMPLE_CACHE_KIND = "detector-sample ras box float16"
 
 def cached_sample(sample: TrainingSample, cache: ScanCache) -> LoadedSample:
     """:func:`load_sample`'s arrays, decoded once into ``cache`` and read from there."""
+
     def build() -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
         loaded = load_sample(sample)
         return {name: np.asarray(getattr(loaded, name)) for name in LoadedSample.ARRAYS}, {}
-    arrays, _ = cache.entry(SAMPLE_CACHE_KIND, [sample.baseline, sample.followup,
-                                                sample.label], build)
+
+    arrays, _ = cache.entry(
+        SAMPLE_CACHE_KIND, [sample.baseline, sample.followup, sample.label], build
+    )
     return LoadedSample(**arrays)
 
 
 class PairSampler:
     """Mini-batches of (baseline, follow-up, label) from samples in memory or on disk."""
 
-    def __init__(self, samples: Sequence[LoadedSample], settings: DetectorTrainingSettings,
-                 rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        samples: Sequence[LoadedSample],
+        settings: DetectorTrainingSettings,
+        rng: np.random.Generator,
+    ) -> None:
         if not samples:
             raise ValueError("the detector needs at least one SuperMix sample")
         self.samples = list(samples)
@@ -208,12 +229,15 @@ class PairSampler:
         for b in range(size):
             sample = self.samples[self._next_index()]
             region = self._region(sample)
-            parts = tuple(np.asarray(volume[region]) for volume in (
-                sample.baseline, sample.followup, sample.label))
+            parts = tuple(
+                np.asarray(volume[region])
+                for volume in (sample.baseline, sample.followup, sample.label)
+            )
             if self.settings.augmentation.enabled:
                 # from self.rng, which is checkpointed: a resumed run draws the same
-                parts = augment_patch(parts[0], parts[1], parts[2],
-                                      self.settings.augmentation, self.rng)
+                parts = augment_patch(
+                    parts[0], parts[1], parts[2], self.settings.augmentation, self.rng
+                )
             for channel, part in enumerate(parts):
                 arrays[channel, b, 0][tuple(slice(0, n) for n in part.shape)] = part
         baseline, followup, label = (torch.from_numpy(a) for a in arrays)
@@ -231,25 +255,40 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
     second_curve = ("loss_final", "final map")
     na_rep = "NaN"
 
-    def __init__(self, samples: Sequence[TrainingSample], settings: DetectorTrainingSettings,
-                 *, model_path: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
-                 curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
-                 device: torch.device, metadata: dict[str, Any] | None = None,
-                 on_step: Callable[[int, float], None] | None = None,
-                 validate: Validator | None = None,
-                 last_model_path: str | os.PathLike[str] | None = None,
-                 initial_model: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[TrainingSample],
+        settings: DetectorTrainingSettings,
+        *,
+        model_path: str | os.PathLike[str],
+        log_tsv: str | os.PathLike[str],
+        curve_png: str | os.PathLike[str],
+        checkpoint_dir: str | os.PathLike[str],
+        device: torch.device,
+        metadata: dict[str, Any] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+        validate: Validator | None = None,
+        last_model_path: str | os.PathLike[str] | None = None,
+        initial_model: str | os.PathLike[str] | None = None,
+    ) -> None:
         files = [path for s in samples for path in (s.baseline, s.followup, s.label)]
         if initial_model is not None:
             files.append(str(initial_model))
-        super().__init__(settings, inputs=files, checkpoint_dir=checkpoint_dir,
-                         log_tsv=log_tsv, curve_png=curve_png, device=device, on_step=on_step)
+        super().__init__(
+            settings,
+            inputs=files,
+            checkpoint_dir=checkpoint_dir,
+            log_tsv=log_tsv,
+            curve_png=curve_png,
+            device=device,
+            on_step=on_step,
+        )
         self.samples = list(samples)
         self.model_path, self.last_model_path = model_path, last_model_path
         self.metadata = metadata or {}
         self.validate = validate
         self.initial_model = initial_model
-        self.best: dict[str, Any] = {}   # the best validated iteration's row and weights
+        self.best: dict[str, Any] = {}  # the best validated iteration's row and weights
         self.learning_rate = settings.learning_rate
 
     def build_model(self) -> ChangeDetector:
@@ -257,8 +296,10 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
         if self.initial_model is not None:
             start, _ = load_detector(self.initial_model)
             if start.architecture != self.settings.architecture:
-                raise ValueError(f"{self.initial_model}: its architecture {start.architecture} "
-                                 f"is not the one to train, {self.settings.architecture}")
+                raise ValueError(
+                    f"{self.initial_model}: its architecture {start.architecture} "
+                    f"is not the one to train, {self.settings.architecture}"
+                )
             model.load_state_dict(start.state_dict())
         return model
 
@@ -271,10 +312,16 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
         loaded = [cached_sample(s, cache) for s in self.samples]
         cache.prune()
         self.sampler = PairSampler(loaded, self.settings, self.rng)
-        log.info("%d training samples ready in %.0f s (%d decoded now, %.1f GB in %s); "
-                 "training on %s voxels per pair", len(loaded),
-                 time.perf_counter() - started_loading, cache.built, cache.size_bytes() / 1e9,
-                 cache.folder, list(self.sampler.shape))
+        log.info(
+            "%d training samples ready in %.0f s (%d decoded now, %.1f GB in %s); "
+            "training on %s voxels per pair",
+            len(loaded),
+            time.perf_counter() - started_loading,
+            cache.built,
+            cache.size_bytes() / 1e9,
+            cache.folder,
+            list(self.sampler.shape),
+        )
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         self.learning_rate = self.settings.learning_rate_at(step - 1)
@@ -291,11 +338,18 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
 
     def end_of_iteration(self, row: dict[str, Any]) -> None:
         settings = self.settings
-        log.info("iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
-                 row["iteration"], settings.iterations, row["loss"], row["loss_final"],
-                 row["learning_rate"], row["pairs_per_second"])
-        if settings.validate_every and (row["iteration"] % settings.validate_every == 0
-                                        or row["step"] == settings.total_steps):
+        log.info(
+            "iteration %d/%d: loss %.4f (final map %.4f), lr %.3g, %.2f pairs/s",
+            row["iteration"],
+            settings.iterations,
+            row["loss"],
+            row["loss_final"],
+            row["learning_rate"],
+            row["pairs_per_second"],
+        )
+        if settings.validate_every and (
+            row["iteration"] % settings.validate_every == 0 or row["step"] == settings.total_steps
+        ):
             self._validate(row)
 
     def _validate(self, row: dict[str, Any]) -> None:
@@ -304,20 +358,29 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
         self.model.eval()
         row.update(self.validate(self.model, self.device))
         self.model.train()
-        log.info("iteration %d: validation lesion F1 %.3f (LTPR %.2f, PPV %.2f at kappa %g, "
-                 "%.1f detections per no-change pair), %.0f s", row["iteration"],
-                 row["val_f1"], row["val_ltpr"], row["val_ppv"], row["val_kappa"],
-                 row["val_fp_nochange"], time.perf_counter() - started)
+        log.info(
+            "iteration %d: validation lesion F1 %.3f (LTPR %.2f, PPV %.2f at kappa %g, "
+            "%.1f detections per no-change pair), %.0f s",
+            row["iteration"],
+            row["val_f1"],
+            row["val_ltpr"],
+            row["val_ppv"],
+            row["val_kappa"],
+            row["val_fp_nochange"],
+            time.perf_counter() - started,
+        )
         if not self.best or row["val_f1"] > self.best["row"]["val_f1"]:
             self.best["row"] = dict(row)
-            self.best["state"] = {k: v.detach().cpu().clone()
-                                  for k, v in self.model.state_dict().items()}
+            self.best["state"] = {
+                k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+            }
 
     def state(self) -> dict[str, Any]:
         best = self.best
-        return {"sampler_order": json.dumps(self.sampler.order),
-                **({"best_model": best["state"], "best_row": json.dumps(best["row"])}
-                   if best else {})}
+        return {
+            "sampler_order": json.dumps(self.sampler.order),
+            **({"best_model": best["state"], "best_row": json.dumps(best["row"])} if best else {}),
+        }
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.sampler.order = json.loads(saved["sampler_order"])
@@ -326,11 +389,16 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
 
     def summary_values(self) -> dict[str, Any]:
         best = self.best
-        return {"training_samples": [s.followup for s in self.samples],
-                "initial_model": None if self.initial_model is None else str(self.initial_model),
-                # The kept weights: the best validated iteration, else the last.
-                "selected": ({"by": "validation", **best["row"]} if best
-                             else {"by": "last", "iteration": self.settings.iterations})}
+        return {
+            "training_samples": [s.followup for s in self.samples],
+            "initial_model": None if self.initial_model is None else str(self.initial_model),
+            # The kept weights: the best validated iteration, else the last.
+            "selected": (
+                {"by": "validation", **best["row"]}
+                if best
+                else {"by": "last", "iteration": self.settings.iterations}
+            ),
+        }
 
     def curve_title(self) -> str:
         return "change detector"
@@ -342,40 +410,62 @@ class DetectorTraining(ResumableTraining[DetectorTrainingSettings, ChangeDetecto
         selected = self.best["row"]["iteration"] if self.best else None
 
         def panel(axis: Axes) -> None:
-            for column, name in (("val_f1", "lesion F1 (To)"), ("val_ltpr", "LTPR"),
-                                 ("val_ppv", "PPV")):
+            for column, name in (
+                ("val_f1", "lesion F1 (To)"),
+                ("val_ltpr", "LTPR"),
+                ("val_ppv", "PPV"),
+            ):
                 axis.plot(validated["iteration"], validated[column], marker="o", label=name)
             if selected is not None:
-                axis.axvline(selected, color="grey", linestyle="--",
-                             label=f"kept: iteration {selected}")
+                axis.axvline(
+                    selected, color="grey", linestyle="--", label=f"kept: iteration {selected}"
+                )
             axis.set_xlabel("iteration")
             axis.set_ylabel("validation set (pooled, best threshold)")
             axis.set_ylim(0, 1)
             axis.set_title("validation")
             axis.legend(fontsize="small")
+
         return panel
 
     def save_models(self, summary: dict[str, Any]) -> None:
         training = json.loads(json.dumps(summary))
         if self.last_model_path is not None:
-            save_detector(self.model, self.last_model_path, training={**training, "selected": {
-                "by": "last", "iteration": self.settings.iterations}}, metadata=self.metadata)
+            save_detector(
+                self.model,
+                self.last_model_path,
+                training={
+                    **training,
+                    "selected": {"by": "last", "iteration": self.settings.iterations},
+                },
+                metadata=self.metadata,
+            )
         if self.best:
             self.model.load_state_dict(self.best["state"])
-            log.info("kept the weights of iteration %d (validation lesion F1 %.3f at kappa %g)",
-                     self.best["row"]["iteration"], self.best["row"]["val_f1"],
-                     self.best["row"]["val_kappa"])
+            log.info(
+                "kept the weights of iteration %d (validation lesion F1 %.3f at kappa %g)",
+                self.best["row"]["iteration"],
+                self.best["row"]["val_f1"],
+                self.best["row"]["val_kappa"],
+            )
         save_detector(self.model, self.model_path, training=training, metadata=self.metadata)
 
 
-def train_detector(samples: Sequence[TrainingSample], settings: DetectorTrainingSettings, *,
-                   model_path: str | os.PathLike[str], log_tsv: str | os.PathLike[str],
-                   curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
-                   device: torch.device, metadata: dict[str, Any] | None = None,
-                   on_step: Callable[[int, float], None] | None = None,
-                   validate: Validator | None = None,
-                   last_model_path: str | os.PathLike[str] | None = None,
-                   initial_model: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def train_detector(
+    samples: Sequence[TrainingSample],
+    settings: DetectorTrainingSettings,
+    *,
+    model_path: str | os.PathLike[str],
+    log_tsv: str | os.PathLike[str],
+    curve_png: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str],
+    device: torch.device,
+    metadata: dict[str, Any] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    validate: Validator | None = None,
+    last_model_path: str | os.PathLike[str] | None = None,
+    initial_model: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
     """Train (or resume training) and write the model file, the log and its curve.
 
     ``metadata`` (config, preprocessing parameters) is stored in the model file.
@@ -390,6 +480,16 @@ def train_detector(samples: Sequence[TrainingSample], settings: DetectorTraining
     if settings.validate_every and validate is None:
         raise ValueError("validate_every is set but no validation set was given")
     return DetectorTraining(
-        samples, settings, model_path=model_path, log_tsv=log_tsv, curve_png=curve_png,
-        checkpoint_dir=checkpoint_dir, device=device, metadata=metadata, on_step=on_step,
-        validate=validate, last_model_path=last_model_path, initial_model=initial_model).run()
+        samples,
+        settings,
+        model_path=model_path,
+        log_tsv=log_tsv,
+        curve_png=curve_png,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        metadata=metadata,
+        on_step=on_step,
+        validate=validate,
+        last_model_path=last_model_path,
+        initial_model=initial_model,
+    ).run()

@@ -25,10 +25,15 @@ log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 
-def subtraction_zmap(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                     brain: npt.NDArray[np.bool_], zooms: npt.ArrayLike,
-                     sigma_mm: float, erode_mm: float = 0.0, harmonise: bool = False
-                     ) -> npt.NDArray[np.float32]:
+def subtraction_zmap(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[np.bool_],
+    zooms: npt.ArrayLike,
+    sigma_mm: float,
+    erode_mm: float = 0.0,
+    harmonise: bool = False,
+) -> npt.NDArray[np.float32]:
     """Standardised, smoothed follow-up minus baseline; 0 outside ``brain`` and within
     ``erode_mm`` of its edge (the statistics use the whole brain). ``harmonise``: the
     follow-up's histogram is first matched to the baseline's inside ``brain``."""
@@ -53,21 +58,46 @@ def subtraction_zmap(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
     return zmap
 
 
-def subtraction_step(baseline: PathLike, followup: PathLike, masks: list[PathLike],
-                     zmap_out: PathLike, record_out: PathLike, *, subject: str,
-                     sigma_mm: float, erode_mm: float = 0.0, harmonise: bool = False
-                     ) -> dict[str, Any]:
+def subtraction_step(
+    baseline: PathLike,
+    followup: PathLike,
+    masks: list[PathLike],
+    zmap_out: PathLike,
+    record_out: PathLike,
+    *,
+    subject: str,
+    sigma_mm: float,
+    erode_mm: float = 0.0,
+    harmonise: bool = False,
+) -> dict[str, Any]:
     """Rule subtraction_baseline: the z-map of one preprocessed pair, and its record."""
     baseline_data, _ = load_float_image(baseline)
     followup_data, image = load_float_image(followup)
     brain = brain_intersection(*masks)
-    zmap = subtraction_zmap(baseline_data, followup_data, brain, voxel_sizes(image.affine),
-                            sigma_mm, erode_mm, harmonise)
+    zmap = subtraction_zmap(
+        baseline_data,
+        followup_data,
+        brain,
+        voxel_sizes(image.affine),
+        sigma_mm,
+        erode_mm,
+        harmonise,
+    )
     save_nifti(zmap, image.affine, zmap_out, dtype=np.float32)
-    record = {"subject": subject, "method": "subtraction", "sigma_mm": sigma_mm,
-              "erode_mm": erode_mm, "harmonise": harmonise, "brain_voxels": int(brain.sum()),
-              "voxels_above_3sd": int((np.abs(zmap) > 3).sum())}
+    record = {
+        "subject": subject,
+        "method": "subtraction",
+        "sigma_mm": sigma_mm,
+        "erode_mm": erode_mm,
+        "harmonise": harmonise,
+        "brain_voxels": int(brain.sum()),
+        "voxels_above_3sd": int((np.abs(zmap) > 3).sum()),
+    }
     save_json(record, record_out)
-    log.info("%s: subtraction z-map, %d brain voxels, %d with |z| > 3", subject,
-             record["brain_voxels"], record["voxels_above_3sd"])
+    log.info(
+        "%s: subtraction z-map, %d brain voxels, %d with |z| > 3",
+        subject,
+        record["brain_voxels"],
+        record["voxels_above_3sd"],
+    )
     return record

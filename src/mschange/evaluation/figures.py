@@ -36,22 +36,29 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 def _z_ranges(mask: npt.NDArray[np.bool_]) -> list[tuple[int, int]]:
     """First and last axial slice of each 26-connected component."""
     labels, _ = ndimage.label(mask, structure=_CONNECTIVITY_26)
-    return [(int(box[2].start), int(box[2].stop) - 1)
-            for box in ndimage.find_objects(labels) if box is not None]
+    return [
+        (int(box[2].start), int(box[2].stop) - 1)
+        for box in ndimage.find_objects(labels)
+        if box is not None
+    ]
 
 
-def _check_pair(truth: npt.NDArray[Any], prediction: npt.NDArray[Any]
-                ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+def _check_pair(
+    truth: npt.NDArray[Any], prediction: npt.NDArray[Any]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     true_mask = np.asarray(truth) > 0
     predicted_mask = np.asarray(prediction) > 0
     if true_mask.ndim != 3 or true_mask.shape != predicted_mask.shape:
-        raise ValueError(f"truth and prediction must be 3D arrays of one shape, got "
-                         f"{true_mask.shape} and {predicted_mask.shape}")
+        raise ValueError(
+            f"truth and prediction must be 3D arrays of one shape, got "
+            f"{true_mask.shape} and {predicted_mask.shape}"
+        )
     return true_mask, predicted_mask
 
 
-def _slice_cover(truth: npt.NDArray[Any], prediction: npt.NDArray[Any], max_slices: int
-                 ) -> tuple[list[int], int, int]:
+def _slice_cover(
+    truth: npt.NDArray[Any], prediction: npt.NDArray[Any], max_slices: int
+) -> tuple[list[int], int, int]:
     """The chosen slices, how many lesions they cross and how many lesions there are.
 
     Greedy set cover: each pick crosses the most still-unseen lesions, so cutting the
@@ -66,7 +73,7 @@ def _slice_cover(truth: npt.NDArray[Any], prediction: npt.NDArray[Any], max_slic
     depth = true_mask.shape[2]
     crosses = np.zeros((len(ranges), depth), dtype=bool)
     for row, (first, last) in enumerate(ranges):
-        crosses[row, first:last + 1] = True
+        crosses[row, first : last + 1] = True
     voxels = (true_mask | predicted_mask).sum(axis=(0, 1))
     unseen = np.ones(len(ranges), dtype=bool)
     picks: list[int] = []
@@ -79,8 +86,9 @@ def _slice_cover(truth: npt.NDArray[Any], prediction: npt.NDArray[Any], max_slic
     return sorted(picks), int((~unseen).sum()), len(ranges)
 
 
-def lesion_slices(truth: npt.NDArray[Any], prediction: npt.NDArray[Any],
-                  max_slices: int = 12) -> list[int]:
+def lesion_slices(
+    truth: npt.NDArray[Any], prediction: npt.NDArray[Any], max_slices: int = 12
+) -> list[int]:
     """Axial slices (last axis) that together cross every lesion of truth and prediction.
 
     A lesion is a 26-connected component; true and predicted lesions count separately,
@@ -100,24 +108,35 @@ def _in_plane_box(*volumes: npt.NDArray[np.bool_]) -> tuple[slice, slice]:
     rows, cols = np.nonzero(any_slice)
     if rows.size == 0:
         return slice(None), slice(None)
-    return (slice(int(rows.min()), int(rows.max()) + 1),
-            slice(int(cols.min()), int(cols.max()) + 1))
+    return (
+        slice(int(rows.min()), int(rows.max()) + 1),
+        slice(int(cols.min()), int(cols.max()) + 1),
+    )
 
 
-def _overlay_rgba(truth: npt.NDArray[np.bool_], prediction: npt.NDArray[np.bool_]
-                  ) -> npt.NDArray[np.float64]:
+def _overlay_rgba(
+    truth: npt.NDArray[np.bool_], prediction: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
     rgba = np.zeros((*truth.shape, 4))
-    for mask, colour in ((truth & ~prediction, TRUTH_COLOUR),
-                         (prediction & ~truth, PREDICTION_COLOUR),
-                         (truth & prediction, BOTH_COLOUR)):
+    for mask, colour in (
+        (truth & ~prediction, TRUTH_COLOUR),
+        (prediction & ~truth, PREDICTION_COLOUR),
+        (truth & prediction, BOTH_COLOUR),
+    ):
         rgba[mask] = (*colour, FILL_ALPHA)
     return rgba
 
 
-def plot_change_overlay(followup: npt.NDArray[Any], truth: npt.NDArray[Any],
-                        prediction: npt.NDArray[Any], zooms: tuple[float, float, float],
-                        path: str | os.PathLike[str], *, title: str,
-                        max_slices: int = 12) -> Path:
+def plot_change_overlay(
+    followup: npt.NDArray[Any],
+    truth: npt.NDArray[Any],
+    prediction: npt.NDArray[Any],
+    zooms: tuple[float, float, float],
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    max_slices: int = 12,
+) -> Path:
     """Follow-up FLAIR with true changes in blue, predicted ones in red, overlap magenta.
 
     Arrays are in RAS-like axis order (as after ``nibabel.as_closest_canonical``); panels
@@ -129,8 +148,7 @@ def plot_change_overlay(followup: npt.NDArray[Any], truth: npt.NDArray[Any],
     image = np.nan_to_num(np.asarray(followup, dtype=np.float32))
     true_mask, predicted_mask = _check_pair(truth, prediction)
     if image.shape != true_mask.shape:
-        raise ValueError(f"follow-up shape {image.shape} differs from the masks' "
-                         f"{true_mask.shape}")
+        raise ValueError(f"follow-up shape {image.shape} differs from the masks' {true_mask.shape}")
     if len(zooms) != 3 or not all(float(z) > 0 for z in zooms):
         raise ValueError(f"zooms must be three positive voxel sizes, got {zooms}")
     slices, shown, total = _slice_cover(true_mask, predicted_mask, max_slices)
@@ -140,8 +158,9 @@ def plot_change_overlay(followup: npt.NDArray[Any], truth: npt.NDArray[Any],
         subtitle += f"; {shown} of {total} lesions shown"
     if not slices:
         brain = np.nonzero((image != 0).any(axis=(0, 1)))[0]
-        first, last = (int(brain.min()), int(brain.max())) if brain.size else \
-            (0, image.shape[2] - 1)
+        first, last = (
+            (int(brain.min()), int(brain.max())) if brain.size else (0, image.shape[2] - 1)
+        )
         slices = sorted({round(first + (last - first) * q) for q in (0.25, 0.5, 0.75)})
         subtitle = "no lesion in truth or prediction"
 
@@ -157,31 +176,56 @@ def plot_change_overlay(followup: npt.NDArray[Any], truth: npt.NDArray[Any],
     height_mm = image.shape[1] * float(zooms[1])
     panel_width = 3.0
     panel_height = float(np.clip(panel_width * height_mm / width_mm, 0.8, 5.0))
-    figure, axes = plt.subplots(rows, columns, squeeze=False, dpi=90, layout="constrained",
-                                figsize=(max(panel_width * columns, 5.2),
-                                         (panel_height + 0.3) * rows + 0.9))
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        squeeze=False,
+        dpi=90,
+        layout="constrained",
+        figsize=(max(panel_width * columns, 5.2), (panel_height + 0.3) * rows + 0.9),
+    )
     for axis in axes.flat:
         axis.axis("off")
     for axis, z in zip(axes.flat, slices, strict=False):
         true_section, predicted_section = true_mask[:, :, z].T, predicted_mask[:, :, z].T
-        axis.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=0, vmax=top,
-                    aspect=aspect, interpolation="nearest")
-        axis.imshow(_overlay_rgba(true_section, predicted_section), origin="lower",
-                    aspect=aspect, interpolation="nearest")
+        axis.imshow(
+            image[:, :, z].T,
+            cmap="gray",
+            origin="lower",
+            vmin=0,
+            vmax=top,
+            aspect=aspect,
+            interpolation="nearest",
+        )
+        axis.imshow(
+            _overlay_rgba(true_section, predicted_section),
+            origin="lower",
+            aspect=aspect,
+            interpolation="nearest",
+        )
         if min(true_section.shape) >= 2:
-            for mask, colour in ((true_section, TRUTH_COLOUR),
-                                 (predicted_section, PREDICTION_COLOUR)):
+            for mask, colour in (
+                (true_section, TRUTH_COLOUR),
+                (predicted_section, PREDICTION_COLOUR),
+            ):
                 if mask.any():
-                    axis.contour(mask.astype(float), levels=[0.5], colors=[colour],
-                                 linewidths=0.9, origin="lower")
+                    axis.contour(
+                        mask.astype(float),
+                        levels=[0.5],
+                        colors=[colour],
+                        linewidths=0.9,
+                        origin="lower",
+                    )
         axis.set_title(f"z={z}", fontsize=8)
-    handles = [Patch(facecolor=(*colour, FILL_ALPHA), edgecolor=edge, label=label)
-               for colour, edge, label in (
-                   (TRUTH_COLOUR, TRUTH_COLOUR, "ground truth only"),
-                   (PREDICTION_COLOUR, PREDICTION_COLOUR, "prediction only"),
-                   (BOTH_COLOUR, BOTH_COLOUR, "both"))]
-    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8,
-                  frameon=False)
+    handles = [
+        Patch(facecolor=(*colour, FILL_ALPHA), edgecolor=edge, label=label)
+        for colour, edge, label in (
+            (TRUTH_COLOUR, TRUTH_COLOUR, "ground truth only"),
+            (PREDICTION_COLOUR, PREDICTION_COLOUR, "prediction only"),
+            (BOTH_COLOUR, BOTH_COLOUR, "both"),
+        )
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     figure.suptitle(f"{title}\n{subtitle}", fontsize=10)
     with atomic_path(path) as tmp:
         figure.savefig(tmp)
@@ -201,8 +245,13 @@ def _groups(frame: pd.DataFrame, method: str) -> tuple[list[Any], pd.Series]:
     return ["all"], pd.Series("all", index=frame.index)
 
 
-def plot_metric_boxplots(per_pair: pd.DataFrame, metrics: list[tuple[str, str]],
-                         path: str | os.PathLike[str], *, method: str = "method") -> Path:
+def plot_metric_boxplots(
+    per_pair: pd.DataFrame,
+    metrics: list[tuple[str, str]],
+    path: str | os.PathLike[str],
+    *,
+    method: str = "method",
+) -> Path:
     """One panel per ``(column, label)`` metric, one box per method, each pair a dot.
 
     With a handful of pairs the box alone hides how few values there are, so every pair
@@ -216,34 +265,65 @@ def plot_metric_boxplots(per_pair: pd.DataFrame, metrics: list[tuple[str, str]],
     # At most three panels a row, so that the figure reads on a page.
     columns = min(3, len(metrics))
     rows = -(-len(metrics) // columns)
-    figure, axes = plt.subplots(rows, columns, squeeze=False, dpi=90, layout="constrained",
-                                figsize=(max(2.8, 0.9 * len(names) + 1.4) * columns,
-                                         3.8 * rows))
-    for axis in axes.ravel()[len(metrics):]:
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        squeeze=False,
+        dpi=90,
+        layout="constrained",
+        figsize=(max(2.8, 0.9 * len(names) + 1.4) * columns, 3.8 * rows),
+    )
+    for axis in axes.ravel()[len(metrics) :]:
         axis.set_visible(False)
     for axis, (column, label) in zip(axes.ravel(), metrics, strict=False):
         axis.set_title(label, fontsize=10)
-        values = (pd.to_numeric(per_pair[column], errors="coerce") if column in per_pair
-                  else pd.Series(np.nan, index=per_pair.index, dtype=float))
-        groups = [values[(keys == name).to_numpy()].dropna().to_numpy(dtype=float)
-                  for name in names]
+        values = (
+            pd.to_numeric(per_pair[column], errors="coerce")
+            if column in per_pair
+            else pd.Series(np.nan, index=per_pair.index, dtype=float)
+        )
+        groups = [
+            values[(keys == name).to_numpy()].dropna().to_numpy(dtype=float) for name in names
+        ]
         if not any(group.size for group in groups):
-            axis.text(0.5, 0.5, "no pairs", ha="center", va="center", fontsize=10,
-                      color="grey", transform=axis.transAxes)
+            axis.text(
+                0.5,
+                0.5,
+                "no pairs",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="grey",
+                transform=axis.transAxes,
+            )
             axis.set_xticks([])
             axis.set_yticks([])
             continue
         filled = [i for i, group in enumerate(groups) if group.size]
-        axis.boxplot([groups[i] for i in filled], positions=[i + 1 for i in filled],
-                     widths=0.5, showfliers=False, medianprops={"color": "black"})
+        axis.boxplot(
+            [groups[i] for i in filled],
+            positions=[i + 1 for i in filled],
+            widths=0.5,
+            showfliers=False,
+            medianprops={"color": "black"},
+        )
         for i, group in enumerate(groups):
             x = i + 1 + jitter.uniform(-0.12, 0.12, size=group.size)
-            axis.scatter(x, group, s=18, color=f"C{i % 10}", alpha=0.8, zorder=3,
-                         edgecolors="white", linewidths=0.5)
-        axis.set_xticks(range(1, len(names) + 1),
-                        [f"{name}\n(n={group.size})" for name, group in zip(names, groups,
-                                                                            strict=True)],
-                        fontsize=8)
+            axis.scatter(
+                x,
+                group,
+                s=18,
+                color=f"C{i % 10}",
+                alpha=0.8,
+                zorder=3,
+                edgecolors="white",
+                linewidths=0.5,
+            )
+        axis.set_xticks(
+            range(1, len(names) + 1),
+            [f"{name}\n(n={group.size})" for name, group in zip(names, groups, strict=True)],
+            fontsize=8,
+        )
         axis.set_xlim(0.4, len(names) + 0.6)
         axis.grid(axis="y", alpha=0.3)
     with atomic_path(path) as tmp:
@@ -252,9 +332,15 @@ def plot_metric_boxplots(per_pair: pd.DataFrame, metrics: list[tuple[str, str]],
     return Path(path)
 
 
-def plot_threshold_curves(sweep: pd.DataFrame, path: str | os.PathLike[str], *,
-                          method: str = "method", threshold: str = "threshold",
-                          x: str = "ppv", y: str = "ltpr") -> Path:
+def plot_threshold_curves(
+    sweep: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    method: str = "method",
+    threshold: str = "threshold",
+    x: str = "ppv",
+    y: str = "ltpr",
+) -> Path:
     """Lesion-wise sensitivity (LTPR) against precision (PPV), one line per method.
 
     Each point is a detection threshold and is labelled with it, so a reader can pick
@@ -272,18 +358,31 @@ def plot_threshold_curves(sweep: pd.DataFrame, path: str | os.PathLike[str], *,
             continue
         drawn += 1
         colour = f"C{i % 10}"
-        axis.plot(rows[x], rows[y], marker="o", markersize=4, color=colour, label=str(name),
-                  clip_on=False)
+        axis.plot(
+            rows[x], rows[y], marker="o", markersize=4, color=colour, label=str(name), clip_on=False
+        )
         for px, py, value in zip(rows[x], rows[y], rows[threshold], strict=True):
             if pd.notna(value):
-                axis.annotate(f"{value:g}" if isinstance(value, numbers.Real) else str(value),
-                              (px, py), xytext=(3, 3), textcoords="offset points",
-                              fontsize=6, color=colour)
+                axis.annotate(
+                    f"{value:g}" if isinstance(value, numbers.Real) else str(value),
+                    (px, py),
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                    fontsize=6,
+                    color=colour,
+                )
     if drawn:
         axis.legend(fontsize=8, loc="lower left")
     else:
-        axis.text(0.5, 0.5, "no threshold with both rates", ha="center", va="center",
-                  color="grey", transform=axis.transAxes)
+        axis.text(
+            0.5,
+            0.5,
+            "no threshold with both rates",
+            ha="center",
+            va="center",
+            color="grey",
+            transform=axis.transAxes,
+        )
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.set_xlabel("PPV (lesion-wise precision)")

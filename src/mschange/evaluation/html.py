@@ -114,8 +114,7 @@ def _label(name: Any) -> str:
     return "" if name is None else str(name)
 
 
-def _cells(frame: pd.DataFrame, float_format: str
-           ) -> tuple[list[str], list[bool], list[list[str]]]:
+def _cells(frame: pd.DataFrame, float_format: str) -> tuple[list[str], list[bool], list[list[str]]]:
     """Header labels, whether each column is numeric (right-aligned), and formatted rows."""
     shown = frame
     if any(name is not None for name in frame.index.names):
@@ -127,8 +126,10 @@ def _cells(frame: pd.DataFrame, float_format: str
         is_bool = pd.api.types.is_bool_dtype(dtype)
         numeric.append(pd.api.types.is_numeric_dtype(dtype) and not is_bool)
         integer.append(pd.api.types.is_integer_dtype(dtype) and not is_bool)
-    rows = [[_format_cell(value, float_format, integer[i]) for i, value in enumerate(row)]
-            for row in shown.itertuples(index=False, name=None)]
+    rows = [
+        [_format_cell(value, float_format, integer[i]) for i, value in enumerate(row)]
+        for row in shown.itertuples(index=False, name=None)
+    ]
     return header, numeric, rows
 
 
@@ -143,8 +144,7 @@ def table_markdown(frame: pd.DataFrame, float_format: str = "{:.3f}") -> str:
         return ""
 
     def line(cells: list[str]) -> str:
-        escaped = [cell.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-                   for cell in cells]
+        escaped = [cell.replace("|", "\\|").replace("\r", " ").replace("\n", " ") for cell in cells]
         return "| " + " | ".join(escaped) + " |"
 
     rule = "| " + " | ".join("---:" if num else "---" for num in numeric) + " |"
@@ -169,16 +169,18 @@ def _table_html(table: Table, number: int) -> str:
     for row in rows:
         out.append("<tr>")
         for cell, num in zip(row, numeric, strict=True):
-            classes = " ".join(name for name, on in (("num", num), ("missing", cell == MISSING))
-                               if on)
+            classes = " ".join(
+                name for name, on in (("num", num), ("missing", cell == MISSING)) if on
+            )
             attribute = f' class="{classes}"' if classes else ""
             out.append(f"<td{attribute}>{html.escape(cell)}</td>")
         out.append("</tr>\n")
     if not rows:
         out.append(f'<tr><td colspan="{max(1, len(header))}">(no rows)</td></tr>\n')
     out.append("</tbody></table></div>\n")
-    out.append(f'<p class="caption"><strong>Table {number}.</strong> '
-               f"{html.escape(table.caption)}</p>\n")
+    out.append(
+        f'<p class="caption"><strong>Table {number}.</strong> {html.escape(table.caption)}</p>\n'
+    )
     return "".join(out)
 
 
@@ -191,8 +193,9 @@ def image_data_uri(path: str | os.PathLike[str]) -> str:
     file = Path(path)
     mime = IMAGE_TYPES.get(file.suffix.lower())
     if mime is None:
-        raise ValueError(f"cannot embed {str(file)!r}: expected one of "
-                         f"{', '.join(sorted(IMAGE_TYPES))}")
+        raise ValueError(
+            f"cannot embed {str(file)!r}: expected one of {', '.join(sorted(IMAGE_TYPES))}"
+        )
     if not file.is_file():
         raise FileNotFoundError(errno.ENOENT, "report figure not found", str(file))
     return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode('ascii')}"
@@ -201,8 +204,10 @@ def image_data_uri(path: str | os.PathLike[str]) -> str:
 def _figure_html(figure: Figure, number: int) -> str:
     source = image_data_uri(figure.path)
     caption = html.escape(figure.caption)
-    return (f'<figure><img src="{source}" alt="{html.escape(figure.caption, quote=True)}">'
-            f"<figcaption><strong>Figure {number}.</strong> {caption}</figcaption></figure>\n")
+    return (
+        f'<figure><img src="{source}" alt="{html.escape(figure.caption, quote=True)}">'
+        f"<figcaption><strong>Figure {number}.</strong> {caption}</figcaption></figure>\n"
+    )
 
 
 def _slug(title: str) -> str:
@@ -234,14 +239,16 @@ def _tables_html(tables: list[Table], counters: _Counters) -> str:
     return "".join(out)
 
 
-def _section_html(section: Section, depth: int, counters: _Counters,
-                  toc: list[str]) -> str:
+def _section_html(section: Section, depth: int, counters: _Counters, toc: list[str]) -> str:
     """The section's HTML; its table-of-contents entry (nested list) goes onto ``toc``."""
     anchor = counters.anchor(section.title)
     title = html.escape(section.title)
     level = min(depth + 2, 6)
-    body = [f'<section id="{anchor}">\n<h{level}>{title}</h{level}>\n',
-            _paragraphs(section.text), _tables_html(section.tables, counters)]
+    body = [
+        f'<section id="{anchor}">\n<h{level}>{title}</h{level}>\n',
+        _paragraphs(section.text),
+        _tables_html(section.tables, counters),
+    ]
     for figure in section.figures:
         counters.figures += 1
         body.append(_figure_html(figure, counters.figures))
@@ -261,20 +268,22 @@ def render_html(report: Report) -> str:
     counters = _Counters()
     summary = _paragraphs(report.summary) + _tables_html(report.summary_tables, counters)
     toc: list[str] = []
-    sections = "".join(_section_html(section, 0, counters, toc)
-                       for section in report.sections)
+    sections = "".join(_section_html(section, 0, counters, toc) for section in report.sections)
     title = html.escape(report.title)
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        _POLICY_META, "\n",
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n',
+        _POLICY_META,
+        "\n",
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
         f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n",
         f'<header id="top"><h1>{title}</h1></header>\n',
         f'<div class="summary" id="summary">\n{summary}</div>\n',
     ]
     if toc:
-        parts.append(f'<nav class="toc" id="contents"><strong>Contents</strong>\n'
-                     f'<ul>\n{"".join(toc)}</ul></nav>\n')
+        parts.append(
+            f'<nav class="toc" id="contents"><strong>Contents</strong>\n'
+            f"<ul>\n{''.join(toc)}</ul></nav>\n"
+        )
     parts.append(f"<main>\n{sections}</main>\n")
     if report.footer.strip():
         parts.append(f"<footer>\n{_paragraphs(report.footer)}</footer>\n")

@@ -62,13 +62,31 @@ Table = npt.NDArray[np.int64]
 Sizes = npt.NDArray[np.int64]
 
 METRIC_COLUMNS = [
-    "truth_lesions", "predicted_lesions", "truth_volume_mm3", "predicted_volume_mm3",
-    "msseg_dice", "msseg_sensitivity", "msseg_ppv", "msseg_f1", "msseg_truth_lesions",
-    "msseg_predicted_lesions", "msseg_fp_count", "msseg_fp_volume_mm3",
-    "to_ltpr", "to_lfpr", "to_ppv", "to_truth_blobs", "to_predicted_blobs", "to_tp_truth",
+    "truth_lesions",
+    "predicted_lesions",
+    "truth_volume_mm3",
+    "predicted_volume_mm3",
+    "msseg_dice",
+    "msseg_sensitivity",
+    "msseg_ppv",
+    "msseg_f1",
+    "msseg_truth_lesions",
+    "msseg_predicted_lesions",
+    "msseg_fp_count",
+    "msseg_fp_volume_mm3",
+    "to_ltpr",
+    "to_lfpr",
+    "to_ppv",
+    "to_truth_blobs",
+    "to_predicted_blobs",
+    "to_tp_truth",
     "to_tp_predicted",
-    "krueger_sensitivity", "krueger_fp_count", "krueger_fpr", "krueger_dice",
-    "krueger_truth_lesions", "krueger_predicted_lesions",
+    "krueger_sensitivity",
+    "krueger_fp_count",
+    "krueger_fpr",
+    "krueger_dice",
+    "krueger_truth_lesions",
+    "krueger_predicted_lesions",
 ]
 
 CONNECTIVITIES = (6, 18, 26)
@@ -80,11 +98,11 @@ class MetricSettings:
     """The parameters of the three families; the defaults are the published ones."""
 
     # MSSEG-2 (animaSegPerfAnalyzer)
-    msseg_connectivity: int = 6          # the tool's; 26 (or 18) also accepted
-    msseg_min_volume_mm3: float = 3.0    # components of <= this volume are dropped
-    msseg_alpha: float = 0.10            # a lesion must be covered by more than this share
-    msseg_beta: float = 0.70             # a walked component may lie this much outside
-    msseg_gamma: float = 0.65            # the walk stops at this share of the coverage
+    msseg_connectivity: int = 6  # the tool's; 26 (or 18) also accepted
+    msseg_min_volume_mm3: float = 3.0  # components of <= this volume are dropped
+    msseg_alpha: float = 0.10  # a lesion must be covered by more than this share
+    msseg_beta: float = 0.70  # a walked component may lie this much outside
+    msseg_gamma: float = 0.65  # the walk stops at this share of the coverage
     # To et al.
     to_connectivity: int = 26
     to_min_iou: float = 0.01
@@ -95,8 +113,9 @@ class MetricSettings:
     def __post_init__(self) -> None:
         for name in ("msseg_connectivity", "to_connectivity", "krueger_connectivity"):
             if getattr(self, name) not in CONNECTIVITIES:
-                raise ValueError(f"{name} must be one of {CONNECTIVITIES}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must be one of {CONNECTIVITIES}, got {getattr(self, name)!r}"
+                )
         for name in ("msseg_alpha", "msseg_beta", "msseg_gamma", "to_min_iou"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}")
@@ -111,8 +130,9 @@ class MetricSettings:
         kinds = {field.name: field.type for field in fields(cls)}
         unknown = sorted(set(values) - set(kinds))
         if unknown:
-            raise ValueError(f"unknown metric settings: {', '.join(unknown)} "
-                             f"(known: {', '.join(kinds)})")
+            raise ValueError(
+                f"unknown metric settings: {', '.join(unknown)} (known: {', '.join(kinds)})"
+            )
         converted: dict[str, Any] = {}
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -164,7 +184,7 @@ class _Overlap:
     """
 
     table: Table
-    truth_sizes: Sizes      # voxels of truth component i at i - 1
+    truth_sizes: Sizes  # voxels of truth component i at i - 1
     predicted_sizes: Sizes  # voxels of predicted component j at j - 1
 
     @classmethod
@@ -181,8 +201,9 @@ class _Overlap:
         # Every lesion voxel is counted once, so row and column sums are the sizes.
         return cls(table, table.sum(axis=1)[1:], table.sum(axis=0)[1:])
 
-    def keep(self, truth_kept: npt.NDArray[np.bool_],
-             predicted_kept: npt.NDArray[np.bool_]) -> _Overlap:
+    def keep(
+        self, truth_kept: npt.NDArray[np.bool_], predicted_kept: npt.NDArray[np.bool_]
+    ) -> _Overlap:
         """The table of the kept components only; dropped voxels become background."""
         rows, truth_sizes = _renumber(self.truth_sizes, truth_kept)
         columns, predicted_sizes = _renumber(self.predicted_sizes, predicted_kept)
@@ -210,13 +231,16 @@ class _Pair:
     labelling of each map however many families use it.
     """
 
-    def __init__(self, truth: npt.ArrayLike, prediction: npt.ArrayLike,
-                 voxel_volume_mm3: float) -> None:
+    def __init__(
+        self, truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3: float
+    ) -> None:
         truth_mask = _as_mask(truth, "truth")
         predicted_mask = _as_mask(prediction, "prediction")
         if truth_mask.shape != predicted_mask.shape:
-            raise ValueError(f"truth {truth_mask.shape} and prediction "
-                             f"{predicted_mask.shape} are not on one grid")
+            raise ValueError(
+                f"truth {truth_mask.shape} and prediction "
+                f"{predicted_mask.shape} are not on one grid"
+            )
         if not (math.isfinite(voxel_volume_mm3) and voxel_volume_mm3 > 0):
             raise ValueError(f"voxel volume must be > 0 mm^3, got {voxel_volume_mm3!r}")
         boxes = ndimage.find_objects((truth_mask | predicted_mask).astype(np.int8))
@@ -287,9 +311,13 @@ def _msseg2(pair: _Pair, settings: MetricSettings) -> dict[str, float]:
         ppv = _msseg_detected(lesions.table.T, *rule) / n_predicted if n_predicted else 0.0
         f1 = 2 * sensitivity * ppv / (sensitivity + ppv) if sensitivity + ppv > 0 else 0.0
     return {
-        "msseg_dice": dice, "msseg_sensitivity": sensitivity, "msseg_ppv": ppv,
-        "msseg_f1": f1, "msseg_truth_lesions": float(n_truth),
-        "msseg_predicted_lesions": float(n_predicted), "msseg_fp_count": fp_count,
+        "msseg_dice": dice,
+        "msseg_sensitivity": sensitivity,
+        "msseg_ppv": ppv,
+        "msseg_f1": f1,
+        "msseg_truth_lesions": float(n_truth),
+        "msseg_predicted_lesions": float(n_predicted),
+        "msseg_fp_count": fp_count,
         "msseg_fp_volume_mm3": fp_volume,
     }
 
@@ -306,16 +334,20 @@ def _to_et_al(pair: _Pair, settings: MetricSettings) -> dict[str, float]:
         "to_ltpr": tp_truth / n_truth if n_truth else NAN,
         "to_lfpr": (n_predicted - tp_predicted) / n_predicted if n_predicted else NAN,
         "to_ppv": tp_predicted / n_predicted if n_predicted else NAN,
-        "to_truth_blobs": float(n_truth), "to_predicted_blobs": float(n_predicted),
-        "to_tp_truth": float(tp_truth), "to_tp_predicted": float(tp_predicted),
+        "to_truth_blobs": float(n_truth),
+        "to_predicted_blobs": float(n_predicted),
+        "to_tp_truth": float(tp_truth),
+        "to_tp_predicted": float(tp_predicted),
     }
 
 
 def _krueger(pair: _Pair, settings: MetricSettings) -> dict[str, float]:
     smallest = settings.krueger_min_volume_mm3 - _VOLUME_TOLERANCE_MM3
     raw = pair.overlap(settings.krueger_connectivity)
-    lesions = raw.keep(raw.truth_sizes * pair.voxel_volume >= smallest,
-                       raw.predicted_sizes * pair.voxel_volume >= smallest)
+    lesions = raw.keep(
+        raw.truth_sizes * pair.voxel_volume >= smallest,
+        raw.predicted_sizes * pair.voxel_volume >= smallest,
+    )
     shared = lesions.table[1:, 1:]
     truth_hit = shared.any(axis=1)
     predicted_hit = shared.any(axis=0)
@@ -326,37 +358,56 @@ def _krueger(pair: _Pair, settings: MetricSettings) -> dict[str, float]:
         sensitivity = int(truth_hit.sum()) / n_truth
         fpr = fp_count / n_truth
         # Only lesions that touch the other map; every shared voxel lies in two of them.
-        touched = int(lesions.truth_sizes[truth_hit].sum()
-                      + lesions.predicted_sizes[predicted_hit].sum())
+        touched = int(
+            lesions.truth_sizes[truth_hit].sum() + lesions.predicted_sizes[predicted_hit].sum()
+        )
         dice = 2.0 * int(shared.sum()) / touched if touched else 0.0
     return {
-        "krueger_sensitivity": sensitivity, "krueger_fp_count": float(fp_count),
-        "krueger_fpr": fpr, "krueger_dice": dice,
+        "krueger_sensitivity": sensitivity,
+        "krueger_fp_count": float(fp_count),
+        "krueger_fpr": fpr,
+        "krueger_dice": dice,
         "krueger_truth_lesions": float(n_truth),
         "krueger_predicted_lesions": float(n_predicted),
     }
 
 
-def msseg2_scores(truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3: float,
-                  settings: MetricSettings = _DEFAULTS) -> dict[str, float]:
+def msseg2_scores(
+    truth: npt.ArrayLike,
+    prediction: npt.ArrayLike,
+    voxel_volume_mm3: float,
+    settings: MetricSettings = _DEFAULTS,
+) -> dict[str, float]:
     """The ``msseg_*`` columns of :func:`score_pair` (MSSEG-2, animaSegPerfAnalyzer)."""
     return _msseg2(_Pair(truth, prediction, voxel_volume_mm3), settings)
 
 
-def to_scores(truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3: float,
-              settings: MetricSettings = _DEFAULTS) -> dict[str, float]:
+def to_scores(
+    truth: npt.ArrayLike,
+    prediction: npt.ArrayLike,
+    voxel_volume_mm3: float,
+    settings: MetricSettings = _DEFAULTS,
+) -> dict[str, float]:
     """The ``to_*`` columns of :func:`score_pair` (To et al., blob IoU >= 0.01)."""
     return _to_et_al(_Pair(truth, prediction, voxel_volume_mm3), settings)
 
 
-def krueger_scores(truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3: float,
-                   settings: MetricSettings = _DEFAULTS) -> dict[str, float]:
+def krueger_scores(
+    truth: npt.ArrayLike,
+    prediction: npt.ArrayLike,
+    voxel_volume_mm3: float,
+    settings: MetricSettings = _DEFAULTS,
+) -> dict[str, float]:
     """The ``krueger_*`` columns of :func:`score_pair` (Krueger et al., any overlap)."""
     return _krueger(_Pair(truth, prediction, voxel_volume_mm3), settings)
 
 
-def score_pair(truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3: float,
-               settings: MetricSettings = _DEFAULTS) -> dict[str, float]:
+def score_pair(
+    truth: npt.ArrayLike,
+    prediction: npt.ArrayLike,
+    voxel_volume_mm3: float,
+    settings: MetricSettings = _DEFAULTS,
+) -> dict[str, float]:
     """All metric families for one pair: a flat row with the keys of ``METRIC_COLUMNS``.
 
     ``truth`` and ``prediction`` are 3-D masks on the ground truth's grid (> 0 is
@@ -382,8 +433,9 @@ def score_pair(truth: npt.ArrayLike, prediction: npt.ArrayLike, voxel_volume_mm3
     return {name: float(row[name]) for name in METRIC_COLUMNS}
 
 
-def direction_masks(mask: npt.ArrayLike, difference: npt.ArrayLike, connectivity: int = 26
-                    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+def direction_masks(
+    mask: npt.ArrayLike, difference: npt.ArrayLike, connectivity: int = 26
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Split ``mask`` into (brighter, darker) changes, one whole component at a time.
 
     A component goes to "brighter" (new or enlarging lesion) when the mean of
@@ -394,8 +446,7 @@ def direction_masks(mask: npt.ArrayLike, difference: npt.ArrayLike, connectivity
     binary = _as_mask(mask, "mask")
     change = np.asarray(difference, dtype=np.float64)
     if change.shape != binary.shape:
-        raise ValueError(f"difference {change.shape} is not on the mask's grid "
-                         f"{binary.shape}")
+        raise ValueError(f"difference {change.shape} is not on the mask's grid {binary.shape}")
     structure = _structure(connectivity)
     brighter = np.zeros(binary.shape, dtype=bool)
     boxes = ndimage.find_objects(binary.astype(np.int8))

@@ -21,8 +21,15 @@ from scipy import stats
 
 NAN = float("nan")
 SUMMARY_STATISTICS = ("mean", "sd", "median", "n")
-WILCOXON_COLUMNS = ["method_a", "method_b", "metric", "n_pairs", "median_difference",
-                    "statistic", "p_value"]
+WILCOXON_COLUMNS = [
+    "method_a",
+    "method_b",
+    "metric",
+    "n_pairs",
+    "median_difference",
+    "statistic",
+    "p_value",
+]
 
 
 def _require(per_pair: pd.DataFrame, columns: Iterable[str]) -> None:
@@ -46,16 +53,18 @@ def summarise(per_pair: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.D
     Groups are sorted by their keys; a NaN key forms its own group.
     """
     _require(per_pair, [*by, *metrics])
-    columns = [*by, *(f"{metric}_{statistic}" for metric in metrics
-                      for statistic in SUMMARY_STATISTICS)]
+    columns = [
+        *by,
+        *(f"{metric}_{statistic}" for metric in metrics for statistic in SUMMARY_STATISTICS),
+    ]
     if per_pair.empty:
         return pd.DataFrame(columns=columns)
     groups: Iterable[tuple[Any, pd.DataFrame]] = (
-        per_pair.groupby(by, sort=True, dropna=False) if by else [((), per_pair)])
+        per_pair.groupby(by, sort=True, dropna=False) if by else [((), per_pair)]
+    )
     rows = []
     for key, group in groups:
-        row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,),
-                                       strict=True))
+        row: dict[str, Any] = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
         for metric in metrics:
             values = _values(group[metric])
             row[f"{metric}_mean"] = float(values.mean()) if values.size else NAN
@@ -74,8 +83,9 @@ def _sorted_names(values: Iterable[Hashable]) -> list[Hashable]:
         return sorted(names, key=str)
 
 
-def _wilcoxon(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]
-              ) -> tuple[float, float]:
+def _wilcoxon(
+    first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]
+) -> tuple[float, float]:
     """Two-sided signed-rank statistic and p-value; NaN where the test is undefined."""
     if first.size < 1 or not np.any(first != second):
         return NAN, NAN  # scipy raises or warns without a non-zero difference
@@ -88,8 +98,9 @@ def _wilcoxon(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64]
     return float(result.statistic), float(result.pvalue)
 
 
-def paired_wilcoxon(per_pair: pd.DataFrame, *, method: str, pair: str,
-                    metrics: list[str]) -> pd.DataFrame:
+def paired_wilcoxon(
+    per_pair: pd.DataFrame, *, method: str, pair: str, metrics: list[str]
+) -> pd.DataFrame:
     """Wilcoxon signed-rank test of every two methods on every metric, pair by pair.
 
     For each unordered pair of values (a, b) of column ``method`` (sorted, a < b) and
@@ -103,23 +114,38 @@ def paired_wilcoxon(per_pair: pd.DataFrame, *, method: str, pair: str,
     repeated = table.duplicated(subset=[method, pair], keep=False)
     if repeated.any():
         examples = table.loc[repeated, [method, pair]].drop_duplicates().head(3)
-        raise ValueError(f"more than one row per ({method}, {pair}), e.g. "
-                         f"{examples.to_dict('records')}")
+        raise ValueError(
+            f"more than one row per ({method}, {pair}), e.g. {examples.to_dict('records')}"
+        )
     by_method = {name: rows.set_index(pair) for name, rows in table.groupby(method)}
     rows = []
     for first, second in itertools.combinations(_sorted_names(by_method), 2):
         for metric in metrics:
-            values = pd.concat(
-                [pd.to_numeric(by_method[first][metric]).rename("a"),
-                 pd.to_numeric(by_method[second][metric]).rename("b")],
-                axis=1, join="inner").astype(np.float64).dropna().sort_index()
+            values = (
+                pd.concat(
+                    [
+                        pd.to_numeric(by_method[first][metric]).rename("a"),
+                        pd.to_numeric(by_method[second][metric]).rename("b"),
+                    ],
+                    axis=1,
+                    join="inner",
+                )
+                .astype(np.float64)
+                .dropna()
+                .sort_index()
+            )
             a = values["a"].to_numpy(dtype=np.float64)
             b = values["b"].to_numpy(dtype=np.float64)
             statistic, p_value = _wilcoxon(a, b)
-            rows.append({
-                "method_a": first, "method_b": second, "metric": metric,
-                "n_pairs": int(a.size),
-                "median_difference": float(np.median(a - b)) if a.size else NAN,
-                "statistic": statistic, "p_value": p_value,
-            })
+            rows.append(
+                {
+                    "method_a": first,
+                    "method_b": second,
+                    "metric": metric,
+                    "n_pairs": int(a.size),
+                    "median_difference": float(np.median(a - b)) if a.size else NAN,
+                    "statistic": statistic,
+                    "p_value": p_value,
+                }
+            )
     return pd.DataFrame(rows, columns=WILCOXON_COLUMNS)

@@ -34,11 +34,18 @@ PathLike = str | os.PathLike[str]
 PAINTED, NO_CHANGE = "painted", "no-change"
 ID_COLUMNS = ["pair", "subject", "kind", "method", "min_blob_voxels", "threshold", "direction"]
 # The headline columns of the validation summary, by direction.
-SUMMARY_METRICS = {"to_ltpr": "LTPR", "to_ppv": "PPV", "to_f1": "lesion F1 (To)",
-                   "msseg_sensitivity": "sensitivity (MSSEG-2)", "msseg_ppv": "PPV (MSSEG-2)",
-                   "msseg_f1": "lesion F1 (MSSEG-2)", "krueger_sensitivity":
-                   "sensitivity (Krüger)", "krueger_fp_count": "FP (Krüger)",
-                   "msseg_dice": "Dice", "predicted_lesions": "detections"}
+SUMMARY_METRICS = {
+    "to_ltpr": "LTPR",
+    "to_ppv": "PPV",
+    "to_f1": "lesion F1 (To)",
+    "msseg_sensitivity": "sensitivity (MSSEG-2)",
+    "msseg_ppv": "PPV (MSSEG-2)",
+    "msseg_f1": "lesion F1 (MSSEG-2)",
+    "krueger_sensitivity": "sensitivity (Krüger)",
+    "krueger_fp_count": "FP (Krüger)",
+    "msseg_dice": "Dice",
+    "predicted_lesions": "detections",
+}
 
 
 @dataclass(frozen=True)
@@ -61,38 +68,71 @@ def validation_pairs(columns: Mapping[str, Sequence[str]]) -> list[ValidationPai
     """Pairs from a file table (:func:`mschange.io.read_file_table`) with columns pair,
     subject, baseline, followup, baseline_mask, followup_mask and label (empty for the
     no-change pairs)."""
-    return [ValidationPair(pair=pair, subject=subject, baseline=baseline, followup=followup,
-                           masks=(baseline_mask, followup_mask), label=label or None)
-            for pair, subject, baseline, followup, baseline_mask, followup_mask, label in zip(
-                columns["pair"], columns["subject"], columns["baseline"], columns["followup"],
-                columns["baseline_mask"], columns["followup_mask"], columns["label"],
-                strict=True)]
+    return [
+        ValidationPair(
+            pair=pair,
+            subject=subject,
+            baseline=baseline,
+            followup=followup,
+            masks=(baseline_mask, followup_mask),
+            label=label or None,
+        )
+        for pair, subject, baseline, followup, baseline_mask, followup_mask, label in zip(
+            columns["pair"],
+            columns["subject"],
+            columns["baseline"],
+            columns["followup"],
+            columns["baseline_mask"],
+            columns["followup_mask"],
+            columns["label"],
+            strict=True,
+        )
+    ]
 
 
-def score_map_rows(score: npt.NDArray[Any], baseline: npt.NDArray[Any],
-                   followup: npt.NDArray[Any], truth: npt.NDArray[np.bool_],
-                   affine: npt.NDArray[np.floating[Any]], *, threshold: float,
-                   blob_sizes: Sequence[int], settings: MetricSettings,
-                   sweep: Sequence[float] = ()) -> list[dict[str, Any]]:
+def score_map_rows(
+    score: npt.NDArray[Any],
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    truth: npt.NDArray[np.bool_],
+    affine: npt.NDArray[np.floating[Any]],
+    *,
+    threshold: float,
+    blob_sizes: Sequence[int],
+    settings: MetricSettings,
+    sweep: Sequence[float] = (),
+) -> list[dict[str, Any]]:
     """Metric rows (per blob size, threshold and direction) of one score map on its own
     grid: at ``threshold``, then at every other threshold of ``sweep``."""
     difference = np.asarray(followup, np.float32) - np.asarray(baseline, np.float32)
     rows = []
     for blob in blob_sizes:
-        scorer = PairScorer(score, affine, truth, affine, difference, min_blob_voxels=int(blob),
-                            settings=settings)
+        scorer = PairScorer(
+            score, affine, truth, affine, difference, min_blob_voxels=int(blob), settings=settings
+        )
         for value in [threshold, *sorted(set(sweep) - {threshold})]:
-            rows += [{"min_blob_voxels": int(blob), "threshold": value, **row}
-                     for row in scorer.rows(scorer.prediction(value))]
+            rows += [
+                {"min_blob_voxels": int(blob), "threshold": value, **row}
+                for row in scorer.rows(scorer.prediction(value))
+            ]
     return rows
 
 
-def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method: str,
-                    threshold: float, blob_sizes: Sequence[int], settings: MetricSettings,
-                    model: PathLike | Sequence[PathLike] | None = None,
-                    inference: Mapping[str, Any] | None = None,
-                    baseline_settings: Mapping[str, Any] | None = None, device: str = "cpu",
-                    threads: int | None = None, sweep: Sequence[float] = ()) -> pd.DataFrame:
+def validation_step(
+    pairs: Sequence[ValidationPair],
+    output: PathLike,
+    *,
+    method: str,
+    threshold: float,
+    blob_sizes: Sequence[int],
+    settings: MetricSettings,
+    model: PathLike | Sequence[PathLike] | None = None,
+    inference: Mapping[str, Any] | None = None,
+    baseline_settings: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    sweep: Sequence[float] = (),
+) -> pd.DataFrame:
     """Score one method on every validation pair; writes one TSV row per pair, blob size
     and direction (and threshold of ``sweep``, beside the operating ``threshold``). A
     detector needs ``model`` (several: an ensemble) and ``inference`` (its config
@@ -117,30 +157,58 @@ def validation_step(pairs: Sequence[ValidationPair], output: PathLike, *, method
         baseline, _ = load_float_image(pair.baseline)
         followup, image = load_float_image(pair.followup)
         brain = brain_intersection(*pair.masks)
-        truth = (load_float_image(pair.label)[0] > 0 if pair.label is not None
-                 else np.zeros(brain.shape, dtype=bool))
+        truth = (
+            load_float_image(pair.label)[0] > 0
+            if pair.label is not None
+            else np.zeros(brain.shape, dtype=bool)
+        )
         if network is not None:
             with cpu_threads(threads, torch_device):
-                score = predict_probability(network, baseline, followup, brain, image.affine,
-                                            infer, device=torch_device)
+                score = predict_probability(
+                    network, baseline, followup, brain, image.affine, infer, device=torch_device
+                )
         else:
             if baseline_settings is None:
-                raise ValueError(f"{method}: the subtraction baseline needs its settings "
-                                 "(evaluation.baseline), or give a model")
-            score = subtraction_zmap(baseline, followup, brain, voxel_sizes(image.affine),
-                                     float(baseline_settings["sigma_mm"]),
-                                     float(baseline_settings["erode_mm"]),
-                                     bool(baseline_settings.get("harmonise", False)))
+                raise ValueError(
+                    f"{method}: the subtraction baseline needs its settings "
+                    "(evaluation.baseline), or give a model"
+                )
+            score = subtraction_zmap(
+                baseline,
+                followup,
+                brain,
+                voxel_sizes(image.affine),
+                float(baseline_settings["sigma_mm"]),
+                float(baseline_settings["erode_mm"]),
+                bool(baseline_settings.get("harmonise", False)),
+            )
         score = np.where(brain, score, 0.0)
-        pair_rows = score_map_rows(score, baseline, followup, truth, image.affine,
-                                   threshold=threshold, blob_sizes=blob_sizes,
-                                   settings=settings, sweep=sweep)
-        rows += [{"pair": pair.pair, "subject": pair.subject, "kind": pair.kind,
-                  "method": method, **row} for row in pair_rows]
+        pair_rows = score_map_rows(
+            score,
+            baseline,
+            followup,
+            truth,
+            image.affine,
+            threshold=threshold,
+            blob_sizes=blob_sizes,
+            settings=settings,
+            sweep=sweep,
+        )
+        rows += [
+            {"pair": pair.pair, "subject": pair.subject, "kind": pair.kind, "method": method, **row}
+            for row in pair_rows
+        ]
         headline = pair_rows[0]
-        log.info("%s (%s), %s: %d true and %d predicted lesions, LTPR %.2f, PPV %.2f",
-                 pair.pair, pair.kind, method, int(headline["truth_lesions"]),
-                 int(headline["predicted_lesions"]), headline["to_ltpr"], headline["to_ppv"])
+        log.info(
+            "%s (%s), %s: %d true and %d predicted lesions, LTPR %.2f, PPV %.2f",
+            pair.pair,
+            pair.kind,
+            method,
+            int(headline["truth_lesions"]),
+            int(headline["predicted_lesions"]),
+            headline["to_ltpr"],
+            headline["to_ppv"],
+        )
     table = pd.DataFrame(rows)[ID_COLUMNS + METRIC_COLUMNS]
     with atomic_path(output) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
@@ -161,14 +229,16 @@ def lesion_f1(ltpr: Any, ppv: Any) -> float:
 SUMMARY_KEYS = ["method", "min_blob_voxels", "direction"]
 
 
-def mean_scores(scores: pd.DataFrame, methods: Sequence[str], *, pair: str = "pair"
-                ) -> pd.DataFrame:
+def mean_scores(
+    scores: pd.DataFrame, methods: Sequence[str], *, pair: str = "pair"
+) -> pd.DataFrame:
     """Means of :data:`SUMMARY_METRICS` per method, blob size and direction, over the
     pairs (column ``pair``) that have a value; To et al.'s lesion F1 per pair first.
     Rows in the order of ``methods``, then blob size, then all/brighter/darker."""
     scores = scores.copy()
-    scores["to_f1"] = [lesion_f1(a, b) for a, b in zip(scores["to_ltpr"], scores["to_ppv"],
-                                                       strict=True)]
+    scores["to_f1"] = [
+        lesion_f1(a, b) for a, b in zip(scores["to_ltpr"], scores["to_ppv"], strict=True)
+    ]
     grouped = scores.groupby(SUMMARY_KEYS, sort=False)
     summary = grouped[list(SUMMARY_METRICS)].mean()
     summary["pairs"] = grouped[pair].nunique()
@@ -176,8 +246,13 @@ def mean_scores(scores: pd.DataFrame, methods: Sequence[str], *, pair: str = "pa
     order = {name: k for k, name in enumerate(methods)}
     directions = {"all": 0, "brighter": 1, "darker": 2}
     summary = summary.sort_values(
-        SUMMARY_KEYS, key=lambda column: column.map(order) if column.name == "method" else (
-            column.map(directions) if column.name == "direction" else column))
+        SUMMARY_KEYS,
+        key=lambda column: (
+            column.map(order)
+            if column.name == "method"
+            else (column.map(directions) if column.name == "direction" else column)
+        ),
+    )
     return summary.reset_index(drop=True)
 
 
@@ -185,17 +260,27 @@ def validation_summary(scores: pd.DataFrame, methods: Sequence[str]) -> pd.DataF
     """Per method, blob size and direction: means over the painted pairs (LTPR, PPV,
     their F1, MSSEG-2 F1, Dice, detections) and false positives per no-change pair."""
     summary = mean_scores(scores.loc[scores["kind"] == PAINTED], methods).rename(
-        columns={"pairs": "painted_pairs"})
+        columns={"pairs": "painted_pairs"}
+    )
     nochange = scores.loc[scores["kind"] == NO_CHANGE].groupby(SUMMARY_KEYS, sort=False)
-    false_positives = pd.DataFrame({
-        "fp_per_nochange_pair": nochange["predicted_lesions"].mean(),
-        "nochange_pairs": nochange["pair"].nunique()}).reset_index()
+    false_positives = pd.DataFrame(
+        {
+            "fp_per_nochange_pair": nochange["predicted_lesions"].mean(),
+            "nochange_pairs": nochange["pair"].nunique(),
+        }
+    ).reset_index()
     return summary.merge(false_positives, on=SUMMARY_KEYS, how="left")
 
 
-def markdown_table(frame: pd.DataFrame, columns: Sequence[str],
-                   names: Sequence[str] | None = None, *, decimals: int = 3) -> str:
+def markdown_table(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    names: Sequence[str] | None = None,
+    *,
+    decimals: int = 3,
+) -> str:
     """Columns of ``frame`` as a Markdown table: floats to ``decimals``, NaN as an en dash."""
+
     def cell(value: Any) -> str:
         if isinstance(value, float):
             return "–" if np.isnan(value) else f"{value:.{decimals}f}"
@@ -203,24 +288,31 @@ def markdown_table(frame: pd.DataFrame, columns: Sequence[str],
 
     header = list(names or columns)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in frame[list(columns)].itertuples(index=False)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |"
+        for row in frame[list(columns)].itertuples(index=False)
+    ]
     return "\n".join(lines) + "\n"
 
 
 def validation_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table (3 decimals)."""
     return markdown_table(
-        summary, ["method", "min_blob_voxels", "direction", *SUMMARY_METRICS,
-                  "fp_per_nochange_pair"],
-        ["method", "blob", "direction", *SUMMARY_METRICS.values(), "FP per no-change pair"])
+        summary,
+        ["method", "min_blob_voxels", "direction", *SUMMARY_METRICS, "fp_per_nochange_pair"],
+        ["method", "blob", "direction", *SUMMARY_METRICS.values(), "FP per no-change pair"],
+    )
 
 
-def validation_tables_step(score_files: Sequence[PathLike], *, methods: Sequence[str],
-                           summary_tsv: PathLike, summary_md: PathLike) -> pd.DataFrame:
+def validation_tables_step(
+    score_files: Sequence[PathLike],
+    *,
+    methods: Sequence[str],
+    summary_tsv: PathLike,
+    summary_md: PathLike,
+) -> pd.DataFrame:
     """Rule validation_tables: the validation summary of every method."""
-    scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files],
-                       ignore_index=True)
+    scores = pd.concat([pd.read_csv(path, sep="\t") for path in score_files], ignore_index=True)
     summary = validation_summary(scores, methods)
     with atomic_path(summary_tsv) as tmp:
         summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="NaN")
@@ -241,8 +333,13 @@ class TrainingValidation:
     (``val_*``); the first threshold wins a tie. The pairs are read once and kept.
     """
 
-    def __init__(self, pairs: Sequence[ValidationPair], inference: Any,
-                 settings: MetricSettings, kappas: Sequence[float]) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[ValidationPair],
+        inference: Any,
+        settings: MetricSettings,
+        kappas: Sequence[float],
+    ) -> None:
         if not pairs:
             raise ValueError("validation during training needs at least one validation pair")
         self.pairs = list(pairs)
@@ -258,8 +355,11 @@ class TrainingValidation:
                 baseline, _ = load_float_image(pair.baseline)
                 followup, image = load_float_image(pair.followup)
                 brain = brain_intersection(*pair.masks)
-                truth = (load_float_image(pair.label)[0] > 0 if pair.label is not None
-                         else np.zeros(brain.shape, dtype=bool))
+                truth = (
+                    load_float_image(pair.label)[0] > 0
+                    if pair.label is not None
+                    else np.zeros(brain.shape, dtype=bool)
+                )
                 self._loaded.append((pair, baseline, followup, brain, truth, image.affine))
         return self._loaded
 
@@ -268,12 +368,24 @@ class TrainingValidation:
 
         rows = []
         for pair, baseline, followup, brain, truth, affine in self._load():
-            probability = predict_probability(network, baseline, followup, brain, affine,
-                                              self.inference, device=device)
-            rows += [{"kind": pair.kind, **row} for row in score_map_rows(
-                probability, baseline, followup, truth, affine, threshold=self.kappas[0],
-                blob_sizes=[self.inference.min_blob_voxels], settings=self.settings,
-                sweep=self.kappas) if row["direction"] == "all"]
+            probability = predict_probability(
+                network, baseline, followup, brain, affine, self.inference, device=device
+            )
+            rows += [
+                {"kind": pair.kind, **row}
+                for row in score_map_rows(
+                    probability,
+                    baseline,
+                    followup,
+                    truth,
+                    affine,
+                    threshold=self.kappas[0],
+                    blob_sizes=[self.inference.min_blob_voxels],
+                    settings=self.settings,
+                    sweep=self.kappas,
+                )
+                if row["direction"] == "all"
+            ]
         return best_pooled_scores(pd.DataFrame(rows))
 
 
@@ -287,9 +399,13 @@ def best_pooled_scores(rows: pd.DataFrame) -> dict[str, float]:
         ltpr = float(np.nansum(frame["to_tp_truth"])) / truth if truth else float("nan")
         ppv = float(np.nansum(frame["to_tp_predicted"])) / predicted if predicted else 0.0
         nochange = frame.loc[frame["kind"] == NO_CHANGE, "predicted_lesions"]
-        scores = {"val_f1": lesion_f1(ltpr, ppv), "val_ltpr": ltpr, "val_ppv": ppv,
-                  "val_kappa": float(threshold),
-                  "val_fp_nochange": float(nochange.mean()) if len(nochange) else float("nan")}
+        scores = {
+            "val_f1": lesion_f1(ltpr, ppv),
+            "val_ltpr": ltpr,
+            "val_ppv": ppv,
+            "val_kappa": float(threshold),
+            "val_fp_nochange": float(nochange.mean()) if len(nochange) else float("nan"),
+        }
         if not best or scores["val_f1"] > best["val_f1"]:
             best = scores
     return best

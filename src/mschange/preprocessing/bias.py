@@ -12,11 +12,16 @@ import SimpleITK as sitk
 from mschange.imagespace import from_sitk, to_sitk
 
 
-def n4_correct(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-               mask: npt.NDArray[Any], *, shrink_factor: int = 4,
-               iterations: Sequence[int] = (50, 50, 30), convergence: float = 1e-3,
-               threads: int | None = None) -> tuple[npt.NDArray[np.float32],
-                                                    npt.NDArray[np.float32]]:
+def n4_correct(
+    data: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    mask: npt.NDArray[Any],
+    *,
+    shrink_factor: int = 4,
+    iterations: Sequence[int] = (50, 50, 30),
+    convergence: float = 1e-3,
+    threads: int | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """(corrected image, bias field) on the input grid; zero outside ``mask``.
 
     The field is fitted on a ``shrink_factor``-times coarser copy (the usual way to

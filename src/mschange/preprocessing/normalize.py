@@ -8,9 +8,13 @@ import numpy as np
 import numpy.typing as npt
 
 
-def normalize_percentiles(data: npt.NDArray[Any], mask: npt.NDArray[Any], *,
-                          low_percentile: float = 0.0, high_percentile: float = 99.0
-                          ) -> tuple[npt.NDArray[np.float32], tuple[float, float]]:
+def normalize_percentiles(
+    data: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    *,
+    low_percentile: float = 0.0,
+    high_percentile: float = 99.0,
+) -> tuple[npt.NDArray[np.float32], tuple[float, float]]:
     """Map the brain's [low, high] percentiles to [0, 1], clip, and zero the background.
 
     Returns the image and the (low, high) intensities used, for the record.
@@ -26,9 +30,13 @@ def normalize_percentiles(data: npt.NDArray[Any], mask: npt.NDArray[Any], *,
     return np.where(brain, scaled, 0.0).astype(np.float32), (float(low), float(high))
 
 
-def match_intensities(source: npt.NDArray[Any], reference: npt.NDArray[Any],
-                      mask: npt.NDArray[Any], *, quantiles: int = 1001
-                      ) -> npt.NDArray[np.float32]:
+def match_intensities(
+    source: npt.NDArray[Any],
+    reference: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    *,
+    quantiles: int = 1001,
+) -> npt.NDArray[np.float32]:
     """``source`` with its histogram inside ``mask`` matched to ``reference``'s there.
 
     Quantile mapping: the source's 0th..100th percentiles (``quantiles`` of them) inside

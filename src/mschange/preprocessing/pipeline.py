@@ -33,15 +33,19 @@ class Step:
 
     rule: str
     per_timepoint: bool
-    function: str      # in mschange.preprocessing.steps
-    does: str          # for progress lines: "<does> the baseline"
+    function: str  # in mschange.preprocessing.steps
+    does: str  # for progress lines: "<does> the baseline"
 
 
 STEPS = (
     Step("resample_isotropic", True, "resample_step", "resampling"),
     Step("skullstrip_hdbet", True, "skullstrip_step", "skull stripping (HD-BET)"),
-    Step("register_baseline_to_followup", False, "register_step",
-         "registering the baseline onto the follow-up (ANTs rigid)"),
+    Step(
+        "register_baseline_to_followup",
+        False,
+        "register_step",
+        "registering the baseline onto the follow-up (ANTs rigid)",
+    ),
     Step("correct_bias_n4", True, "n4_step", "N4 bias correction of"),
     Step("normalize_intensity", True, "normalize_step", "intensity normalisation of"),
 )
@@ -68,10 +72,17 @@ class StepCall:
         getattr(steps, self.step.function)(**self.kwargs)
 
 
-def plan_pair(raw: Mapping[str, PathLike], *, subject: str, settings: Mapping[str, Any],
-              folder: str = PREPROC_DIR, seed: int = 1, device: str = "cpu",
-              threads: int | None = None, registration_threads: int | None = None,
-              ) -> list[StepCall]:
+def plan_pair(
+    raw: Mapping[str, PathLike],
+    *,
+    subject: str,
+    settings: Mapping[str, Any],
+    folder: str = PREPROC_DIR,
+    seed: int = 1,
+    device: str = "cpu",
+    threads: int | None = None,
+    registration_threads: int | None = None,
+) -> list[StepCall]:
     """Every step call that preprocesses the raw scans ``raw`` (``baseline``,
     ``followup``) of one pair into ``folder``, as the workflow's rules do; ``settings``:
     the config's (or a model file's) ``preprocessing`` section. Missing speed settings
@@ -81,35 +92,55 @@ def plan_pair(raw: Mapping[str, PathLike], *, subject: str, settings: Mapping[st
     files = {tp: timepoint_files(subject, tp, folder) for tp in TIMEPOINTS}
     on_followup = {tp: brain_on_followup_grid(tp, subject, folder) for tp in TIMEPOINTS}
     moved = registration_files(subject, folder)
-    registration = {key: settings["registration"].get(
-        key, schema_default("preprocessing", "registration", key))
-        for key in ("threads", "sampling_points")}
+    registration = {
+        key: settings["registration"].get(key, schema_default("preprocessing", "registration", key))
+        for key in ("threads", "sampling_points")
+    }
     arguments = {
         "resample_isotropic": lambda tp: {
-            "scan": raw[tp], "output": files[tp]["resampled"],
+            "scan": raw[tp],
+            "output": files[tp]["resampled"],
             "resolution_mm": settings["resolution_mm"],
-            "order": settings["interpolation_order"]},
+            "order": settings["interpolation_order"],
+        },
         "skullstrip_hdbet": lambda tp: {
-            "scan": files[tp]["resampled"], "brain_output": files[tp]["brain"],
-            "mask_output": files[tp]["brain_mask"], "mode": settings["skullstrip"]["mode"],
-            "tta": settings["skullstrip"]["tta"], "device": device, "threads": threads,
-            "source": raw[tp]},
+            "scan": files[tp]["resampled"],
+            "brain_output": files[tp]["brain"],
+            "mask_output": files[tp]["brain_mask"],
+            "mode": settings["skullstrip"]["mode"],
+            "tta": settings["skullstrip"]["tta"],
+            "device": device,
+            "threads": threads,
+            "source": raw[tp],
+        },
         "register_baseline_to_followup": lambda tp: {
             "followup_brain": files["followup"]["brain"],
             "baseline_brain": files["baseline"]["brain"],
             "baseline_mask": files["baseline"]["brain_mask"],
-            "transform_output": moved["transform"], "moved_brain_output": moved["brain"],
+            "transform_output": moved["transform"],
+            "moved_brain_output": moved["brain"],
             "moved_mask_output": moved["mask"],
             "transform": settings["registration"]["transform"],
-            "sampling_points": registration["sampling_points"], "seed": seed,
-            "threads": registration_threads or registration["threads"]},
+            "sampling_points": registration["sampling_points"],
+            "seed": seed,
+            "threads": registration_threads or registration["threads"],
+        },
         "correct_bias_n4": lambda tp: {
-            "brain": on_followup[tp]["brain"], "mask": on_followup[tp]["mask"],
-            "output": files[tp]["n4"], "threads": threads, **settings["n4"]},
+            "brain": on_followup[tp]["brain"],
+            "mask": on_followup[tp]["mask"],
+            "output": files[tp]["n4"],
+            "threads": threads,
+            **settings["n4"],
+        },
         "normalize_intensity": lambda tp: {
-            "brain": files[tp]["n4"], "mask": on_followup[tp]["mask"],
-            "output": files[tp]["preproc"], **settings["normalize"]},
+            "brain": files[tp]["n4"],
+            "mask": on_followup[tp]["mask"],
+            "output": files[tp]["preproc"],
+            **settings["normalize"],
+        },
     }
-    return [StepCall(step, tp, {**arguments[step.rule](tp), "subject": subject})
-            for step in STEPS
-            for tp in (TIMEPOINTS if step.per_timepoint else (None,))]
+    return [
+        StepCall(step, tp, {**arguments[step.rule](tp), "subject": subject})
+        for step in STEPS
+        for tp in (TIMEPOINTS if step.per_timepoint else (None,))
+    ]

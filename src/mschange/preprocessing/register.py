@@ -30,11 +30,19 @@ class RigidRegistration:
     transform_file: Path
 
 
-def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floating[Any]],
-                   moving: npt.NDArray[Any], moving_affine: npt.NDArray[np.floating[Any]],
-                   moving_mask: npt.NDArray[Any], transform_file: str | os.PathLike[str], *,
-                   transform_type: str = "Rigid", sampling_points: int = 225000,
-                   seed: int = 1, threads: int | None = None) -> RigidRegistration:
+def register_rigid(
+    fixed: npt.NDArray[Any],
+    fixed_affine: npt.NDArray[np.floating[Any]],
+    moving: npt.NDArray[Any],
+    moving_affine: npt.NDArray[np.floating[Any]],
+    moving_mask: npt.NDArray[Any],
+    transform_file: str | os.PathLike[str],
+    *,
+    transform_type: str = "Rigid",
+    sampling_points: int = 225000,
+    seed: int = 1,
+    threads: int | None = None,
+) -> RigidRegistration:
     """Register ``moving`` onto ``fixed`` and write the transform to ``transform_file``.
 
     ANTs starts from a centre-of-mass alignment, so large head displacements
@@ -55,10 +63,13 @@ def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floatin
     ants.config._random_seed = int(seed) or 1
     fixed_ants = to_ants(fixed, fixed_affine)
     moving_ants = to_ants(moving, moving_affine)
-    result = ants.registration(fixed=fixed_ants, moving=moving_ants,
-                               type_of_transform=transform_type,
-                               aff_random_sampling_rate=min(1.0, sampling_points / fixed.size),
-                               verbose=False)
+    result = ants.registration(
+        fixed=fixed_ants,
+        moving=moving_ants,
+        type_of_transform=transform_type,
+        aff_random_sampling_rate=min(1.0, sampling_points / fixed.size),
+        verbose=False,
+    )
     forward = [t for t in result["fwdtransforms"] if t.endswith(".mat")]
     if len(forward) != 1:
         raise RuntimeError(f"expected one linear transform from ANTs, got {forward}")
@@ -70,18 +81,22 @@ def register_rigid(fixed: npt.NDArray[Any], fixed_affine: npt.NDArray[np.floatin
             os.remove(temporary)
 
     moved = from_ants(result["warpedmovout"]).astype(np.float32)
-    moved_mask = ants.apply_transforms(fixed=fixed_ants,
-                                       moving=to_ants(np.asarray(moving_mask, np.float32),
-                                                      moving_affine),
-                                       transformlist=[str(destination)],
-                                       interpolator="nearestNeighbor")
-    return RigidRegistration(moved_image=np.clip(moved, 0.0, None),
-                             moved_mask=from_ants(moved_mask) > 0.5,
-                             transform_file=destination)
+    moved_mask = ants.apply_transforms(
+        fixed=fixed_ants,
+        moving=to_ants(np.asarray(moving_mask, np.float32), moving_affine),
+        transformlist=[str(destination)],
+        interpolator="nearestNeighbor",
+    )
+    return RigidRegistration(
+        moved_image=np.clip(moved, 0.0, None),
+        moved_mask=from_ants(moved_mask) > 0.5,
+        transform_file=destination,
+    )
 
 
-def map_points(transform_file: str | os.PathLike[str],
-               points_lps: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+def map_points(
+    transform_file: str | os.PathLike[str], points_lps: npt.NDArray[np.floating[Any]]
+) -> npt.NDArray[np.float64]:
     """Apply a saved transform to physical points (LPS mm, shape (N, 3)).
 
     For the registration above, follow-up points go in, baseline points come out.
@@ -90,8 +105,7 @@ def map_points(transform_file: str | os.PathLike[str],
     return np.array([transform.TransformPoint(tuple(map(float, p))) for p in points_lps])
 
 
-def linear_transform_matrix(transform_file: str | os.PathLike[str]
-                            ) -> npt.NDArray[np.float64]:
+def linear_transform_matrix(transform_file: str | os.PathLike[str]) -> npt.NDArray[np.float64]:
     """The 4x4 homogeneous LPS matrix of a saved linear ITK transform."""
     transform = sitk.ReadTransform(str(transform_file))
     # A linear map is fixed by where it sends the origin and the unit vectors.
@@ -105,9 +119,11 @@ def linear_transform_matrix(transform_file: str | os.PathLike[str]
     return matrix
 
 
-def registration_error_mm(transform_file: str | os.PathLike[str],
-                          true_mapping: Any, points_lps: npt.NDArray[np.floating[Any]]
-                          ) -> npt.NDArray[np.float64]:
+def registration_error_mm(
+    transform_file: str | os.PathLike[str],
+    true_mapping: Any,
+    points_lps: npt.NDArray[np.floating[Any]],
+) -> npt.NDArray[np.float64]:
     """Distance (mm) between where the saved transform and the truth send each point.
 
     ``true_mapping`` maps an (N, 3) array of follow-up points to the true baseline

@@ -15,8 +15,9 @@ from mschange.io import voxel_sizes
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
-def isotropic_grid(shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]],
-                   spacing_mm: float) -> tuple[tuple[int, int, int], npt.NDArray[np.float64]]:
+def isotropic_grid(
+    shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]], spacing_mm: float
+) -> tuple[tuple[int, int, int], npt.NDArray[np.float64]]:
     """Shape and affine of a grid with ``spacing_mm`` voxels covering the same field of view.
 
     The axes keep their directions; the outer corner of the first voxel stays where
@@ -34,10 +35,16 @@ def isotropic_grid(shape: tuple[int, ...], affine: npt.NDArray[np.floating[Any]]
     return (new_shape[0], new_shape[1], new_shape[2]), new_affine
 
 
-def resample_to_grid(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                     target_shape: tuple[int, int, int],
-                     target_affine: npt.NDArray[np.floating[Any]], *, order: int = 1,
-                     antialias: bool = True, cval: float = 0.0) -> npt.NDArray[np.float32]:
+def resample_to_grid(
+    data: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    target_shape: tuple[int, int, int],
+    target_affine: npt.NDArray[np.floating[Any]],
+    *,
+    order: int = 1,
+    antialias: bool = True,
+    cval: float = 0.0,
+) -> npt.NDArray[np.float32]:
     """Sample ``data`` (on ``affine``) at the voxel centres of the target grid.
 
     With ``antialias``, axes that get coarser are first smoothed with the Gaussian
@@ -55,16 +62,25 @@ def resample_to_grid(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any
         if np.any(sigma_voxels > 0.1):
             source = ndimage.gaussian_filter(source, sigma=sigma_voxels, mode="nearest")
     # Target voxel index -> source voxel index.
-    mapping = np.linalg.solve(np.asarray(affine, dtype=np.float64),
-                              np.asarray(target_affine, dtype=np.float64))
-    resampled = ndimage.affine_transform(source, mapping[:3, :3], offset=mapping[:3, 3],
-                                         output_shape=target_shape, order=order,
-                                         mode="constant", cval=cval, prefilter=order > 1)
+    mapping = np.linalg.solve(
+        np.asarray(affine, dtype=np.float64), np.asarray(target_affine, dtype=np.float64)
+    )
+    resampled = ndimage.affine_transform(
+        source,
+        mapping[:3, :3],
+        offset=mapping[:3, 3],
+        output_shape=target_shape,
+        order=order,
+        mode="constant",
+        cval=cval,
+        prefilter=order > 1,
+    )
     return resampled.astype(np.float32, copy=False)
 
 
-def resample_isotropic(image: nib.Nifti1Image, spacing_mm: float = 1.0, *, order: int = 1
-                       ) -> nib.Nifti1Image:
+def resample_isotropic(
+    image: nib.Nifti1Image, spacing_mm: float = 1.0, *, order: int = 1
+) -> nib.Nifti1Image:
     """Resample an image to ``spacing_mm`` isotropic voxels (trilinear by default).
 
     Cubic interpolation (``order=3``) can overshoot; values are clipped to the

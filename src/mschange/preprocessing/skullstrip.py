@@ -53,8 +53,9 @@ class NoBrainFoundError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=2)
-def _hdbet_network(mode: HdBetMode, device: str
-                   ) -> tuple[Any, list[dict[str, Any]], tuple[int, ...]]:
+def _hdbet_network(
+    mode: HdBetMode, device: str
+) -> tuple[Any, list[dict[str, Any]], tuple[int, ...]]:
     """HD-BET's network on ``device``, the parameter sets of its folds (one: fast) and
     its smallest input shape."""
     import torch
@@ -88,29 +89,33 @@ def head_box(image: npt.NDArray[np.float32]) -> tuple[slice, ...]:
     return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high, strict=True))
 
 
-def _padded_batch(crops: Sequence[npt.NDArray[np.float32]], min_shape: Sequence[int]
-                  ) -> npt.NDArray[np.float32]:
+def _padded_batch(
+    crops: Sequence[npt.NDArray[np.float32]], min_shape: Sequence[int]
+) -> npt.NDArray[np.float32]:
     """Crops zero-padded at their upper ends to one shape, divisible by 16 and at least
     ``min_shape``, as HD-BET pads a single image."""
     largest = np.max([crop.shape for crop in crops], axis=0)
     shape = np.maximum(-(-largest // HDBET_DIVISOR) * HDBET_DIVISOR, min_shape)
     batch = np.zeros((len(crops), 1, *shape), dtype=np.float32)
     for index, crop in enumerate(crops):
-        batch[index, 0, :crop.shape[0], :crop.shape[1], :crop.shape[2]] = crop
+        batch[index, 0, : crop.shape[0], : crop.shape[1], : crop.shape[2]] = crop
     return batch
 
 
-def _brain_probability(crops: Sequence[npt.NDArray[np.float32]], mode: HdBetMode,
-                       device: str, tta: bool) -> npt.NDArray[np.float32]:
+def _brain_probability(
+    crops: Sequence[npt.NDArray[np.float32]], mode: HdBetMode, device: str, tta: bool
+) -> npt.NDArray[np.float32]:
     """HD-BET's brain class softmax for crops in one batch, averaged over folds and
     mirrorings."""
     import torch
 
     network, parameters, min_shape = _hdbet_network(mode, device)
     inputs = torch.from_numpy(_padded_batch(crops, min_shape)).to(
-        device, memory_format=torch.channels_last_3d)
-    mirrorings = ([axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
-                  if tta else [()])
+        device, memory_format=torch.channels_last_3d
+    )
+    mirrorings = (
+        [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)] if tta else [()]
+    )
     total = torch.zeros(inputs.shape, dtype=torch.float32, device=device)
     with torch.no_grad():
         for fold_parameters in parameters:
@@ -132,10 +137,15 @@ def largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     return labels == int(np.argmax(sizes))
 
 
-def hdbet_brain_masks(images: Sequence[tuple[npt.NDArray[Any], npt.NDArray[np.floating[Any]]]],
-                      *, mode: HdBetMode = "fast", device: str = "cpu", tta: bool = False,
-                      threads: int | None = None, crop_to_head: bool = True
-                      ) -> list[npt.NDArray[np.bool_]]:
+def hdbet_brain_masks(
+    images: Sequence[tuple[npt.NDArray[Any], npt.NDArray[np.floating[Any]]]],
+    *,
+    mode: HdBetMode = "fast",
+    device: str = "cpu",
+    tta: bool = False,
+    threads: int | None = None,
+    crop_to_head: bool = True,
+) -> list[npt.NDArray[np.bool_]]:
     """Brain masks of head scans, each on its scan's own grid; ``images`` are
     ``(data, affine)`` pairs, run through the network as one batch.
 
@@ -161,53 +171,68 @@ def hdbet_brain_masks(images: Sequence[tuple[npt.NDArray[Any], npt.NDArray[np.fl
     for data, affine in images:
         source = orientations.io_orientation(affine)
         to_standard = orientations.ornt_transform(source, target)
-        standard = orientations.apply_orientation(np.asarray(data, dtype=np.float32),
-                                                  to_standard)
+        standard = orientations.apply_orientation(np.asarray(data, dtype=np.float32), to_standard)
         spacing = voxel_sizes(affine)[np.argsort(to_standard[:, 0])]
         itk_order = np.ascontiguousarray(standard.transpose(2, 1, 0))
         itk_spacing = tuple(float(s) for s in spacing[::-1])
-        network_input = preprocess_image_numpy(itk_order, itk_spacing,
-                                               spacing_target=HDBET_SPACING_MM)
-        box = (head_box(network_input) if crop_to_head
-               else tuple(slice(0, n) for n in network_input.shape))
-        prepared.append((source, itk_order.shape, itk_spacing, network_input.shape, box,
-                         network_input[box]))
+        network_input = preprocess_image_numpy(
+            itk_order, itk_spacing, spacing_target=HDBET_SPACING_MM
+        )
+        box = (
+            head_box(network_input)
+            if crop_to_head
+            else tuple(slice(0, n) for n in network_input.shape)
+        )
+        prepared.append(
+            (source, itk_order.shape, itk_spacing, network_input.shape, box, network_input[box])
+        )
 
     hdbet_device = "cpu" if device == "cpu" else device
     probabilities = _brain_probability([p[-1] for p in prepared], mode, hdbet_device, tta)
     masks = []
     for (source, itk_shape, itk_spacing, resampled_shape, box, crop), probability in zip(
-            prepared, probabilities, strict=True):
+        prepared, probabilities, strict=True
+    ):
         brain = np.zeros(resampled_shape, dtype=bool)
         # Two classes: the brain's softmax above one half is HD-BET's argmax.
-        brain[box] = probability[:crop.shape[0], :crop.shape[1], :crop.shape[2]] > 0.5
+        brain[box] = probability[: crop.shape[0], : crop.shape[1], : crop.shape[2]] > 0.5
         brain = largest_component(brain)
-        on_input = padorcut(resize_image(brain.astype(np.float32), HDBET_SPACING_MM,
-                                         itk_spacing, order=0), itk_shape) > 0
+        on_input = (
+            padorcut(
+                resize_image(brain.astype(np.float32), HDBET_SPACING_MM, itk_spacing, order=0),
+                itk_shape,
+            )
+            > 0
+        )
         mask_standard = on_input.transpose(2, 1, 0)
         back = orientations.ornt_transform(target, source)
-        masks.append(np.asarray(orientations.apply_orientation(mask_standard, back),
-                                dtype=bool))
+        masks.append(np.asarray(orientations.apply_orientation(mask_standard, back), dtype=bool))
     return masks
 
 
-def hdbet_brain_mask(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                     **options: Any) -> npt.NDArray[np.bool_]:
+def hdbet_brain_mask(
+    data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]], **options: Any
+) -> npt.NDArray[np.bool_]:
     """Brain mask of one head scan on the scan's own grid (see :func:`hdbet_brain_masks`)."""
     return hdbet_brain_masks([(data, affine)], **options)[0]
 
 
-def skullstrip(image: nib.Nifti1Image, **options: Any
-               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+def skullstrip(
+    image: nib.Nifti1Image, **options: Any
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """(brain-extracted image, brain mask) on the input grid."""
     return skullstrip_images([image], **options)[0]
 
 
-def skullstrip_images(images: Sequence[nib.Nifti1Image], **options: Any
-                      ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]]:
+def skullstrip_images(
+    images: Sequence[nib.Nifti1Image], **options: Any
+) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]]:
     """(brain-extracted image, brain mask) of each image on its own grid, in one batch."""
     arrays = [np.asarray(image.dataobj, dtype=np.float32) for image in images]
-    masks = hdbet_brain_masks([(data, image.affine) for data, image
-                               in zip(arrays, images, strict=True)], **options)
-    return [(np.where(mask, data, 0.0).astype(np.float32), mask)
-            for data, mask in zip(arrays, masks, strict=True)]
+    masks = hdbet_brain_masks(
+        [(data, image.affine) for data, image in zip(arrays, images, strict=True)], **options
+    )
+    return [
+        (np.where(mask, data, 0.0).astype(np.float32), mask)
+        for data, mask in zip(arrays, masks, strict=True)
+    ]

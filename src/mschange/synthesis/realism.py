@@ -25,24 +25,29 @@ from scipy import ndimage
 QUANTILES = (0.5, 0.9, 0.99)
 
 
-def absolute_differences(baseline: npt.NDArray[Any], followup: npt.NDArray[Any],
-                         brain: npt.NDArray[np.bool_], *, exclude: npt.NDArray[Any] | None = None,
-                         rim_mm: float = 6.0, exclude_margin_mm: float = 3.0,
-                         zooms: Sequence[float] | npt.NDArray[Any] = (1.0, 1.0, 1.0)
-                         ) -> dict[str, npt.NDArray[np.float32]]:
+def absolute_differences(
+    baseline: npt.NDArray[Any],
+    followup: npt.NDArray[Any],
+    brain: npt.NDArray[np.bool_],
+    *,
+    exclude: npt.NDArray[Any] | None = None,
+    rim_mm: float = 6.0,
+    exclude_margin_mm: float = 3.0,
+    zooms: Sequence[float] | npt.NDArray[Any] = (1.0, 1.0, 1.0),
+) -> dict[str, npt.NDArray[np.float32]]:
     """|FU - BL| inside ``brain``, outside ``exclude`` grown by ``exclude_margin_mm``,
     for the whole brain, its outer ``rim_mm`` and the interior."""
     brain = np.asarray(brain, dtype=bool)
     keep = brain.copy()
     if exclude is not None and np.any(exclude):
-        distance = ndimage.distance_transform_edt(~(np.asarray(exclude) > 0),
-                                                  sampling=np.asarray(zooms, float))
+        distance = ndimage.distance_transform_edt(
+            ~(np.asarray(exclude) > 0), sampling=np.asarray(zooms, float)
+        )
         keep &= distance > exclude_margin_mm
     depth = ndimage.distance_transform_edt(brain, sampling=np.asarray(zooms, float))
     difference = np.abs(np.asarray(followup, np.float32) - np.asarray(baseline, np.float32))
     rim = keep & (depth <= rim_mm)
-    return {"brain": difference[keep], "rim": difference[rim],
-            "interior": difference[keep & ~rim]}
+    return {"brain": difference[keep], "rim": difference[rim], "interior": difference[keep & ~rim]}
 
 
 def difference_table(pairs: Mapping[str, Mapping[str, npt.NDArray[Any]]]) -> pd.DataFrame:
@@ -52,20 +57,25 @@ def difference_table(pairs: Mapping[str, Mapping[str, npt.NDArray[Any]]]) -> pd.
     for pair, regions in pairs.items():
         for region, values in regions.items():
             values = np.asarray(values, dtype=np.float64)
-            row: dict[str, Any] = {"pair": pair, "region": region, "voxels": int(values.size),
-                                   "mean": float(values.mean()) if values.size else np.nan}
+            row: dict[str, Any] = {
+                "pair": pair,
+                "region": region,
+                "voxels": int(values.size),
+                "mean": float(values.mean()) if values.size else np.nan,
+            }
             for q in QUANTILES:
-                row[f"q{round(q * 100)}"] = (float(np.quantile(values, q)) if values.size
-                                             else np.nan)
+                row[f"q{round(q * 100)}"] = float(np.quantile(values, q)) if values.size else np.nan
             for level in (0.1, 0.2):
-                row[f"share_above_{level}"] = (float((values > level).mean()) if values.size
-                                               else np.nan)
+                row[f"share_above_{level}"] = (
+                    float((values > level).mean()) if values.size else np.nan
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plot_difference_distributions(pairs: Mapping[str, Mapping[str, npt.NDArray[Any]]],
-                                  png_path: Any, *, title: str) -> None:
+def plot_difference_distributions(
+    pairs: Mapping[str, Mapping[str, npt.NDArray[Any]]], png_path: Any, *, title: str
+) -> None:
     """Survival curves P(|FU - BL| > x) per pair, one panel per region (log scale)."""
     import matplotlib
 
@@ -73,8 +83,9 @@ def plot_difference_distributions(pairs: Mapping[str, Mapping[str, npt.NDArray[A
     import matplotlib.pyplot as plt
 
     regions = list(next(iter(pairs.values())))
-    figure, axes = plt.subplots(1, len(regions), figsize=(4.2 * len(regions), 3.6), dpi=110,
-                                sharey=True)
+    figure, axes = plt.subplots(
+        1, len(regions), figsize=(4.2 * len(regions), 3.6), dpi=110, sharey=True
+    )
     levels = np.linspace(0.0, 0.6, 121)
     for axis, region in zip(np.atleast_1d(axes), regions, strict=True):
         for pair, values in pairs.items():
@@ -98,9 +109,14 @@ def plot_difference_distributions(pairs: Mapping[str, Mapping[str, npt.NDArray[A
     plt.close(figure)
 
 
-def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any,
-                 augmentation: Mapping[str, Any] | None = None, seed: int = 0
-                 ) -> pd.DataFrame:
+def realism_step(
+    pairs: Sequence[Mapping[str, Any]],
+    *,
+    png: Any,
+    tsv: Any,
+    augmentation: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Rule rescan_realism: the real and simulated pairs' difference distributions.
 
     Each of ``pairs`` has name, baseline, followup, masks (preprocessed files) and
@@ -119,24 +135,43 @@ def realism_step(pairs: Sequence[Mapping[str, Any]], *, png: Any, tsv: Any,
         exclude = None
         if pair.get("label"):
             label, label_image = load_float_image(pair["label"])
-            exclude = resample_to_grid(label, label_image.affine, baseline.shape,
-                                       image.affine, order=0, antialias=False) > 0
+            exclude = (
+                resample_to_grid(
+                    label,
+                    label_image.affine,
+                    baseline.shape,
+                    image.affine,
+                    order=0,
+                    antialias=False,
+                )
+                > 0
+            )
         brain = brain_intersection(*pair["masks"])
         zooms = voxel_sizes(image.affine)
-        regions[pair["name"]] = absolute_differences(baseline, followup, brain,
-                                                     exclude=exclude, zooms=zooms)
+        regions[pair["name"]] = absolute_differences(
+            baseline, followup, brain, exclude=exclude, zooms=zooms
+        )
         if exclude is None and augmentation and augmentation.get("enabled"):
             from mschange.detection.augment import augment_patch, augmentation_settings
 
-            augmented = augment_patch(baseline, followup, np.zeros(brain.shape, np.uint8),
-                                      augmentation_settings(augmentation),
-                                      np.random.default_rng(seed))
+            augmented = augment_patch(
+                baseline,
+                followup,
+                np.zeros(brain.shape, np.uint8),
+                augmentation_settings(augmentation),
+                np.random.default_rng(seed),
+            )
             regions[f"{pair['name']} + augmentation"] = absolute_differences(
-                augmented[0], augmented[1], brain, zooms=zooms)
+                augmented[0], augmented[1], brain, zooms=zooms
+            )
     table = difference_table(regions)
     with atomic_path(tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.5g")
-    plot_difference_distributions(regions, png, title="|FU - BL| where nothing changed: "
-                                  "real pairs (solid) and simulated rescans of their "
-                                  "follow-ups (dashed)")
+    plot_difference_distributions(
+        regions,
+        png,
+        title="|FU - BL| where nothing changed: "
+        "real pairs (solid) and simulated rescans of their "
+        "follow-ups (dashed)",
+    )
     return table

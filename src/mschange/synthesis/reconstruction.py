@@ -35,15 +35,16 @@ F32 = npt.NDArray[np.float32]
 @dataclass(frozen=True)
 class TilingSettings:
     tile_size: tuple[int, int, int] = (192, 192, 16)  # voxels, RAS order (the training crop)
-    overlap: int = 8     # voxels shared by neighbouring tiles (at most half a tile per axis)
-    margin: int = 4                                   # voxels kept around the brain box
+    overlap: int = 8  # voxels shared by neighbouring tiles (at most half a tile per axis)
+    margin: int = 4  # voxels kept around the brain box
 
 
 DEFAULT_TILING = TilingSettings()
 
 
-def latent_noise(latent_shape: tuple[int, ...], seed: int, delta: float | None
-                 ) -> tuple[F32, F32 | None]:
+def latent_noise(
+    latent_shape: tuple[int, ...], seed: int, delta: float | None
+) -> tuple[F32, F32 | None]:
     """Sampling noise ``epsilon ~ N(0, I)`` and, given ``delta``, ``Delta ~ U(-delta, delta)``."""
     rng = np.random.default_rng(seed)
     epsilon = rng.standard_normal(latent_shape, dtype=np.float32)
@@ -52,10 +53,18 @@ def latent_noise(latent_shape: tuple[int, ...], seed: int, delta: float | None
 
 
 @torch.no_grad()
-def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[Any],
-                       affine: npt.NDArray[np.floating[Any]], *, seed: int,
-                       delta: float | None, tiling: TilingSettings = DEFAULT_TILING,
-                       device: torch.device | None = None, sample: bool = True) -> F32:
+def reconstruct_volume(
+    model: Vae3d,
+    data: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    *,
+    seed: int,
+    delta: float | None,
+    tiling: TilingSettings = DEFAULT_TILING,
+    device: torch.device | None = None,
+    sample: bool = True,
+) -> F32:
     """The VAE's reconstruction of ``data`` on its own grid, perturbed when ``delta`` is set.
 
     Voxels outside the brain's box keep the input's values. ``sample=False`` decodes
@@ -70,14 +79,14 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
     crop = ras[box]
     region[tuple(slice(0, n) for n in crop.shape)] = crop
 
-    tile = tuple(min(round_up(t, factor), n) for t, n in zip(tiling.tile_size, padded_shape,
-                                                              strict=True))
+    tile = tuple(
+        min(round_up(t, factor), n) for t, n in zip(tiling.tile_size, padded_shape, strict=True)
+    )
     # Half a tile of overlap at most: then every voxel lies in a tile's inner half along
     # each axis, away from the zero padding of the tile's faces.
     overlaps = [min(round_up(tiling.overlap, factor), t // 2) for t in tile]
     strides = [max(factor, t - o) for t, o in zip(tile, overlaps, strict=True)]
-    latent_shape = (model.architecture.latent_channels,
-                    *(n // factor for n in padded_shape))
+    latent_shape = (model.architecture.latent_channels, *(n // factor for n in padded_shape))
     epsilon, scale = latent_noise(latent_shape, seed, delta)
 
     output = np.zeros(padded_shape, dtype=np.float32)
@@ -88,8 +97,10 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
         for j in starts[1]:
             for k in starts[2]:
                 where = (slice(i, i + tile[0]), slice(j, j + tile[1]), slice(k, k + tile[2]))
-                latent_where = (slice(None), *(slice(s.start // factor, s.stop // factor)
-                                               for s in where))
+                latent_where = (
+                    slice(None),
+                    *(slice(s.start // factor, s.stop // factor) for s in where),
+                )
                 x = torch.from_numpy(region[where].copy())[None, None].to(device)
                 with autocast(device):
                     mu, logvar = model.encode(x)
@@ -102,8 +113,12 @@ def reconstruct_volume(model: Vae3d, data: npt.NDArray[Any], mask: npt.NDArray[A
                     decoded = model.decode(z)
                 output[where] += decoded.float().cpu().numpy()[0, 0] * weights
                 weight_sum[where] += weights
-    log.debug("reconstructed %s voxels with %d tiles of %s", padded_shape,
-              np.prod([len(s) for s in starts]), tile)
+    log.debug(
+        "reconstructed %s voxels with %d tiles of %s",
+        padded_shape,
+        np.prod([len(s) for s in starts]),
+        tile,
+    )
 
     reconstruction = ras.copy()
     blended = output / np.maximum(weight_sum, 1e-6)

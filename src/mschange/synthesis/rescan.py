@@ -50,38 +50,57 @@ from mschange.artefacts import (
 )
 
 __all__ = [
-    "BIAS_EXPONENTS", "RescanChoices", "RescanSettings", "apply_gamma", "apply_motion",
-    "apply_rician_noise", "apply_slice_thickness", "bias_field", "centre_mm",
-    "choices_from_record", "draw_choices", "intensity_scale", "noise_sigma",
-    "replay_rescan", "rigid_mm_transform", "rotation_matrix", "simulate_rescan",
-    "thick_slice_operator", "through_plane_axis",
+    "BIAS_EXPONENTS",
+    "RescanChoices",
+    "RescanSettings",
+    "apply_gamma",
+    "apply_motion",
+    "apply_rician_noise",
+    "apply_slice_thickness",
+    "bias_field",
+    "centre_mm",
+    "choices_from_record",
+    "draw_choices",
+    "intensity_scale",
+    "noise_sigma",
+    "replay_rescan",
+    "rigid_mm_transform",
+    "rotation_matrix",
+    "simulate_rescan",
+    "thick_slice_operator",
+    "through_plane_axis",
 ]
 
 RECORD_VERSION = 1
-GAMMA_PERCENTILE = 99.5   # of the nonzero voxels: the intensity mapped to 1 for gamma
-NOISE_PERCENTILE = 99.0   # of all voxels: the intensity the noise fraction refers to
-MAX_NOISE_SEED = 2**32    # noise seeds stay well inside JSON's exact integer range
+GAMMA_PERCENTILE = 99.5  # of the nonzero voxels: the intensity mapped to 1 for gamma
+NOISE_PERCENTILE = 99.0  # of all voxels: the intensity the noise fraction refers to
+MAX_NOISE_SEED = 2**32  # noise seeds stay well inside JSON's exact integer range
 
 
 @dataclass(frozen=True)
 class RescanSettings:
-    max_rotation_deg: float = 3.0        # each of the 3 rotation angles ~ U(-max, max)
-    max_translation_mm: float = 3.0      # each translation component ~ U(-max, max)
+    max_rotation_deg: float = 3.0  # each of the 3 rotation angles ~ U(-max, max)
+    max_translation_mm: float = 3.0  # each translation component ~ U(-max, max)
     slice_thickness_factor: tuple[float, float] = (1.0, 2.0)  # factor ~ U(lo, hi)
-    bias_field_strength: float = 0.15    # max |log multiplicative field| roughly
+    bias_field_strength: float = 0.15  # max |log multiplicative field| roughly
     noise_fraction: tuple[float, float] = (0.005, 0.03)  # Rician sigma / 99th percentile, ~U
-    gamma: tuple[float, float] = (0.9, 1.1)   # contrast change exponent ~ U
+    gamma: tuple[float, float] = (0.9, 1.1)  # contrast change exponent ~ U
 
     def __post_init__(self) -> None:
         for name in ("max_rotation_deg", "max_translation_mm", "bias_field_strength"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name, minimum in (("slice_thickness_factor", 1.0), ("noise_fraction", 0.0),
-                              ("gamma", 0.0)):
+        for name, minimum in (
+            ("slice_thickness_factor", 1.0),
+            ("noise_fraction", 0.0),
+            ("gamma", 0.0),
+        ):
             low, high = getattr(self, name)
             if not minimum <= low <= high:
-                raise ValueError(f"{name} must be [low, high] with {minimum} <= low <= high, "
-                                 f"got {list(getattr(self, name))}")
+                raise ValueError(
+                    f"{name} must be [low, high] with {minimum} <= low <= high, "
+                    f"got {list(getattr(self, name))}"
+                )
         if self.gamma[0] == 0:
             raise ValueError("gamma must be > 0")
 
@@ -111,8 +130,10 @@ class DerivedValues:
 
 def settings_dict(settings: RescanSettings) -> dict[str, Any]:
     """The settings as plain JSON types (tuples become lists)."""
-    return {key: list(value) if isinstance(value, tuple) else value
-            for key, value in dataclasses.asdict(settings).items()}
+    return {
+        key: list(value) if isinstance(value, tuple) else value
+        for key, value in dataclasses.asdict(settings).items()
+    }
 
 
 def draw_choices(settings: RescanSettings, seed: int) -> RescanChoices:
@@ -124,11 +145,15 @@ def draw_choices(settings: RescanSettings, seed: int) -> RescanChoices:
     gamma = uniform(rng, *settings.gamma)
     fraction = uniform(rng, *settings.noise_fraction)
     noise_seed = int(rng.integers(0, MAX_NOISE_SEED))
-    return RescanChoices(rotation_deg=motion["rotation_deg"],
-                         translation_mm=motion["translation_mm"],
-                         slice_thickness_factor=factor,
-                         bias_coefficients=bias_coefficients,
-                         gamma=gamma, noise_fraction=fraction, noise_seed=noise_seed)
+    return RescanChoices(
+        rotation_deg=motion["rotation_deg"],
+        translation_mm=motion["translation_mm"],
+        slice_thickness_factor=factor,
+        bias_coefficients=bias_coefficients,
+        gamma=gamma,
+        noise_fraction=fraction,
+        noise_seed=noise_seed,
+    )
 
 
 # --- effects' parameters derived from the scan (steps in mschange.artefacts) ----------
@@ -155,8 +180,9 @@ def noise_sigma(image: F64, fraction: float) -> float:
 # --- the pipeline ---------------------------------------------------------------------
 
 
-def _apply(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-           choices: RescanChoices) -> tuple[npt.NDArray[np.float32], DerivedValues]:
+def _apply(
+    data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]], choices: RescanChoices
+) -> tuple[npt.NDArray[np.float32], DerivedValues]:
     """All five steps, in order, from fixed choices (shared by simulate and replay)."""
     image = np.asarray(data, dtype=np.float64)
     if image.ndim != 3:
@@ -171,14 +197,21 @@ def _apply(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
     image = apply_gamma(image, choices.gamma, scale)
     sigma = noise_sigma(image, choices.noise_fraction)
     image = apply_rician_noise(image, sigma, choices.noise_seed)
-    derived = DerivedValues(centre_mm=[float(v) for v in centre], through_plane_axis=axis,
-                            intensity_scale=scale, noise_sigma=sigma)
+    derived = DerivedValues(
+        centre_mm=[float(v) for v in centre],
+        through_plane_axis=axis,
+        intensity_scale=scale,
+        noise_sigma=sigma,
+    )
     return image.astype(np.float32), derived
 
 
-def simulate_rescan(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                    settings: RescanSettings, seed: int
-                    ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
+def simulate_rescan(
+    data: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    settings: RescanSettings,
+    seed: int,
+) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
     """Return the simulated rescan (float32, same shape) and a JSON-serialisable record
     of every random choice."""
     choices = draw_choices(settings, seed)
@@ -187,18 +220,27 @@ def simulate_rescan(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]
         "version": RECORD_VERSION,
         "seed": int(seed),
         "settings": settings_dict(settings),
-        "motion": {"rotation_deg": list(choices.rotation_deg),
-                   "translation_mm": list(choices.translation_mm),
-                   "centre_mm": derived.centre_mm,
-                   "convention": "y = Rz Ry Rx (x - centre) + centre + translation maps "
-                                 "input-scan mm x to rescan mm y"},
-        "slice_thickness": {"axis": derived.through_plane_axis,
-                            "factor": choices.slice_thickness_factor},
-        "bias_field": {"coefficients": list(choices.bias_coefficients),
-                       "exponents": [list(e) for e in BIAS_EXPONENTS]},
+        "motion": {
+            "rotation_deg": list(choices.rotation_deg),
+            "translation_mm": list(choices.translation_mm),
+            "centre_mm": derived.centre_mm,
+            "convention": "y = Rz Ry Rx (x - centre) + centre + translation maps "
+            "input-scan mm x to rescan mm y",
+        },
+        "slice_thickness": {
+            "axis": derived.through_plane_axis,
+            "factor": choices.slice_thickness_factor,
+        },
+        "bias_field": {
+            "coefficients": list(choices.bias_coefficients),
+            "exponents": [list(e) for e in BIAS_EXPONENTS],
+        },
         "contrast": {"gamma": choices.gamma, "intensity_scale": derived.intensity_scale},
-        "noise": {"fraction": choices.noise_fraction, "sigma": derived.noise_sigma,
-                  "seed": choices.noise_seed},
+        "noise": {
+            "fraction": choices.noise_fraction,
+            "sigma": derived.noise_sigma,
+            "seed": choices.noise_seed,
+        },
     }
     return rescan, record
 
@@ -218,23 +260,29 @@ def choices_from_record(record: dict[str, Any]) -> RescanChoices:
         bias_coefficients=tuple(float(c) for c in record["bias_field"]["coefficients"]),
         gamma=float(record["contrast"]["gamma"]),
         noise_fraction=float(record["noise"]["fraction"]),
-        noise_seed=int(record["noise"]["seed"]))
+        noise_seed=int(record["noise"]["seed"]),
+    )
 
 
 def _check_derived(record: dict[str, Any], derived: DerivedValues) -> None:
     # Values computed from the scan must match the record, else this is not its scan.
-    expected = {"centre_mm": record["motion"]["centre_mm"],
-                "through_plane_axis": record["slice_thickness"]["axis"],
-                "intensity_scale": record["contrast"]["intensity_scale"],
-                "noise_sigma": record["noise"]["sigma"]}
+    expected = {
+        "centre_mm": record["motion"]["centre_mm"],
+        "through_plane_axis": record["slice_thickness"]["axis"],
+        "intensity_scale": record["contrast"]["intensity_scale"],
+        "noise_sigma": record["noise"]["sigma"],
+    }
     for name, value in expected.items():
         if not np.allclose(getattr(derived, name), value, rtol=1e-6, atol=1e-9):
-            raise ValueError(f"record does not match this scan: {name} is "
-                             f"{getattr(derived, name)!r}, the record says {value!r}")
+            raise ValueError(
+                f"record does not match this scan: {name} is "
+                f"{getattr(derived, name)!r}, the record says {value!r}"
+            )
 
 
-def replay_rescan(data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]],
-                  record: dict[str, Any]) -> npt.NDArray[np.float32]:
+def replay_rescan(
+    data: npt.NDArray[Any], affine: npt.NDArray[np.floating[Any]], record: dict[str, Any]
+) -> npt.NDArray[np.float32]:
     """Recompute the rescan from a record written by simulate_rescan (identical voxels)."""
     rescan, derived = _apply(data, affine, choices_from_record(record))
     _check_derived(record, derived)

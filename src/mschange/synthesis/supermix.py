@@ -40,10 +40,10 @@ TIMEPOINTS = ("baseline", "followup")
 
 @dataclass(frozen=True)
 class SuperMixSettings:
-    tau: float = 0.98                              # probability a superpixel is kept
-    n_segments: tuple[int, int] = (200, 5000)      # log n_seg ~ U(log lo, log hi)
-    delta: float = 5.0                             # Delta ~ U(-delta, delta)
-    compactness: float = 0.1                       # SLIC: intensities are ~[0, 1]
+    tau: float = 0.98  # probability a superpixel is kept
+    n_segments: tuple[int, int] = (200, 5000)  # log n_seg ~ U(log lo, log hi)
+    delta: float = 5.0  # Delta ~ U(-delta, delta)
+    compactness: float = 0.1  # SLIC: intensities are ~[0, 1]
     slic_iterations: int = 5
 
     def __post_init__(self) -> None:
@@ -51,8 +51,9 @@ class SuperMixSettings:
             raise ValueError(f"tau must be in [0, 1], got {self.tau}")
         low, high = self.n_segments
         if not 1 <= low <= high:
-            raise ValueError(f"n_segments must be [low, high] with 1 <= low <= high, got "
-                             f"{list(self.n_segments)}")
+            raise ValueError(
+                f"n_segments must be [low, high] with 1 <= low <= high, got {list(self.n_segments)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,15 @@ def draw_choices(entropy: list[int], settings: SuperMixSettings) -> SampleChoice
     )
 
 
-def superpixels(image: npt.NDArray[Any], mask: npt.NDArray[Any],
-                affine: npt.NDArray[np.floating[Any]], *, n_segments: int,
-                compactness: float, iterations: int) -> npt.NDArray[np.int32]:
+def superpixels(
+    image: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    *,
+    n_segments: int,
+    compactness: float,
+    iterations: int,
+) -> npt.NDArray[np.int32]:
     """3D SLIC labels 1..n inside ``mask`` (0 outside), about ``n_segments`` of them.
 
     SLIC runs on the brain's bounding box from a regular grid of seeds, and the
@@ -96,9 +103,15 @@ def superpixels(image: npt.NDArray[Any], mask: npt.NDArray[Any],
     box, _ = brain_box(brain, margin=0, factor=1)
     box_mask = brain[box]
     requested = max(1, round(n_segments * box_mask.size / int(box_mask.sum())))
-    box_labels = slic(np.asarray(image[box], dtype=np.float64), n_segments=requested,
-                      compactness=compactness, max_num_iter=iterations,
-                      spacing=voxel_sizes(affine), channel_axis=None, start_label=1)
+    box_labels = slic(
+        np.asarray(image[box], dtype=np.float64),
+        n_segments=requested,
+        compactness=compactness,
+        max_num_iter=iterations,
+        spacing=voxel_sizes(affine),
+        channel_axis=None,
+        start_label=1,
+    )
     inside = box_labels[box_mask]
     _, compact = np.unique(inside, return_inverse=True)
     labels = np.zeros(brain.shape, dtype=np.int32)
@@ -114,8 +127,12 @@ def replaced_superpixels(n_superpixels: int, tau: float, draws_seed: int) -> lis
     return [int(i) + 1 for i in np.flatnonzero(draws >= tau)]
 
 
-def mix(scan: npt.NDArray[Any], reconstruction: npt.NDArray[Any],
-        labels: npt.NDArray[np.int32], replaced: list[int]) -> tuple[F32, npt.NDArray[np.uint8]]:
+def mix(
+    scan: npt.NDArray[Any],
+    reconstruction: npt.NDArray[Any],
+    labels: npt.NDArray[np.int32],
+    replaced: list[int],
+) -> tuple[F32, npt.NDArray[np.uint8]]:
     """Equation 1: ``x'`` takes the reconstruction on the replaced superpixels; ``y`` marks them."""
     change = np.isin(labels, np.asarray(replaced, dtype=np.int32)) & (labels > 0)
     synthesised = np.where(change, reconstruction, scan).astype(np.float32)
@@ -131,26 +148,46 @@ class SuperMixSample:
     record: dict[str, Any]
 
 
-def synthesise(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
-               affine: npt.NDArray[np.floating[Any]], model: Vae3d, choices: SampleChoices,
-               settings: SuperMixSettings, *, tiling: TilingSettings = DEFAULT_TILING,
-               device: torch.device | None = None,
-               replaced: list[int] | None = None,
-               reconstruction: F32 | None = None) -> SuperMixSample:
+def synthesise(
+    scan: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    model: Vae3d,
+    choices: SampleChoices,
+    settings: SuperMixSettings,
+    *,
+    tiling: TilingSettings = DEFAULT_TILING,
+    device: torch.device | None = None,
+    replaced: list[int] | None = None,
+    reconstruction: F32 | None = None,
+) -> SuperMixSample:
     """One SuperMix sample of ``scan``; ``replaced`` overrides the draws (replay).
 
     ``reconstruction``, when given, must be the perturbed reconstruction for
     ``choices.latent_seed`` (callers that vary only ``n_seg`` compute it once).
     """
-    labels = superpixels(scan, mask, affine, n_segments=choices.n_segments,
-                         compactness=settings.compactness, iterations=settings.slic_iterations)
+    labels = superpixels(
+        scan,
+        mask,
+        affine,
+        n_segments=choices.n_segments,
+        compactness=settings.compactness,
+        iterations=settings.slic_iterations,
+    )
     n_superpixels = int(labels.max())
     if replaced is None:
         replaced = replaced_superpixels(n_superpixels, settings.tau, choices.replace_draws_seed)
     if reconstruction is None:
-        reconstruction = reconstruct_volume(model, scan, mask, affine,
-                                            seed=choices.latent_seed, delta=settings.delta,
-                                            tiling=tiling, device=device)
+        reconstruction = reconstruct_volume(
+            model,
+            scan,
+            mask,
+            affine,
+            seed=choices.latent_seed,
+            delta=settings.delta,
+            tiling=tiling,
+            device=device,
+        )
     synthesised, label = mix(scan, reconstruction, labels, replaced)
     record = {
         "version": RECORD_VERSION,
@@ -164,19 +201,39 @@ def synthesise(scan: npt.NDArray[Any], mask: npt.NDArray[Any],
     return SuperMixSample(synthesised, label, reconstruction, labels, record)
 
 
-def replay(record: dict[str, Any], scan: npt.NDArray[Any], mask: npt.NDArray[Any],
-           affine: npt.NDArray[np.floating[Any]], model: Vae3d,
-           device: torch.device | None = None) -> SuperMixSample:
+def replay(
+    record: dict[str, Any],
+    scan: npt.NDArray[Any],
+    mask: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    model: Vae3d,
+    device: torch.device | None = None,
+) -> SuperMixSample:
     """Rebuild a sample from its JSON record (same scan, mask and VAE): identical voxels."""
     if record.get("version") != RECORD_VERSION:
         raise ValueError(f"unsupported SuperMix record version {record.get('version')!r}")
     choices = SampleChoices(**{f.name: record[f.name] for f in dataclasses.fields(SampleChoices)})
     stored = record["settings"]
-    settings = SuperMixSettings(tau=stored["tau"], n_segments=tuple(stored["n_segments"]),
-                                delta=stored["delta"], compactness=stored["compactness"],
-                                slic_iterations=stored["slic_iterations"])
-    tiling = TilingSettings(tile_size=tuple(record["tiling"]["tile_size"]),
-                            overlap=record["tiling"]["overlap"],
-                            margin=record["tiling"]["margin"])
-    return synthesise(scan, mask, affine, model, choices, settings, tiling=tiling,
-                      device=device, replaced=list(record["replaced_superpixels"]))
+    settings = SuperMixSettings(
+        tau=stored["tau"],
+        n_segments=tuple(stored["n_segments"]),
+        delta=stored["delta"],
+        compactness=stored["compactness"],
+        slic_iterations=stored["slic_iterations"],
+    )
+    tiling = TilingSettings(
+        tile_size=tuple(record["tiling"]["tile_size"]),
+        overlap=record["tiling"]["overlap"],
+        margin=record["tiling"]["margin"],
+    )
+    return synthesise(
+        scan,
+        mask,
+        affine,
+        model,
+        choices,
+        settings,
+        tiling=tiling,
+        device=device,
+        replaced=list(record["replaced_superpixels"]),
+    )

@@ -47,9 +47,11 @@ class VaeArchitecture:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VaeArchitecture:
-        return cls(encoder=str(values["encoder"]),
-                   channels=tuple(int(c) for c in values["channels"]),
-                   latent_channels=int(values["latent_channels"]))
+        return cls(
+            encoder=str(values["encoder"]),
+            channels=tuple(int(c) for c in values["channels"]),
+            latent_channels=int(values["latent_channels"]),
+        )
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -67,8 +69,9 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 def _downsample(encoder: str, channels: int) -> nn.Module:
     if encoder == "maxpool":
         return nn.MaxPool3d(2)
-    return nn.Sequential(nn.Conv3d(channels, channels, 3, stride=2, padding=1),
-                         nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(
+        nn.Conv3d(channels, channels, 3, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)
+    )
 
 
 class Vae3d(nn.Module):
@@ -81,18 +84,23 @@ class Vae3d(nn.Module):
         encoder_layers: list[nn.Module] = []
         previous = 1
         for width in widths:
-            encoder_layers += [_conv_block(previous, width),
-                               _downsample(architecture.encoder, width)]
+            encoder_layers += [
+                _conv_block(previous, width),
+                _downsample(architecture.encoder, width),
+            ]
             previous = width
         self.encoder = nn.Sequential(*encoder_layers)
         self.to_latent = nn.Conv3d(widths[-1], 2 * architecture.latent_channels, 1)
-        self.from_latent = nn.Sequential(nn.Conv3d(architecture.latent_channels, widths[-1], 1),
-                                         nn.LeakyReLU(0.2, inplace=True))
+        self.from_latent = nn.Sequential(
+            nn.Conv3d(architecture.latent_channels, widths[-1], 1), nn.LeakyReLU(0.2, inplace=True)
+        )
         decoder_layers: list[nn.Module] = []
         for level in reversed(range(len(widths))):
             below = widths[level - 1] if level > 0 else widths[0]
-            decoder_layers += [nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
-                               _conv_block(widths[level], below)]
+            decoder_layers += [
+                nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False),
+                _conv_block(widths[level], below),
+            ]
         self.decoder = nn.Sequential(*decoder_layers)
         self.to_image = nn.Conv3d(widths[0], 1, 1)
 
@@ -112,9 +120,13 @@ class Vae3d(nn.Module):
         return self.decode(z), mu, logvar
 
 
-def vae_loss(reconstruction: torch.Tensor, target: torch.Tensor, mu: torch.Tensor,
-             logvar: torch.Tensor, kl_weight: float
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vae_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    kl_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, L1, KL): voxel-wise L1 plus ``kl_weight`` x KL(N(mu, sigma) || N(0, I)).
 
     Both terms are means (per voxel, per latent element), so the weight does not
@@ -137,12 +149,14 @@ def save_vae(model: Vae3d, path: str | os.PathLike[str], *, training: dict[str, 
     """
     architecture = asdict(model.architecture)
     architecture["channels"] = list(model.architecture.channels)
-    return save_model_file(model, path, VAE_KIND,
-                           {"architecture": architecture, "training": training})
+    return save_model_file(
+        model, path, VAE_KIND, {"architecture": architecture, "training": training}
+    )
 
 
-def load_vae(path: str | os.PathLike[str], device: torch.device | str = "cpu"
-             ) -> tuple[Vae3d, dict[str, Any]]:
+def load_vae(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[Vae3d, dict[str, Any]]:
     """The model (in eval mode, on ``device``) and the file's metadata.
 
     A file that cannot be read safely or holds something else is a
@@ -152,8 +166,9 @@ def load_vae(path: str | os.PathLike[str], device: torch.device | str = "cpu"
     if not isinstance(payload, dict):
         raise ModelFileError(path, [f"holds a {type(payload).__name__}, not an mschange model"])
     if payload.get("kind") != VAE_KIND:
-        raise ModelFileError(path, [f"not an mschange VAE model file (kind "
-                                    f"{payload.get('kind')!r})"])
+        raise ModelFileError(
+            path, [f"not an mschange VAE model file (kind {payload.get('kind')!r})"]
+        )
     model = Vae3d(VaeArchitecture.from_dict(payload["architecture"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()

@@ -37,8 +37,7 @@ from mschange.training_loop import ResumableTraining
 
 log = logging.getLogger(__name__)
 
-LOSS_COLUMNS = ["iteration", "step", "crops", "loss", "l1", "kl", "crops_per_second",
-                "elapsed_s"]
+LOSS_COLUMNS = ["iteration", "step", "crops", "loss", "l1", "kl", "crops_per_second", "elapsed_s"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,10 @@ class VaeTrainingSettings:
     def __post_init__(self) -> None:
         factor = self.architecture.downsampling
         if len(self.crop_size) != 3 or any(c % factor or c <= 0 for c in self.crop_size):
-            raise ValueError(f"crop_size {list(self.crop_size)} must be 3 positive multiples "
-                             f"of {factor} (2 to the number of VAE levels)")
+            raise ValueError(
+                f"crop_size {list(self.crop_size)} must be 3 positive multiples "
+                f"of {factor} (2 to the number of VAE levels)"
+            )
         if self.batch_size < 1 or self.iterations < 1 or self.crops_per_iteration < 1:
             raise ValueError("batch_size, iterations and crops_per_iteration must be >= 1")
 
@@ -95,17 +96,20 @@ class CropSource:
     high: npt.NDArray[np.intp]
     axes: tuple[int, ...] = (0, 1, 2)
 
-    def crop(self, start: npt.NDArray[np.intp], size: npt.NDArray[np.intp]
-             ) -> npt.NDArray[np.float32]:
+    def crop(
+        self, start: npt.NDArray[np.intp], size: npt.NDArray[np.intp]
+    ) -> npt.NDArray[np.float32]:
         """The crop of ``size`` voxels from ``start`` (padded scan's voxels, RAS order)."""
-        region = tuple(slice(int(s), int(s + n)) for s, n in zip(start - self.offset, size,
-                                                                 strict=True))
+        region = tuple(
+            slice(int(s), int(s + n)) for s, n in zip(start - self.offset, size, strict=True)
+        )
         block = self.array[tuple(region[a] for a in self.axes)]
         return np.transpose(block, np.argsort(self.axes))
 
 
-def crop_source(volume: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_],
-                crop_size: tuple[int, int, int]) -> CropSource:
+def crop_source(
+    volume: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_], crop_size: tuple[int, int, int]
+) -> CropSource:
     """One scan (RAS order) and its brain mask as a :class:`CropSource`.
 
     A crop starts at ``clip(centre - crop // 2, 0, shape - crop)`` for a centre in the
@@ -126,9 +130,14 @@ def crop_source(volume: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_],
     padded = np.pad(volume, padding) if any(after for _, after in padding) else volume
     region = tuple(slice(int(a), int(b)) for a, b in zip(first, last, strict=True))
     axes = tuple(int(a) for a in np.argsort(crop, kind="stable"))
-    return CropSource(array=np.ascontiguousarray(np.transpose(padded[region], axes),
-                                                 dtype=np.float32),
-                      offset=first, shape=shape, low=low, high=high, axes=axes)
+    return CropSource(
+        array=np.ascontiguousarray(np.transpose(padded[region], axes), dtype=np.float32),
+        offset=first,
+        shape=shape,
+        low=low,
+        high=high,
+        axes=axes,
+    )
 
 
 class CropSampler:
@@ -139,14 +148,25 @@ class CropSampler:
     for the same generator and keeps only one crop at a time in memory.
     """
 
-    def __init__(self, volumes: Sequence[npt.NDArray[np.float32]],
-                 masks: Sequence[npt.NDArray[np.bool_]], crop_size: tuple[int, int, int],
-                 rng: np.random.Generator) -> None:
-        self._setup([crop_source(volume, mask, crop_size)
-                     for volume, mask in zip(volumes, masks, strict=True)], crop_size, rng)
+    def __init__(
+        self,
+        volumes: Sequence[npt.NDArray[np.float32]],
+        masks: Sequence[npt.NDArray[np.bool_]],
+        crop_size: tuple[int, int, int],
+        rng: np.random.Generator,
+    ) -> None:
+        self._setup(
+            [
+                crop_source(volume, mask, crop_size)
+                for volume, mask in zip(volumes, masks, strict=True)
+            ],
+            crop_size,
+            rng,
+        )
 
-    def _setup(self, sources: list[CropSource], crop_size: tuple[int, int, int],
-               rng: np.random.Generator) -> None:
+    def _setup(
+        self, sources: list[CropSource], crop_size: tuple[int, int, int], rng: np.random.Generator
+    ) -> None:
         if not sources:
             raise ValueError("the VAE needs at least one training scan (no pair has change: no)")
         self.crop = np.asarray(crop_size)
@@ -154,27 +174,42 @@ class CropSampler:
         self.sources = sources
 
     @classmethod
-    def from_files(cls, images: Sequence[str], masks: Sequence[str],
-                   crop_size: tuple[int, int, int], rng: np.random.Generator,
-                   cache: ScanCache) -> CropSampler:
+    def from_files(
+        cls,
+        images: Sequence[str],
+        masks: Sequence[str],
+        crop_size: tuple[int, int, int],
+        rng: np.random.Generator,
+        cache: ScanCache,
+    ) -> CropSampler:
         """A sampler reading its crops from ``cache``, where each scan is decoded once."""
         sampler = cls.__new__(cls)
         kind = f"vae-crop-source crop={list(crop_size)}"
         sources = []
         for image_path, mask_path in zip(images, masks, strict=True):
-            def build(image_path: str = image_path, mask_path: str = mask_path
-                      ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
+
+            def build(
+                image_path: str = image_path, mask_path: str = mask_path
+            ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]:
                 volume, mask = _load_scan(image_path, mask_path)
                 source = crop_source(volume, mask, crop_size)
-                values = {name: getattr(source, name).tolist()
-                          for name in ("offset", "shape", "low", "high")}
-                return {"region": np.asarray(source.array)}, {**values,
-                                                              "axes": list(source.axes)}
+                values = {
+                    name: getattr(source, name).tolist()
+                    for name in ("offset", "shape", "low", "high")
+                }
+                return {"region": np.asarray(source.array)}, {**values, "axes": list(source.axes)}
+
             arrays, values = cache.entry(kind, [image_path, mask_path], build)
-            sources.append(CropSource(
-                array=arrays["region"], axes=tuple(values["axes"]),
-                **{name: np.array(values[name], dtype=np.intp)
-                   for name in ("offset", "shape", "low", "high")}))
+            sources.append(
+                CropSource(
+                    array=arrays["region"],
+                    axes=tuple(values["axes"]),
+                    **{
+                        name: np.array(values[name], dtype=np.intp)
+                        for name in ("offset", "shape", "low", "high")
+                    },
+                )
+            )
         sampler._setup(sources, crop_size, rng)
         return sampler
 
@@ -189,19 +224,25 @@ class CropSampler:
         return batch
 
 
-def _load_scan(image_path: str, mask_path: str
-               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+def _load_scan(
+    image_path: str, mask_path: str
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     image = nib.load(image_path)
-    data, _ = to_ras_axes(np.asarray(image.dataobj, dtype=np.float32),  # type: ignore[attr-defined]
-                          image.affine)  # type: ignore[attr-defined]
+    data, _ = to_ras_axes(
+        np.asarray(image.dataobj, dtype=np.float32),  # type: ignore[attr-defined]
+        image.affine,  # type: ignore[attr-defined]
+    )
     mask_image = nib.load(mask_path)
-    mask, _ = to_ras_axes(np.asarray(mask_image.dataobj) > 0,  # type: ignore[attr-defined]
-                          mask_image.affine)  # type: ignore[attr-defined]
+    mask, _ = to_ras_axes(
+        np.asarray(mask_image.dataobj) > 0,  # type: ignore[attr-defined]
+        mask_image.affine,  # type: ignore[attr-defined]
+    )
     return np.ascontiguousarray(data), np.ascontiguousarray(mask)
 
 
-def load_training_scans(images: Sequence[str], masks: Sequence[str]
-                        ) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.bool_]]]:
+def load_training_scans(
+    images: Sequence[str], masks: Sequence[str]
+) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.bool_]]]:
     """Preprocessed scans and their brain masks, in RAS axis order, in memory (training
     itself reads them through a :class:`~mschange.scancache.ScanCache` instead)."""
     volumes, brains = [], []
@@ -223,13 +264,28 @@ class VaeTraining(ResumableTraining[VaeTrainingSettings, Vae3d]):
     second_curve = ("l1", "L1 reconstruction")
     log_scale = True
 
-    def __init__(self, images: Sequence[str], masks: Sequence[str],
-                 settings: VaeTrainingSettings, *, model_path: str | os.PathLike[str],
-                 loss_tsv: str | os.PathLike[str], curve_png: str | os.PathLike[str],
-                 checkpoint_dir: str | os.PathLike[str], device: torch.device,
-                 on_step: Callable[[int, float], None] | None = None) -> None:
-        super().__init__(settings, inputs=[*images, *masks], checkpoint_dir=checkpoint_dir,
-                         log_tsv=loss_tsv, curve_png=curve_png, device=device, on_step=on_step)
+    def __init__(
+        self,
+        images: Sequence[str],
+        masks: Sequence[str],
+        settings: VaeTrainingSettings,
+        *,
+        model_path: str | os.PathLike[str],
+        loss_tsv: str | os.PathLike[str],
+        curve_png: str | os.PathLike[str],
+        checkpoint_dir: str | os.PathLike[str],
+        device: torch.device,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> None:
+        super().__init__(
+            settings,
+            inputs=[*images, *masks],
+            checkpoint_dir=checkpoint_dir,
+            log_tsv=loss_tsv,
+            curve_png=curve_png,
+            device=device,
+            on_step=on_step,
+        )
         self.images, self.masks = images, masks
         self.model_path = model_path
 
@@ -242,26 +298,38 @@ class VaeTraining(ResumableTraining[VaeTrainingSettings, Vae3d]):
 
     def load_data(self, cache: ScanCache) -> None:
         started_loading = time.perf_counter()
-        self.sampler = CropSampler.from_files(self.images, self.masks, self.settings.crop_size,
-                                              self.rng, cache)
+        self.sampler = CropSampler.from_files(
+            self.images, self.masks, self.settings.crop_size, self.rng, cache
+        )
         cache.prune()
-        log.info("%d training scans ready in %.0f s (%d decoded now, %.1f GB in %s); crops "
-                 "of %s voxels (RAS order)", len(self.sampler.sources), time.perf_counter()
-                 - started_loading, cache.built, cache.size_bytes() / 1e9, cache.folder,
-                 list(self.settings.crop_size))
+        log.info(
+            "%d training scans ready in %.0f s (%d decoded now, %.1f GB in %s); crops "
+            "of %s voxels (RAS order)",
+            len(self.sampler.sources),
+            time.perf_counter() - started_loading,
+            cache.built,
+            cache.size_bytes() / 1e9,
+            cache.folder,
+            list(self.settings.crop_size),
+        )
 
     def loss(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = torch.from_numpy(self.sampler.crop_batch(self.settings.batch_size)
-                                 ).to(self.device)
+        batch = torch.from_numpy(self.sampler.crop_batch(self.settings.batch_size)).to(self.device)
         with autocast(self.device):
             reconstruction, mu, logvar = self.model(batch)
         loss, l1, kl = vae_loss(reconstruction, batch, mu, logvar, self.settings.kl_weight)
         return loss, {"l1": l1.item(), "kl": kl.item()}
 
     def end_of_iteration(self, row: dict[str, Any]) -> None:
-        log.info("iteration %d/%d: loss %.5f (L1 %.5f, KL %.4f), %.2f crops/s",
-                 row["iteration"], self.settings.iterations, row["loss"], row["l1"],
-                 row["kl"], row["crops_per_second"])
+        log.info(
+            "iteration %d/%d: loss %.5f (L1 %.5f, KL %.4f), %.2f crops/s",
+            row["iteration"],
+            self.settings.iterations,
+            row["loss"],
+            row["l1"],
+            row["kl"],
+            row["crops_per_second"],
+        )
 
     def summary_values(self) -> dict[str, Any]:
         return {"training_scans": [str(p) for p in self.images]}
@@ -273,16 +341,31 @@ class VaeTraining(ResumableTraining[VaeTrainingSettings, Vae3d]):
         save_vae(self.model, self.model_path, training=json.loads(json.dumps(summary)))
 
 
-def train_vae(images: Sequence[str], masks: Sequence[str], settings: VaeTrainingSettings, *,
-              model_path: str | os.PathLike[str], loss_tsv: str | os.PathLike[str],
-              curve_png: str | os.PathLike[str], checkpoint_dir: str | os.PathLike[str],
-              device: torch.device,
-              on_step: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+def train_vae(
+    images: Sequence[str],
+    masks: Sequence[str],
+    settings: VaeTrainingSettings,
+    *,
+    model_path: str | os.PathLike[str],
+    loss_tsv: str | os.PathLike[str],
+    curve_png: str | os.PathLike[str],
+    checkpoint_dir: str | os.PathLike[str],
+    device: torch.device,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
     """Train (or resume training) and write the model, the loss table and its curve.
 
     ``on_step(step, loss)`` is called after each optimiser step (progress display).
     Returns a summary: steps run now, the step resumed from, final loss.
     """
-    return VaeTraining(images, masks, settings, model_path=model_path, loss_tsv=loss_tsv,
-                       curve_png=curve_png, checkpoint_dir=checkpoint_dir, device=device,
-                       on_step=on_step).run()
+    return VaeTraining(
+        images,
+        masks,
+        settings,
+        model_path=model_path,
+        loss_tsv=loss_tsv,
+        curve_png=curve_png,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        on_step=on_step,
+    ).run()
