@@ -796,3 +796,16 @@ def test_predict_gives_exactly_what_the_workflow_gives(tiny_run, tmp_path):
         )
         is None
     )
+
+
+def test_every_preprocessing_step_is_a_rule_of_the_workflow():
+    """The pipeline's one definition names the workflow's rules, in the rules' order."""
+    from mschange.preprocessing.pipeline import STEP_RULES
+
+    result = subprocess.run(
+        [*SNAKEMAKE, "--list-rules"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(STEP_RULES) <= set(result.stdout.split()), (STEP_RULES, result.stdout)
+    defined = re.findall(r"^rule (\w+):", (REPO / "rules" / "preprocess.smk").read_text(), re.M)
+    assert [rule for rule in defined if rule in STEP_RULES] == STEP_RULES
