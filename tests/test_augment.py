@@ -221,19 +221,23 @@ def test_sampler_with_augmentation_batches_and_reproducibility():
 def test_interrupted_augmented_training_resumes_to_the_same_weights(tmp_path):
     # The augmentation draws from the sampler's checkpointed generator, so a resumed run
     # sees the same augmented patches as an uninterrupted one.
-    from .test_detection import RESUME_SETTINGS, Killed, _samples, _train
+    from .test_detection import RESUME_SETTINGS, Killed, _samples
+    from .test_training_loop import _run_detector
 
     settings = dataclasses.replace(RESUME_SETTINGS, iterations=2, augmentation=every_effect())
     samples = _samples(tmp_path)
-    _train(tmp_path, samples, "straight", settings)
+
+    def train(name, on_step=None):
+        return _run_detector(tmp_path / name, samples, settings, on_step)
 
     def kill_at_step_3(step, loss):
         if step == 3:
             raise Killed
 
+    train("straight")
     with pytest.raises(Killed):
-        _train(tmp_path, samples, "resumed", settings, on_step=kill_at_step_3)
-    resumed = _train(tmp_path, samples, "resumed", settings)
+        train("resumed", on_step=kill_at_step_3)
+    resumed = train("resumed")
     assert resumed["resumed_from_step"] == 2
     assert resumed["settings"]["augmentation"]["enabled"] is True
     first, _ = load_detector(tmp_path / "straight" / "model.pt")
