@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from mschange.config import section_defaults
 from mschange.imagespace import RAS_TO_LPS, voxel_centres_mm
 from mschange.io import voxel_sizes
+from mschange.layout import TIMEPOINTS, registration_files, timepoint_files
+from mschange.preprocessing.pipeline import plan_pair
 from mschange.preprocessing.register import registration_error_mm
-from mschange.preprocessing.steps import register_step, resample_step, skullstrip_step
 from mschange.qc import brain_volume_ml
 
 from .conftest import OPEN_MS_DATA, requires_open_ms_data
@@ -32,29 +34,49 @@ def true_followup_to_baseline(pair_dir: Path):
     from_followup = to_followup.GetInverse()
 
     def mapping(points: np.ndarray) -> np.ndarray:
-        return np.array([to_baseline.TransformPoint(from_followup.TransformPoint(tuple(p)))
-                         for p in points.tolist()])
+        return np.array(
+            [
+                to_baseline.TransformPoint(from_followup.TransformPoint(tuple(p)))
+                for p in points.tolist()
+            ]
+        )
 
     return mapping
 
 
 @pytest.fixture(scope="module", params=["patient01", "patient03"])
 def preprocessed_pair(request, tmp_path_factory):
+    """The pair through the pipeline's own plan, with the workflow's defaults (one ANTs
+    thread, the config's metric sampling)."""
     pair = request.param
     pair_dir = OPEN_MS_DATA / "longitudinal" / pair
-    work = tmp_path_factory.mktemp(pair)
-    out = {name: work / f"{name}.nii.gz" for name in
-           ["bl", "fu", "bl_brain", "bl_mask", "fu_brain", "fu_mask", "moved", "moved_mask"]}
-    out["xfm"] = work / "xfm.mat"
-    for tp, scan in (("bl", "study1_FLAIR.nii.gz"), ("fu", "study2_FLAIR.nii.gz")):
-        resample_step(pair_dir / scan, out[tp], subject=pair, resolution_mm=1.0)
-        skullstrip_step(out[tp], out[f"{tp}_brain"], out[f"{tp}_mask"], subject=pair, threads=2)
-    # The workflow's defaults: one ANTs thread, the config's metric sampling.
-    register_step(followup_brain=out["fu_brain"], baseline_brain=out["bl_brain"],
-                  baseline_mask=out["bl_mask"], transform_output=out["xfm"],
-                  moved_brain_output=out["moved"], moved_mask_output=out["moved_mask"],
-                  subject=pair, seed=1, threads=1)
-    return pair, pair_dir, out
+    work = str(tmp_path_factory.mktemp(pair))
+    raw = {
+        "baseline": pair_dir / "study1_FLAIR.nii.gz",
+        "followup": pair_dir / "study2_FLAIR.nii.gz",
+    }
+    for call in plan_pair(
+        raw,
+        subject=pair,
+        folder=work,
+        threads=2,
+        settings=section_defaults("preprocessing", resolution_mm=1.0),
+    ):
+        call.run()
+    files = {tp: timepoint_files(pair, tp, work) for tp in TIMEPOINTS}
+    moved = registration_files(pair, work)
+    out = {
+        "fu": files["followup"]["resampled"],
+        **{
+            f"{short}_{kind}": files[tp][name]
+            for tp, short in zip(TIMEPOINTS, ("bl", "fu"), strict=True)
+            for kind, name in (("brain", "brain"), ("mask", "brain_mask"), ("preproc", "preproc"))
+        },
+        "moved": moved["brain"],
+        "moved_mask": moved["mask"],
+        "xfm": moved["transform"],
+    }
+    return pair, pair_dir, {key: Path(path) for key, path in out.items()}
 
 
 def test_hdbet_brain_volume_is_plausible(preprocessed_pair):
@@ -74,8 +96,10 @@ def test_registration_matches_known_alignment(preprocessed_pair):
     truth = true_followup_to_baseline(pair_dir)
     errors = registration_error_mm(out["xfm"], truth, points_lps)
     unregistered = np.linalg.norm(truth(points_lps) - points_lps, axis=1)
-    print(f"{pair}: mean registration error {errors.mean():.2f} mm "
-          f"(unregistered {unregistered.mean():.1f} mm)")
+    print(
+        f"{pair}: mean registration error {errors.mean():.2f} mm "
+        f"(unregistered {unregistered.mean():.1f} mm)"
+    )
     assert errors.mean() < 1.5
     # The check is not vacuous: without registration the error is large.
     assert unregistered.mean() > 5.0
@@ -91,17 +115,28 @@ def test_hdbet_on_the_head_box_agrees_with_hdbet_on_the_whole_scan(preprocessed_
     pair, _, out = preprocessed_pair
     # HD-BET's own function takes a scan in FSL's standard (LAS) orientation.
     raw = nib.load(out["fu"])
-    image = raw.as_reoriented(nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(raw.affine),
-        nib.orientations.axcodes2ornt(("L", "A", "S"))))
+    image = raw.as_reoriented(
+        nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(raw.affine),
+            nib.orientations.axcodes2ornt(("L", "A", "S")),
+        )
+    )
     data = np.asarray(image.dataobj, dtype=np.float32)
     # The exact voxel sizes (a 1 mm resampling is 1 mm only to float precision).
     spacing = tuple(float(size) for size in voxel_sizes(image.affine)[::-1])
-    _, reference = hd_bet(np.ascontiguousarray(data.transpose(2, 1, 0)), spacing,
-                          mode="fast", device="cpu", postprocess=True, do_tta=False)
+    _, reference = hd_bet(
+        np.ascontiguousarray(data.transpose(2, 1, 0)),
+        spacing,
+        mode="fast",
+        device="cpu",
+        postprocess=True,
+        do_tta=False,
+    )
     reference = np.asarray(reference).transpose(2, 1, 0) > 0
-    whole, boxed = (hdbet_brain_masks([(data, image.affine)], threads=2, crop_to_head=crop)[0]
-                    for crop in (False, True))
+    whole, boxed = (
+        hdbet_brain_masks([(data, image.affine)], threads=2, crop_to_head=crop)[0]
+        for crop in (False, True)
+    )
     np.testing.assert_array_equal(whole, reference)
     dice = 2 * (boxed & reference).sum() / (boxed.sum() + reference.sum())
     print(f"{pair}: Dice of the head-box mask to HD-BET's own {dice:.4f}")
@@ -126,19 +161,30 @@ def test_simulated_rescan_of_a_real_scan_is_recovered_by_registration(tmp_path):
 
     image = nib.load(OPEN_MS_DATA / "single" / "long_patient09_study2_FLAIR.nii.gz")
     data = np.asarray(image.dataobj, dtype=np.float32)
-    settings = RescanSettings(max_rotation_deg=4.0, max_translation_mm=4.0,
-                              slice_thickness_factor=(1.5, 1.5))
+    settings = RescanSettings(
+        max_rotation_deg=4.0, max_translation_mm=4.0, slice_thickness_factor=(1.5, 1.5)
+    )
     rescan, record = simulate_rescan(data, image.affine, settings, seed=7)
     assert rescan.shape == data.shape
     assert np.array_equal(replay_rescan(data, image.affine, record), rescan)
 
     head = data > np.percentile(data, 60)
-    registration = register_rigid(data, image.affine, rescan, image.affine,
-                                  np.ones(data.shape, dtype=bool), tmp_path / "xfm.mat",
-                                  seed=1, threads=2)
+    registration = register_rigid(
+        data,
+        image.affine,
+        rescan,
+        image.affine,
+        np.ones(data.shape, dtype=bool),
+        tmp_path / "xfm.mat",
+        seed=1,
+        threads=2,
+    )
     motion = record["motion"]
-    moved = rigid_mm_transform(tuple(motion["rotation_deg"]), tuple(motion["translation_mm"]),
-                               np.asarray(motion["centre_mm"]))
+    moved = rigid_mm_transform(
+        tuple(motion["rotation_deg"]),
+        tuple(motion["translation_mm"]),
+        np.asarray(motion["centre_mm"]),
+    )
     flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
     truth_lps = flip @ moved @ flip  # the same map, in LPS coordinates
 
@@ -173,17 +219,35 @@ def test_open_ms_data_preset_plans_training_and_both_real_pairs(tmp_path):
     cohort.to_csv(tmp_path / "open_ms_data_cohort.tsv", sep="\t", index=False)
     (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-         str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-         str(REPO / "presets" / "open_ms_data.yaml"), "-n", "--quiet", "rules"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            str(REPO / "presets" / "open_ms_data.yaml"),
+            "-n",
+            "--quiet",
+            "rules",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
-    counts = dict(line.split() for line in text.splitlines()
-                  if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert counts["predict_pair"] == "2"         # the two real pairs
-    assert counts["simulate_rescan"] == "3"      # the three real single scans
-    assert counts["make_demo_subject"] == "3"    # plus three demo no-change pairs
+    counts = dict(
+        line.split()
+        for line in text.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    )
+    assert counts["predict_pair"] == "2"  # the two real pairs
+    assert counts["simulate_rescan"] == "3"  # the three real single scans
+    assert counts["make_demo_subject"] == "3"  # plus three demo no-change pairs
     assert counts["supermix_subject"] == "6"
     assert counts["train_detector"] == "1"
     # Both real pairs scored with their mapped ground truth: the model and the
@@ -204,29 +268,46 @@ def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
 
     pair_dir = OPEN_MS_DATA / "longitudinal" / "patient01"
     out = tmp_path / "out"
-    code = cli.main(["predict", "--baseline", str(pair_dir / "study1_FLAIR.nii.gz"),
-                     "--followup", str(pair_dir / "study2_FLAIR.nii.gz"), "--out", str(out),
-                     "--subject", "p01", "--threads", "2"])
+    code = cli.main(
+        [
+            "predict",
+            "--baseline",
+            str(pair_dir / "study1_FLAIR.nii.gz"),
+            "--followup",
+            str(pair_dir / "study2_FLAIR.nii.gz"),
+            "--out",
+            str(out),
+            "--subject",
+            "p01",
+            "--threads",
+            "2",
+        ]
+    )
     assert code == 0
     record = json.loads((out / "sub-p01_desc-changes_prediction.json").read_text())
     assert record["model"]["name"] == DEFAULT_MODEL
     mask = nib.load(out / "sub-p01_space-native_desc-change_mask.nii.gz")
-    truth = np.asarray(common_space_mask_to_followup(
-        pair_dir / "gt.nii.gz", pair_dir / "study2_FLAIR.nii.gz",
-        pair_dir / "study2_FLAIR_to_common_space.txt").dataobj) > 0
+    truth = (
+        np.asarray(
+            common_space_mask_to_followup(
+                pair_dir / "gt.nii.gz",
+                pair_dir / "study2_FLAIR.nii.gz",
+                pair_dir / "study2_FLAIR_to_common_space.txt",
+            ).dataobj
+        )
+        > 0
+    )
     assert mask.shape == truth.shape
     assert (np.asarray(mask.dataobj) > 0)[truth].any()
 
 
-def test_development_pairs_pass_registration_qc_and_a_moved_baseline_does_not(
-        preprocessed_pair, tmp_path):
+def test_development_pairs_pass_registration_qc_and_a_moved_baseline_does_not(preprocessed_pair):
     """Registration QC on the two development pairs, whose registration the data's own
     transforms check (test_registration_matches_known_alignment): after N4 and
     normalisation as in the workflow, both pass the registration and contrast checks at
     the shipped thresholds (patient03 has Pearson 0.76, which the old check flagged);
     the same baseline moved by 4 mm is flagged for registration, not for contrast."""
     from mschange.config import schema_default
-    from mschange.preprocessing.steps import n4_step, normalize_step
     from mschange.qc import (
         contrast_difference,
         qc_table,
@@ -234,32 +315,48 @@ def test_development_pairs_pass_registration_qc_and_a_moved_baseline_does_not(
         registration_similarity,
     )
 
-    pair, _, out = preprocessed_pair
+    _, _, out = preprocessed_pair
     images, masks = {}, {}
-    for tp, brain, mask in (("fu", "fu_brain", "fu_mask"), ("bl", "moved", "moved_mask")):
-        n4_step(out[brain], out[mask], tmp_path / f"{tp}_n4.nii.gz", subject=pair, threads=2)
-        normalize_step(tmp_path / f"{tp}_n4.nii.gz", out[mask], tmp_path / f"{tp}.nii.gz",
-                       subject=pair)
-        images[tp] = nib.load(tmp_path / f"{tp}.nii.gz").get_fdata(dtype=np.float32)
+    for tp, mask in (("fu", "fu_mask"), ("bl", "moved_mask")):
+        images[tp] = nib.load(out[f"{tp}_preproc"]).get_fdata(dtype=np.float32)
         masks[tp] = np.asarray(nib.load(out[mask]).dataobj) > 0
     shifted = np.roll(images["bl"], 4, axis=0)  # 4 voxels of 1 mm
     shifted_mask = np.roll(masks["bl"], 4, axis=0)
     rows = []
-    for case, baseline, baseline_mask in (("registered", images["bl"], masks["bl"]),
-                                          ("moved 4 mm", shifted, shifted_mask)):
+    for case, baseline, baseline_mask in (
+        ("registered", images["bl"], masks["bl"]),
+        ("moved 4 mm", shifted, shifted_mask),
+    ):
         both = masks["fu"] & baseline_mask
-        rows.append({"subject": case, "brain_volume_ml_baseline": 1200.0,
-                     "brain_volume_ml_followup": 1200.0,
-                     "registration_correlation": registration_correlation(
-                         images["fu"], baseline, both),
-                     "registration_similarity": registration_similarity(
-                         images["fu"], baseline, both),
-                     "contrast_difference": contrast_difference(
-                         images["fu"], baseline, masks["fu"], baseline_mask)})
-    table = qc_table(rows, min_similarity=schema_default("qc", "min_registration_similarity"),
-                     max_contrast=schema_default("qc", "max_contrast_difference"),
-                     min_brain_ml=800, max_brain_ml=2100)
-    print(table[["subject", "registration_correlation", "registration_similarity",
-                 "contrast_difference", "flag_reason"]].to_string())
+        rows.append(
+            {
+                "subject": case,
+                "brain_volume_ml_baseline": 1200.0,
+                "brain_volume_ml_followup": 1200.0,
+                "registration_correlation": registration_correlation(images["fu"], baseline, both),
+                "registration_similarity": registration_similarity(images["fu"], baseline, both),
+                "contrast_difference": contrast_difference(
+                    images["fu"], baseline, masks["fu"], baseline_mask
+                ),
+            }
+        )
+    table = qc_table(
+        rows,
+        min_similarity=schema_default("qc", "min_registration_similarity"),
+        max_contrast=schema_default("qc", "max_contrast_difference"),
+        min_brain_ml=800,
+        max_brain_ml=2100,
+    )
+    print(
+        table[
+            [
+                "subject",
+                "registration_correlation",
+                "registration_similarity",
+                "contrast_difference",
+                "flag_reason",
+            ]
+        ].to_string()
+    )
     assert list(table["flag_registration"]) == [False, True], table["flag_reason"].tolist()
     assert not table["flag_contrast"].any(), table["flag_reason"].tolist()
