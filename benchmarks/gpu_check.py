@@ -70,6 +70,7 @@ import torch
 import yaml
 from scipy import ndimage
 
+from mschange.config import section_defaults
 from mschange.detection import training as detector_training
 from mschange.detection.augment import AugmentationSettings
 from mschange.detection.modelfile import load_detector
@@ -718,6 +719,8 @@ class Check:
                 curve_png=folder / "curve.png",
                 checkpoint_dir=folder / "checkpoints",
                 device=self.device,
+                # What a model file must say (mschange.detection.modelfile.check_payload).
+                metadata={"preprocessing": section_defaults("preprocessing", resolution_mm=1.0)},
                 on_step=timer,
             )
         if (folder / "model.pt").is_file():
