@@ -19,6 +19,7 @@ import torch
 from mschange.config import load_schema
 from mschange.detection.network import ChangeDetector, DetectorArchitecture
 from mschange.model_files import ModelFileError, read_model_payload, save_model_file
+from mschange.pretrained import SPEED_SETTINGS
 
 MODEL_KIND = "mschange-change-detector"
 
@@ -39,9 +40,9 @@ def save_detector(
     )
 
 
-# Settings a model file may lack: they change speed, not what the network sees
-# (see mschange.pretrained.SPEED_SETTINGS), and were added after the first models shipped.
-OPTIONAL_PREPROCESSING = {"registration": ("threads", "sampling_points")}
+# Settings a model file may lack: they change speed, not what the network sees, and were
+# added after the first models shipped.
+OPTIONAL_PREPROCESSING = SPEED_SETTINGS
 
 
 def _all_required(schema: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
