@@ -43,6 +43,7 @@ from mschange.io import voxel_sizes
 from mschange.preprocessing.register import register_rigid, registration_error_mm
 from mschange.preprocessing.resample import resample_isotropic
 from mschange.preprocessing.skullstrip import HDBET_ORIENTATION, hdbet_brain_masks
+from mschange.preprocessing.steps import dice
 from mschange.torchrun import flush_denormals
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "open_ms_data"
@@ -106,10 +107,6 @@ def register_pair(
         threads=1,
     )
     return transform
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
 
 
 def true_mapping(pair_dir: Path) -> Callable[[np.ndarray], np.ndarray]:

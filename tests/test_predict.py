@@ -28,9 +28,9 @@ from mschange.detection.pair import (
     publish,
     remove_stale_partial_folders,
     subject_from_path,
-    subject_id_pattern,
 )
 from mschange.io import InputError
+from mschange.subject_id import SUBJECT_ID_PATTERN
 
 from .conftest import default_preprocessing, ellipsoid_phantom
 
@@ -278,7 +278,7 @@ def test_a_subject_id_that_is_not_a_plain_name_is_refused(tmp_path, capsys, pair
 def test_ids_from_file_names_follow_the_cohort_sheets_rule(name, expected):
     subject = subject_from_path(name)
     assert subject == expected
-    assert re.fullmatch(subject_id_pattern(), subject)
+    assert re.fullmatch(SUBJECT_ID_PATTERN, subject)
     assert check_subject_id(subject) == subject
 
 

@@ -39,7 +39,7 @@ from mschange.io import InputError, save_json
 from mschange.layout import preprocessed_pair
 from mschange.preprocessing.pipeline import STEPS, plan_pair
 from mschange.pretrained import inference_for, resolve_model
-from mschange.subject_id import SUBJECT_ID_PATTERN
+from mschange.subject_id import is_subject_id
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
 
 if TYPE_CHECKING:
@@ -56,14 +56,10 @@ def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
     return {key: Path(path) for key, path in prediction_paths(str(out_dir), subject).items()}
 
 
-def subject_id_pattern() -> str:
-    """The cohort sheet's rule for a subject id (letters and digits, single hyphens
-    between): ids become file and folder names, so nothing else is allowed."""
-    return SUBJECT_ID_PATTERN
-
-
 def check_subject_id(subject: str) -> str:
-    if not re.fullmatch(subject_id_pattern(), subject):
+    """``subject`` if it follows the one subject-id rule (:mod:`mschange.subject_id`):
+    ids become file and folder names, so nothing else is allowed."""
+    if not is_subject_id(subject):
         raise InputError(
             f"{subject!r} is not a valid subject id: use ASCII letters and "
             "digits, with single hyphens between them (as in a cohort sheet); "
