@@ -35,19 +35,30 @@ from mschange.torchrun import autocast
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-LESION_COLUMNS = [
-    "lesion_id",
-    "voxels",
-    "volume_mm3",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "mean_probability",
-    "max_probability",
-    "mean_intensity_change",
-    "direction",
-]
 BRIGHTER, DARKER = "brighter", "darker"
+# The lesion table's columns, described as a BIDS data dictionary (the TSV's JSON sidecar).
+LESION_COLUMN_INFO: dict[str, dict[str, Any]] = {
+    "lesion_id": {"Description": "Number of the detected change (its label in the mask)"},
+    "voxels": {"Description": "Size of the change in voxels of the 1 mm follow-up grid"},
+    "volume_mm3": {"Description": "Volume of the change", "Units": "mm^3"},
+    "centroid_x_mm": {"Description": "Centre of the change, scanner x (RAS)", "Units": "mm"},
+    "centroid_y_mm": {"Description": "Centre of the change, scanner y (RAS)", "Units": "mm"},
+    "centroid_z_mm": {"Description": "Centre of the change, scanner z (RAS)", "Units": "mm"},
+    "mean_probability": {"Description": "Mean change probability inside the change"},
+    "max_probability": {"Description": "Highest change probability inside the change"},
+    "mean_intensity_change": {
+        "Description": "Mean follow-up minus baseline FLAIR intensity inside the change, "
+        "on the normalised scale (the brain's 99th percentile is 1)",
+    },
+    "direction": {
+        "Description": "Whether the follow-up is brighter or darker there",
+        "Levels": {
+            BRIGHTER: "new or enlarging lesion",
+            DARKER: "shrinking or resolving lesion",
+        },
+    },
+}
+LESION_COLUMNS = list(LESION_COLUMN_INFO)
 
 
 @dataclass(frozen=True)
