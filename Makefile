@@ -6,17 +6,27 @@ CORES ?= 2
 # wheel of this release is on pip's find-links, pip takes that one instead.
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
+VIEWER_ASSETS := src/mschange/viewer_assets
+NIIVUE := $(VIEWER_ASSETS)/niivue.umd.js
 
 .PHONY: install demo test test-fast lint bench gpu-check check-envs clean pretrained
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(NIIVUE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
+
+# NiiVue for the offline viewer pages, from the npm registry at install time (never at run
+# time): the version and checksums are pinned in tools/niivue/package-lock.json.
+$(NIIVUE): tools/niivue/package-lock.json
+	npm ci --prefix tools/niivue --ignore-scripts --no-audit --no-fund --loglevel=error
+	cp tools/niivue/node_modules/@niivue/niivue/dist/niivue.umd.js $(NIIVUE)
+	node -p "require('./tools/niivue/node_modules/@niivue/niivue/package.json').version" \
+		> $(VIEWER_ASSETS)/niivue.version
 
 demo: install
 	$(BIN)/snakemake --cores $(CORES)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import errno
+import hashlib
+import html
+import json
 import os
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from mschange.evaluation.html import CONTENT_POLICY
 
@@ -99,3 +104,77 @@ def check_images_in_browser(
             f"{result.returncode}): {result.stderr[-2000:]}"
         )
     return int(match.group(1)), int(match.group(2))
+
+
+_RESULT_BLOCK = re.compile(r'<pre id="mschange-test-result">(.*?)</pre>', re.S)
+
+
+def run_in_page(
+    html_path: str | os.PathLike[str],
+    script: str,
+    chromium: str | None = None,
+    *,
+    budget_ms: int = 20000,
+    timeout: float = 180.0,
+    screenshot: str | os.PathLike[str] | None = None,
+    window: tuple[int, int] = (1600, 1000),
+) -> Any:
+    """Run ``script`` (an async function body) in a headless Chromium on a copy of the page.
+
+    The copy sits beside the page, so it opens exactly as the original would from disk;
+    the script's hash is added to the page's security policy and nothing else is allowed.
+    What the function returns comes back through the DOM as JSON. With ``screenshot``, a
+    second run saves the page as PNG after the script ran.
+    """
+    browser = chromium or find_chromium()
+    if browser is None:
+        raise FileNotFoundError(errno.ENOENT, "no Chromium browser found", "chromium")
+    page = Path(html_path).resolve()
+    document = page.read_text(encoding="utf-8")
+    runner = (
+        "(async function () {\n"
+        "  let result;\n"
+        "  try { result = await (async function () {\n" + script + "\n  })(); }\n"
+        "  catch (error) { result = {testError: String(error && error.stack || error)}; }\n"
+        "  const block = document.createElement('pre');\n"
+        "  block.id = 'mschange-test-result';\n"
+        "  block.textContent = JSON.stringify(result);\n"
+        "  document.body.appendChild(block);\n"
+        "})();"
+    )
+    digest = base64.b64encode(hashlib.sha256(runner.encode("utf-8")).digest()).decode("ascii")
+    document = document.replace("script-src ", f"script-src 'sha256-{digest}' ", 1)
+    closing = document.lower().rfind("</body>")
+    document = document[:closing] + f"<script>{runner}</script>" + document[closing:]
+    copy = page.with_name(f".{page.stem}.pagetest{os.getpid()}.html")
+    try:
+        copy.write_text(document, encoding="utf-8")
+        with tempfile.TemporaryDirectory(prefix="mschange-chromium-") as profile:
+            base = [
+                *chromium_command(browser, profile),
+                f"--virtual-time-budget={budget_ms}",
+                f"--window-size={window[0]},{window[1]}",
+            ]
+            result = subprocess.run(
+                [*base, "--dump-dom", copy.as_uri()],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+            if screenshot is not None:
+                subprocess.run(
+                    [*base, f"--screenshot={Path(screenshot).resolve()}", copy.as_uri()],
+                    capture_output=True,
+                    timeout=timeout,
+                    check=False,
+                )
+    finally:
+        copy.unlink(missing_ok=True)
+    match = _RESULT_BLOCK.search(result.stdout)
+    if match is None:
+        raise RuntimeError(
+            f"the test script gave no result on {page} (exit code {result.returncode}): "
+            f"{result.stderr[-2000:]}"
+        )
+    return json.loads(html.unescape(match.group(1)))
