@@ -1,9 +1,10 @@
 """A self-contained HTML report: one file, images inlined, no script, no network.
 
 One file is what gets mailed, attached to a ticket or opened years later from an
-archive, so nothing in it may point to another file or to the web. A Content Security
-Policy in the page enforces that in the browser: only ``data:`` images and the inline
-style load.
+archive, so nothing it shows may come from another file or from the web. A Content
+Security Policy in the page enforces that in the browser: only ``data:`` images and the
+inline style load. Links (``Section.links``) to pages written beside it, such as each
+pair's summary and viewer, load nothing until followed.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ class Table:
 
 
 @dataclass
+class Link:
+    """A link to another page written beside this one (a relative path); loads nothing."""
+
+    text: str
+    href: str
+
+
+@dataclass
 class Section:
     """A titled part of the report; ``text`` is plain text, paragraphs blank-line separated."""
 
@@ -70,6 +79,7 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     subsections: list[Section] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
 
 
 @dataclass
@@ -239,6 +249,16 @@ def _tables_html(tables: list[Table], counters: _Counters) -> str:
     return "".join(out)
 
 
+def _links_html(links: list[Link]) -> str:
+    if not links:
+        return ""
+    items = "".join(
+        f'<li><a href="{html.escape(link.href, quote=True)}">{html.escape(link.text)}</a></li>'
+        for link in links
+    )
+    return f'<ul class="links">{items}</ul>\n'
+
+
 def _section_html(section: Section, depth: int, counters: _Counters, toc: list[str]) -> str:
     """The section's HTML; its table-of-contents entry (nested list) goes onto ``toc``."""
     anchor = counters.anchor(section.title)
@@ -248,6 +268,7 @@ def _section_html(section: Section, depth: int, counters: _Counters, toc: list[s
         f'<section id="{anchor}">\n<h{level}>{title}</h{level}>\n',
         _paragraphs(section.text),
         _tables_html(section.tables, counters),
+        _links_html(section.links),
     ]
     for figure in section.figures:
         counters.figures += 1
