@@ -135,12 +135,12 @@ def summary_report(summary: Mapping[str, Any]) -> Report:
                 for location in (*LOCATION_CLASSES, ALL_LOCATIONS)
             ],
             **{
-                f"{DIRECTION_LABELS[d]}: {what}": [
+                f"{DIRECTION_LABELS[d]} {what}": [
                     wide.loc[location, (column, d)]
                     for location in (*LOCATION_CLASSES, ALL_LOCATIONS)
                 ]
                 for d in DIRECTIONS
-                for column, what in (("count", "count"), ("volume_mm3", "volume (mm³)"))
+                for column, what in (("count", "(n)"), ("volume_mm3", "(mm³)"))
             },
         }
     ).set_index("location")
