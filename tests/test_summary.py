@@ -99,3 +99,30 @@ def test_written_three_ways(tmp_path):
     assert "3 new or enlarging change(s), 175 mm³" in page
     assert "Flagged: contrast" in page
     assert "juxtacortical/cortical" in page
+
+
+def test_cohort_report_lists_each_pair_with_its_pages(tmp_path):
+    from mschange.evaluation.html import render_html
+    from mschange.evaluation.report import PairPages, pair_pages_section
+
+    pages = {}
+    for subject, qc in (("p1", GOOD_QC), ("p2", {**GOOD_QC, "registration_similarity": 0.1})):
+        path = tmp_path / f"{subject}.json"
+        write_summary(make(qc=qc), html=tmp_path / "s.html", tsv=tmp_path / "s.tsv", json=path)
+        pages[subject] = PairPages(path, f"../pairs/{subject}.html", f"../pairs/{subject}_v.html")
+    section = pair_pages_section(pages)
+    table = section.tables[0].frame
+    assert table.loc["p1", "new or enlarging"] == 3
+    assert table.loc["p1", "periventricular"] == 2
+    assert table.loc["p1", "juxtacortical/cortical"] == 0
+    assert table["QC flagged"].tolist() == ["no", "yes"]
+    assert [link.href for link in section.links] == [
+        "../pairs/p1.html",
+        "../pairs/p1_v.html",
+        "../pairs/p2.html",
+        "../pairs/p2_v.html",
+    ]
+    from mschange.evaluation.html import Report
+
+    page = render_html(Report("r", "s", [section]))
+    assert '<a href="../pairs/p2_v.html">p2: viewer</a>' in page

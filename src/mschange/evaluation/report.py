@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mschange import __version__
-from mschange.evaluation.html import Figure, Report, Section, Table, write_html
+from mschange.evaluation.html import Figure, Link, Report, Section, Table, write_html
 from mschange.evaluation.tables import FAMILIES, readable_summary, readable_tables
 
 PathLike = str | os.PathLike[str]
@@ -40,6 +40,17 @@ class ReportInputs:
     rescan_realism: PathLike | None = None
     validation: PathLike | None = None  # mschange.evaluation.validation summary
     cohort_status: pd.DataFrame | None = None  # mschange.status.cohort_status
+    # subject -> its summary JSON, summary page and viewer page (links relative to the report)
+    pair_pages: Mapping[str, PairPages] | None = None
+
+
+@dataclass
+class PairPages:
+    """One pair's summary record, and its pages as the report links them."""
+
+    summary_json: PathLike
+    summary_href: str
+    viewer_href: str
 
 
 def _read(path: PathLike) -> pd.DataFrame:
@@ -203,6 +214,8 @@ def build_report(
     ]
     if inputs.validation:
         sections.insert(0, validation_section(_read(inputs.validation)))
+    if inputs.pair_pages:
+        sections.insert(0, pair_pages_section(inputs.pair_pages))
     if inputs.lesion_examples:
         sections.append(
             Section(
@@ -276,6 +289,47 @@ def build_report(
         summary_tables=family_tables,
         sections=sections,
         footer=f"mschange {__version__}",
+    )
+
+
+def pair_pages_section(pages: Mapping[str, PairPages]) -> Section:
+    """What a clinician reports per test pair (new or enlarging changes by location class),
+    with links to each pair's one-page summary and viewer."""
+    import json
+    from pathlib import Path
+
+    from mschange.locations import LOCATION_CLASSES, LOCATION_LABELS
+
+    rows = []
+    links = []
+    for subject, page in pages.items():
+        summary = json.loads(Path(page.summary_json).read_text(encoding="utf-8"))
+        new = summary["changes"]["new_or_enlarging"]
+        rows.append(
+            {
+                "subject": subject,
+                "new or enlarging": new["count"],
+                **{
+                    LOCATION_LABELS[name]: new["by_location"][name]["count"]
+                    for name in LOCATION_CLASSES
+                },
+                "new volume (mm³)": new["volume_mm3"],
+                "shrinking": summary["changes"]["shrinking"]["count"],
+                "QC flagged": "yes" if summary["qc"]["flagged"] else "no",
+            }
+        )
+        links += [
+            Link(f"{subject}: summary", page.summary_href),
+            Link(f"{subject}: viewer", page.viewer_href),
+        ]
+    table = pd.DataFrame(rows).set_index("subject")
+    return Section(
+        "Changes per pair, by location",
+        "New or enlarging changes of each test pair by location class (McDonald 2017 / "
+        "MAGNIMS 2021; docs/locations.md gives the rules), as the main model detected them. "
+        "Each pair has a one-page summary and an interactive viewer (opens offline).",
+        tables=[Table(table, "New or enlarging changes by location", float_format="{:.0f}")],
+        links=links,
     )
 
 
