@@ -25,6 +25,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from mschange.detection.outputs import PREDICTION_SUFFIXES
 from mschange.evaluation.metrics import MetricSettings, score_pair
 from mschange.evaluation.outputs import evaluation_paths
 from mschange.evaluation.steps import evaluate_pair_step
@@ -78,7 +79,7 @@ def main() -> None:
 
         def job() -> None:
             evaluate_pair_step(
-                score=f"{predict}_space-followup_desc-change_probseg.nii.gz",
+                score=f"{predict}{PREDICTION_SUFFIXES['probability']}",
                 baseline=f"{preproc}_tp-baseline_space-followup_desc-preproc_FLAIR.nii.gz",
                 followup=f"{preproc}_tp-followup_space-followup_desc-preproc_FLAIR.nii.gz",
                 masks=[

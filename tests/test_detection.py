@@ -29,6 +29,7 @@ from mschange.detection.loss import (
 )
 from mschange.detection.modelfile import load_detector, save_detector
 from mschange.detection.network import AttentionGate, ChangeDetector, DetectorArchitecture
+from mschange.detection.outputs import PairEntities, bids_prediction_paths
 from mschange.detection.steps import predict_with_network, training_settings
 from mschange.detection.training import (
     DetectorTrainingSettings,
@@ -391,7 +392,14 @@ def test_changes_are_found_at_the_right_scanner_place_on_the_native_grid(tmp_pat
 
     outputs = {
         key: tmp_path / "out" / f"{key}.nii.gz"
-        for key in ("probability", "mask", "native_probability", "native_mask")
+        for key in (
+            "probability",
+            "mask",
+            "labels",
+            "native_probability",
+            "native_mask",
+            "native_labels",
+        )
     }
     outputs["lesions"] = tmp_path / "out" / "lesions.tsv"
     outputs["record"] = tmp_path / "out" / "record.json"
@@ -615,19 +623,21 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     assert "[6/6] detecting changes" in captured.err
     assert "change(s)" in captured.out
     raw = nib.load(paths.followup)
-    stem = out / "sub-demo02"  # the subject id comes from the BIDS-like file name
-    for kind in ("probseg", "mask"):
-        native = nib.load(f"{stem}_space-native_desc-change_{kind}.nii.gz")
+    # The subject id comes from the BIDS-like file name (no dataset: no session).
+    files = bids_prediction_paths(str(out), PairEntities("demo02"))
+    for key in ("native_probability", "native_mask", "native_labels"):
+        native = nib.load(files[key])
         assert native.shape == raw.shape
         np.testing.assert_allclose(native.affine, raw.affine, atol=1e-5)
-    record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
+    record = json.loads(Path(files["record"]).read_text())
     assert record["settings"]["min_blob_voxels"] == 3
     assert record["model"]["path"] == str(model)
     assert [m["path"] for m in record["ensemble"]] == [str(model), str(second)]
     assert record["raw_inputs"]["followup"] == str(paths.followup)
-    table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
+    table = pd.read_csv(files["lesions"], sep="\t")
     assert len(table) == record["changes"]
-    assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 5_000
+    assert Path(files["figure"]).stat().st_size > 5_000
+    assert (out / "dataset_description.json").is_file()
     assert (
         out / "preproc" / "sub-demo02" / "sub-demo02_tp-baseline_space-followup_desc-"
         "preproc_FLAIR.nii.gz"

@@ -264,6 +264,7 @@ def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
     import json
 
     from mschange import cli
+    from mschange.detection.outputs import PairEntities, bids_prediction_paths
     from mschange.importers import common_space_mask_to_followup
     from mschange.pretrained import DEFAULT_MODEL
 
@@ -285,9 +286,10 @@ def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
         ]
     )
     assert code == 0
-    record = json.loads((out / "sub-p01_desc-changes_prediction.json").read_text())
+    files = bids_prediction_paths(str(out), PairEntities("p01"))
+    record = json.loads(Path(files["record"]).read_text())
     assert record["model"]["name"] == DEFAULT_MODEL
-    mask = nib.load(out / "sub-p01_space-native_desc-change_mask.nii.gz")
+    mask = nib.load(files["native_mask"])
     truth = (
         np.asarray(
             common_space_mask_to_followup(

@@ -18,6 +18,13 @@ import pytest
 import torch
 import yaml
 
+from mschange.detection.outputs import (
+    PairEntities,
+    bids_label,
+    bids_prediction_paths,
+    prediction_paths,
+)
+
 from .conftest import REPO, ellipsoid_phantom, oblique_affine
 from .workflow_runs import REPORT_JOBS, SNAKEMAKE, TINY, planned_jobs, snakemake, write_config
 
@@ -369,18 +376,42 @@ def test_tiny_run_trains_the_detector_and_predicts_the_test_pair(tiny_run):
     folder = results / "predict" / "model-siamese-inc-ag-ms-ds"
     assert sorted(p.name for p in folder.iterdir()) == ["sub-demo02"]
     raw = nib.load(results / "demo" / "sub-demo02" / "sub-demo02_tp-followup_FLAIR.nii.gz")
-    stem = folder / "sub-demo02" / "sub-demo02"
-    for kind in ("probseg", "mask"):
-        native = nib.load(f"{stem}_space-native_desc-change_{kind}.nii.gz")
+    files = prediction_paths(str(folder / "sub-demo02"), "demo02")
+    for key in ("native_probability", "native_mask", "native_labels"):
+        native = nib.load(files[key])
         assert native.shape == raw.shape
         np.testing.assert_allclose(native.affine, raw.affine, atol=1e-5)
-    probability = nib.load(f"{stem}_space-followup_desc-change_probseg.nii.gz").get_fdata()
+    probability = nib.load(files["probability"]).get_fdata()
     assert probability.min() >= 0.0 and probability.max() <= 1.0
-    table = pd.read_csv(f"{stem}_desc-changes_lesions.tsv", sep="\t")
-    record = json.loads(Path(f"{stem}_desc-changes_prediction.json").read_text())
+    table = pd.read_csv(files["lesions"], sep="\t")
+    record = json.loads(Path(files["record"]).read_text())
     assert len(table) == record["changes"]
+    assert int(np.asarray(nib.load(files["labels"]).dataobj).max()) == len(table)
     assert list(table.columns)[:3] == ["lesion_id", "voxels", "volume_mm3"]
-    assert Path(f"{stem}_desc-changes_overlay.png").stat().st_size > 10_000
+    assert Path(files["figure"]).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_a_bids_derivatives_dataset_of_the_main_models_predictions(tiny_run):
+    """results/derivatives/mschange: the main model's prediction of the test pair, found
+    by pybids with its entities and sidecars (the demo's scans are not BIDS: no session)."""
+    from .test_bids import check_dataset
+
+    workdir, _ = tiny_run
+    root = workdir / "results" / "derivatives" / "mschange"
+    followup = "sub-demo02_tp-followup_FLAIR.nii.gz"  # in the folder of both scans
+    check_dataset(root, "demo02", None, f"bids:inputs:{followup}")
+    assert sorted(p.name for p in root.iterdir()) == [
+        ".bidsignore",
+        "dataset_description.json",
+        "sub-demo02",
+    ]
+    flat = prediction_paths(
+        str(workdir / "results" / "predict" / "model-siamese-inc-ag-ms-ds" / "sub-demo02"),
+        "demo02",
+    )
+    copied = root / "sub-demo02" / "anat" / Path(flat["probability"]).name
+    assert copied.read_bytes() == Path(flat["probability"]).read_bytes()
 
 
 @pytest.mark.slow
@@ -788,14 +819,11 @@ def test_predict_gives_exactly_what_the_workflow_gives(tiny_run, tmp_path):
     subject = f"sub-{pair['subject']}"
     compared = compare_results(workdir / "results" / "preproc" / subject, out / "preproc" / subject)
     assert compared == 13  # every step's files of both time points, and the registration's
-    probability = f"{subject}_space-followup_desc-change_probseg.nii.gz"
-    assert (
-        _same_file(
-            workdir / "results" / "predict" / f"model-{model}" / subject / probability,
-            out / probability,
-        )
-        is None
+    workflow = prediction_paths(
+        str(workdir / "results" / "predict" / f"model-{model}" / subject), pair["subject"]
     )
+    predicted = bids_prediction_paths(str(out), PairEntities(bids_label(pair["subject"])))
+    assert _same_file(Path(workflow["probability"]), Path(predicted["probability"])) is None
 
 
 def test_every_preprocessing_step_is_a_rule_of_the_workflow():

@@ -51,16 +51,17 @@ def to_native_grid(
     affine: npt.NDArray[np.floating[Any]],
     native_shape: tuple[int, int, int],
     native_affine: npt.NDArray[np.floating[Any]],
-) -> tuple[F32, npt.NDArray[np.uint8]]:
-    """Probability and binary change mask on another grid of the same scanner space.
+) -> tuple[F32, npt.NDArray[np.int32]]:
+    """Probability and change labels (ids 1..n, as in ``labels``) on another grid of the
+    same scanner space; the binary change mask is ``labels > 0``.
 
-    The probability is interpolated (trilinear) at the native voxel centres; the mask
-    comes from :func:`changes_to_grid`.
+    The probability is interpolated (trilinear) at the native voxel centres; the labels
+    come from :func:`labels_to_grid`.
     """
     native_probability = resample_to_grid(
         probability, affine, native_shape, native_affine, order=1, antialias=False
     )
-    return native_probability, changes_to_grid(labels, affine, native_shape, native_affine)
+    return native_probability, labels_to_grid(labels, affine, native_shape, native_affine)
 
 
 class NearestGrid:
@@ -97,6 +98,38 @@ class NearestGrid:
         return values.reshape(self.target_shape)
 
 
+def labels_to_grid(
+    labels: npt.NDArray[Any],
+    affine: npt.NDArray[np.floating[Any]],
+    native_shape: tuple[int, int, int],
+    native_affine: npt.NDArray[np.floating[Any]],
+    grid: NearestGrid | None = None,
+) -> npt.NDArray[np.int32]:
+    """The changes of ``labels`` (ids 1..n) on another grid, keeping their ids.
+
+    The label map is sampled at the native voxel centres (nearest neighbour; ``grid``
+    caches that mapping); a change too thin to cover any native voxel centre (e.g.
+    between two 3 mm slices) still marks the native voxel that holds its centroid (when
+    no other change holds it), so that no detection disappears.
+    """
+    if grid is None:
+        grid = NearestGrid(labels.shape, affine, native_shape, native_affine)
+    native_labels = grid.sample(labels).astype(np.int32)
+    present = set(np.unique(native_labels[native_labels > 0]).astype(int))
+    count = int(labels.max()) if labels.size else 0
+    missing = [i for i in range(1, count + 1) if i not in present]
+    if missing:
+        centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, missing))
+        homogeneous = np.c_[centroids, np.ones(len(missing))]
+        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T)[:, :3]
+        for change, voxel in zip(missing, np.rint(native_index).astype(int), strict=True):
+            inside = all(0 <= v < n for v, n in zip(voxel, native_shape, strict=True))
+            if inside and native_labels[tuple(voxel)] == 0:
+                native_labels[tuple(voxel)] = change
+        log.debug("%d change(s) thinner than the native grid kept at their centroid", len(missing))
+    return native_labels
+
+
 def changes_to_grid(
     labels: npt.NDArray[Any],
     affine: npt.NDArray[np.floating[Any]],
@@ -104,26 +137,6 @@ def changes_to_grid(
     native_affine: npt.NDArray[np.floating[Any]],
     grid: NearestGrid | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Binary mask of the changes in ``labels`` (ids 1..n) on another grid.
-
-    The label map is sampled at the native voxel centres (nearest neighbour; ``grid``
-    caches that mapping); a change too thin to cover any native voxel centre (e.g.
-    between two 3 mm slices) still marks the native voxel that holds its centroid, so
-    that no detection disappears.
-    """
-    if grid is None:
-        grid = NearestGrid(labels.shape, affine, native_shape, native_affine)
-    native_labels = grid.sample(labels)
-    mask = native_labels > 0
-    present = set(np.unique(native_labels[mask]).astype(int))
-    count = int(labels.max()) if labels.size else 0
-    missing = [i for i in range(1, count + 1) if i not in present]
-    if missing:
-        centroids = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, missing))
-        homogeneous = np.c_[centroids, np.ones(len(missing))]
-        native_index = (np.linalg.solve(native_affine, np.asarray(affine) @ homogeneous.T).T)[:, :3]
-        for voxel in np.rint(native_index).astype(int):
-            if all(0 <= v < n for v, n in zip(voxel, native_shape, strict=True)):
-                mask[tuple(voxel)] = True
-        log.debug("%d change(s) thinner than the native grid kept at their centroid", len(missing))
-    return mask.astype(np.uint8)
+    """Binary mask of the changes in ``labels`` (ids 1..n) on another grid: where
+    :func:`labels_to_grid` puts a change."""
+    return (labels_to_grid(labels, affine, native_shape, native_affine, grid) > 0).astype(np.uint8)

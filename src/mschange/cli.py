@@ -173,8 +173,8 @@ def _predict(args: argparse.Namespace) -> int:
         f"{record['changed_volume_mm3']:.0f} mm3 in all"
     )
     print(
-        f"results in {args.out}/ (lesion table: sub-{record['subject']}_desc-changes_"
-        "lesions.tsv; masks on the follow-up's own grid: *_space-native_*)"
+        f"results in {args.out}/, a BIDS derivatives dataset (lesion table: "
+        f"{record['outputs']['lesions']}; maps on the follow-up's own grid: *_res-native_*)"
     )
     return 0
 
@@ -331,8 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
         "name of a shipped model; give it again for an ensemble "
         "(default: the shipped flair-lesions-v1)",
     )
-    predict.add_argument("--out", type=Path, required=True, help="output folder")
-    predict.add_argument("--subject", help="id used in file names (default: from --followup)")
+    predict.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder, made a BIDS derivatives dataset (docs/bids.md)",
+    )
+    predict.add_argument(
+        "--subject",
+        help="id used in file names (default: from --followup; a BIDS follow-up's subject "
+        "and session carry over)",
+    )
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     predict.add_argument(
         "--threads", type=_positive_int, help="CPU threads (default: all available)"

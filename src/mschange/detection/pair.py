@@ -3,8 +3,11 @@
 This is what ``mschange predict`` runs. The pair goes through the same steps as in
 the workflow (resampling, HD-BET, rigid registration onto the follow-up, N4,
 intensity normalisation), with the preprocessing parameters stored in the model
-file, so that the network sees what it was trained on. Intermediates stay under
-``OUT/preproc/``; the results sit in ``OUT/`` with the workflow's file names.
+file, so that the network sees what it was trained on. ``OUT`` is a BIDS derivatives
+dataset (:mod:`mschange.bids`, docs/bids.md): ``dataset_description.json``, the results
+in ``OUT/sub-<label>/[ses-<label>/]anat/`` with the workflow's file names and a JSON
+sidecar each, the QC picture in ``OUT/sub-<label>/figures/``; the preprocessed
+intermediates stay under ``OUT/preproc/`` (left out of the dataset by ``.bidsignore``).
 
 Everything is checked before anything is written (the inputs by the cohort sheet's own
 checks, the model file's whole structure, every option). A run writes into a fresh
@@ -31,9 +34,21 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from mschange.bids import (
+    DATASET_FILES,
+    PairPrediction,
+    is_mschange_dataset,
+    pair_entities,
+    write_dataset,
+)
 from mschange.cohort import CohortError, check_cohort_images, check_cohort_table
 from mschange.detection.modelfile import load_detector
-from mschange.detection.outputs import prediction_paths
+from mschange.detection.outputs import (
+    BIDS_LABEL,
+    PREDICTION_SUFFIXES,
+    PairEntities,
+    bids_prediction_paths,
+)
 from mschange.detection.steps import model_summary, predict_with_network
 from mschange.io import InputError, save_json
 from mschange.layout import preprocessed_pair
@@ -51,9 +66,9 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike[str]
 
 
-def output_paths(out_dir: Path, subject: str) -> dict[str, Path]:
-    """Result files of one pair, named like the workflow's."""
-    return {key: Path(path) for key, path in prediction_paths(str(out_dir), subject).items()}
+def output_paths(out_dir: Path, entities: PairEntities) -> dict[str, Path]:
+    """Result files of one pair in the dataset ``out_dir``, named like the workflow's."""
+    return {key: Path(path) for key, path in bids_prediction_paths(str(out_dir), entities).items()}
 
 
 def check_subject_id(subject: str) -> str:
@@ -152,9 +167,31 @@ def _sibling(out: Path, tag: str) -> Path:
     return out.parent / f".{out.name}.{tag}-{socket.gethostname()}-{os.getpid()}"
 
 
-def _written_by_predict(entry: Path) -> bool:
-    """Whether ``entry`` (in an output folder) is one that ``predict`` writes."""
-    return entry.name == "preproc" or bool(re.fullmatch(r"sub-[A-Za-z0-9-]+_.+", entry.name))
+# A pair's folder and its page at the root of predict's dataset.
+_PAIR_FOLDER = re.compile(rf"sub-{BIDS_LABEL}")
+_PAIR_PAGE = re.compile(rf"sub-{BIDS_LABEL}(?:_ses-{BIDS_LABEL})?\.html")
+# What predict wrote before its folder was a BIDS dataset: the results flat in it.
+_FLAT_RESULT = re.compile(
+    r"sub-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*_(?:space-(?:followup|native)_)?desc-changes?_"
+    r"(?:probseg\.nii\.gz|mask\.nii\.gz|lesions\.tsv|prediction\.json|overlay\.png)"
+)
+
+
+def _written_by_predict(entry: Path, dataset: bool) -> bool:
+    """Whether ``entry`` (at the top of an output folder) is one that ``predict`` writes;
+    ``dataset``: the folder is a dataset mschange wrote (its dataset_description.json
+    says so), without which only the preprocessing folder and (older versions') flat
+    result files count: a raw BIDS dataset's ``sub-*`` folders are never predict's."""
+    name = entry.name
+    if name == "preproc":
+        return entry.is_dir()
+    if dataset and (
+        name in DATASET_FILES
+        or (_PAIR_FOLDER.fullmatch(name) is not None and entry.is_dir())
+        or (_PAIR_PAGE.fullmatch(name) is not None and entry.is_file())
+    ):
+        return True
+    return _FLAT_RESULT.fullmatch(name) is not None and entry.is_file()
 
 
 def check_output_folder(out: Path) -> None:
@@ -162,8 +199,11 @@ def check_output_folder(out: Path) -> None:
     folder holding files that ``predict`` did not write (they would be deleted)."""
     if out.exists() and not out.is_dir():
         raise InputError("--out is a file, not a folder", out)
+    dataset = out.is_dir() and is_mschange_dataset(out)
     other = (
-        sorted(e.name for e in out.iterdir() if not _written_by_predict(e)) if out.is_dir() else []
+        sorted(e.name for e in out.iterdir() if not _written_by_predict(e, dataset))
+        if out.is_dir()
+        else []
     )
     if other:
         raise InputError(
@@ -281,6 +321,7 @@ def predict_pair(
     whole by the finished run (see the module's docstring).
     """
     progress = progress or Progress()
+    named = subject is not None
     subject = check_subject_id(subject if subject is not None else subject_from_path(followup))
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, not {threads}")
@@ -289,6 +330,8 @@ def predict_pair(
     # Fail on bad inputs before creating any output.
     for warning in check_inputs(baseline, followup, subject):
         progress.say(f"mschange: warning: {warning}")
+    # Subject and session of a BIDS follow-up carry over (--subject names the subject).
+    entities = pair_entities(subject, followup, subject_from_scan=not named)
     check_output_folder(out)
     torch_device = resolve_device(device)
     requested = [model] if model is None or isinstance(model, str | os.PathLike) else model
@@ -315,6 +358,7 @@ def predict_pair(
             loaded,
             partial,
             subject=subject,
+            entities=entities,
             settings=settings,
             device=device,
             torch_device=torch_device,
@@ -322,7 +366,21 @@ def predict_pair(
             progress=progress,
         )
         record = _moved_paths(record, str(partial), str(out))
-        save_json(record, output_paths(partial, subject)["record"])
+        record["outputs"] = {key: str(p) for key, p in output_paths(out, entities).items()}
+        paths = output_paths(partial, entities)
+        save_json(record, paths["record"])
+        write_dataset(
+            partial,
+            [
+                PairPrediction(
+                    entities,
+                    {key: str(p) for key, p in paths.items()},
+                    os.path.abspath(baseline),
+                    os.path.abspath(followup),
+                    record,
+                )
+            ],
+        )
         publish(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -337,6 +395,7 @@ def _run(
     out: Path,
     *,
     subject: str,
+    entities: PairEntities,
     settings: InferenceSettings,
     device: str,
     torch_device: torch.device,
@@ -365,7 +424,7 @@ def _run(
             for call in calls:
                 call.run()
     ready = preprocessed_pair(subject, work)
-    outputs = output_paths(out, subject)
+    outputs = {key: output_paths(out, entities)[key] for key in PREDICTION_SUFFIXES}
     with progress.stage(f"detecting changes on {torch_device}"), cpu_threads(threads, torch_device):
         record = predict_with_network(
             networks,

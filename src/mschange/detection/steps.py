@@ -173,7 +173,8 @@ def predict_pair_step(
     ``masks`` their brain masks (changes are looked for where both show brain),
     ``native_followup`` the user's follow-up file, whose grid the native outputs share.
     ``outputs`` maps the keys of ``mschange.detection.outputs.PREDICTION_SUFFIXES`` to
-    paths (``figure``, a QC picture, may be left out). Returns the record.
+    paths (``figure``, a QC picture, may be left out; others are ignored). Returns the
+    record.
     """
     torch_device = resolve_device(device)
     network, metadata = load_detector(model, torch_device)
@@ -243,9 +244,10 @@ def predict_with_network(
     seconds_network = time.perf_counter() - started
     labels = find_changes(probability, settings.kappa, settings.min_blob_voxels)
     table = lesion_table(labels, probability, baseline_data, followup_data, image.affine)
-    native_probability, native_mask = to_native_grid(
+    native_probability, native_labels = to_native_grid(
         probability, labels, image.affine, native_shape, native.affine
     )
+    label_type = np.uint16 if int(labels.max(initial=0)) < 2**16 else np.int32
 
     save_nifti(probability, image.affine, outputs["probability"], header=image.header)
     save_nifti(
@@ -259,7 +261,20 @@ def predict_with_network(
         native_probability, native.affine, outputs["native_probability"], header=native.header
     )
     save_nifti(
-        native_mask, native.affine, outputs["native_mask"], header=native.header, dtype=np.uint8
+        (native_labels > 0).astype(np.uint8),
+        native.affine,
+        outputs["native_mask"],
+        header=native.header,
+        dtype=np.uint8,
+    )
+    # The changes labelled 1..n (``lesion_id`` of the lesion table) on both grids.
+    save_nifti(labels, image.affine, outputs["labels"], header=image.header, dtype=label_type)
+    save_nifti(
+        native_labels,
+        native.affine,
+        outputs["native_labels"],
+        header=native.header,
+        dtype=label_type,
     )
     with atomic_path(outputs["lesions"]) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
