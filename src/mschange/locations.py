@@ -85,6 +85,13 @@ class LocationSettings:
     cortex_reach_mm: float = 3.0
     # A change is infratentorial when more than this fraction of it is in that region.
     infratentorial_fraction: float = 0.5
+    # Lesion-bright: above this fraction of the brain's 99th percentile, at either time
+    # point. Ventricle contact is judged on the lesion a change belongs to: the change
+    # grown through lesion-bright non-cortical voxels by up to lesion_growth_mm (an
+    # enlarging lesion's change is its new rim, which may not reach the ventricle its
+    # lesion touches).
+    hyperintense_fraction_of_p99: float = 0.95
+    lesion_growth_mm: float = 4.0
     # Voxel size of the registration to MNI152 (affine only, so coarse is enough).
     registration_mm: float = 3.0
     seed: int = 1  # ANTs samples the metric at random points
@@ -98,6 +105,8 @@ class AnatomyMaps:
     ventricle_zone: B  # within ventricle_contact_mm of a ventricle voxel
     cortex: B  # within cortex_reach_mm of the outside or of non-ventricular CSF
     infratentorial: B
+    hyperintense: B  # lesion-bright at either time point: where a change's lesion extends
+    voxel_mm: float  # the grid's finest voxel size
     settings: LocationSettings
 
 
@@ -212,6 +221,30 @@ def _ventricles(csf: B, depth_mm: npt.NDArray[np.float32], settings: LocationSet
     return np.asarray(grown)
 
 
+def _hyperintense(image: npt.NDArray[Any], brain: B, settings: LocationSettings) -> B:
+    level = settings.hyperintense_fraction_of_p99 * float(np.percentile(image[brain], 99.0))
+    return np.asarray(brain & (image > level))
+
+
+def _lesion_extent(labels: npt.NDArray[Any], anatomy: AnatomyMaps) -> npt.NDArray[np.int32]:
+    """Each change grown through lesion-bright voxels, by up to ``lesion_growth_mm``."""
+    grown = np.asarray(labels, dtype=np.int32).copy()
+    steps = round(anatomy.settings.lesion_growth_mm / anatomy.voxel_mm)  # a voxel per step
+    if steps <= 0 or not grown.any():
+        return grown
+    box = _brain_box(grown > 0, margin=steps + 1)
+    part = grown[box]
+    # Not through the cortex: grey matter is as bright as lesions on many FLAIRs.
+    room = anatomy.hyperintense[box] & ~anatomy.cortex[box]
+    for _ in range(steps):
+        spread = ndimage.grey_dilation(part, size=(3, 3, 3))
+        fill = (part == 0) & room & (spread > 0)
+        if not fill.any():
+            break
+        part[fill] = spread[fill]
+    return grown
+
+
 def _brain_box(brain: B, margin: int) -> tuple[slice, slice, slice]:
     hits = np.argwhere(brain)
     lo = np.maximum(hits.min(axis=0) - margin, 0)
@@ -224,11 +257,15 @@ def anatomy_maps(
     brain_mask: npt.NDArray[Any],
     affine: npt.NDArray[np.floating[Any]],
     settings: LocationSettings | None = None,
+    *,
+    baseline: npt.NDArray[Any] | None = None,
 ) -> AnatomyMaps:
     """Ventricles, cortex and infratentorial region of the (preprocessed) follow-up.
 
     ``followup``: the skull-stripped FLAIR (any intensity scale: thresholds are relative
-    to the brain's median); ``brain_mask``: its brain; both on the grid of ``affine``.
+    to the brain's median and 99th percentile); ``brain_mask``: its brain; ``baseline``
+    (optional, registered to the follow-up): where lesions were bright before. All on
+    the grid of ``affine``.
     """
     settings = settings or LocationSettings()
     grid: F64 = np.asarray(affine, dtype=np.float64)
@@ -253,6 +290,10 @@ def anatomy_maps(
     ventricle_zone = to_ventricle <= settings.ventricle_contact_mm
     del to_ventricle
     surface = ~brain | (csf & ~ventricles)
+    hyperintense = _hyperintense(image, brain, settings)
+    if baseline is not None:
+        before = np.where(brain, np.asarray(baseline, dtype=np.float32)[box], 0.0)
+        hyperintense |= _hyperintense(before, brain, settings)
     cortex = brain & (
         ndimage.distance_transform_edt(~surface, sampling=spacing) <= settings.cortex_reach_mm
     )
@@ -267,6 +308,8 @@ def anatomy_maps(
         ventricle_zone=full(ventricle_zone),
         cortex=full(cortex),
         infratentorial=full(infratentorial),
+        hyperintense=full(hyperintense),
+        voxel_mm=float(spacing.min()),
         settings=settings,
     )
 
@@ -279,8 +322,9 @@ def classify_changes(labels: npt.NDArray[Any], anatomy: AnatomyMaps) -> list[str
     if labels.shape != anatomy.ventricles.shape:
         raise ValueError(f"labels {labels.shape} and anatomy {anatomy.ventricles.shape} differ")
     index = np.arange(1, count + 1)
+    lesions = _lesion_extent(labels, anatomy)
     below = np.asarray(ndimage.mean(anatomy.infratentorial, labels, index))
-    touches_ventricle = np.asarray(ndimage.maximum(anatomy.ventricle_zone, labels, index)) > 0
+    touches_ventricle = np.asarray(ndimage.maximum(anatomy.ventricle_zone, lesions, index)) > 0
     touches_cortex = np.asarray(ndimage.maximum(anatomy.cortex, labels, index)) > 0
     present = np.asarray(ndimage.sum_labels(np.ones(labels.shape), labels, index)) > 0
     classes = []
