@@ -110,6 +110,17 @@ class AnatomyMaps:
     settings: LocationSettings
 
 
+def can_locate() -> bool:
+    """Whether ANTsPy and nilearn's templates are there (a bare GPU machine lacks them)."""
+    try:
+        import ants  # noqa: F401  (imported here only to see that it loads)
+
+        _nilearn_data_dir()
+    except (ImportError, RuntimeError):
+        return False
+    return True
+
+
 def _nilearn_data_dir() -> Path:
     # find_spec locates nilearn's files without importing it (which takes seconds).
     spec = importlib.util.find_spec("nilearn")

@@ -28,6 +28,12 @@ from scipy import ndimage
 from mschange.detection.network import ChangeDetector
 from mschange.imagespace import from_ras_axes, to_ras_axes
 from mschange.io import voxel_sizes
+from mschange.locations import (
+    LOCATION_DESCRIPTIONS,
+    anatomy_maps,
+    can_locate,
+    classify_changes,
+)
 from mschange.preprocessing.normalize import match_intensities
 from mschange.tiling import blend_weights, brain_box, round_up, tile_starts
 from mschange.torchrun import autocast
@@ -55,6 +61,15 @@ LESION_COLUMN_INFO: dict[str, dict[str, Any]] = {
         "Levels": {
             BRIGHTER: "new or enlarging lesion",
             DARKER: "shrinking or resolving lesion",
+        },
+    },
+    "location": {
+        "Description": "Where the change lies, in the lesion locations of the McDonald 2017 "
+        "/ MAGNIMS 2021 criteria; where two apply, the first of infratentorial, "
+        "periventricular, cortical_juxtacortical (rule: docs/locations.md)",
+        "Levels": {
+            **LOCATION_DESCRIPTIONS,
+            "n/a": "not determined (no brain mask, or ANTsPy or nilearn not installed)",
         },
     },
 }
@@ -244,8 +259,14 @@ def lesion_table(
     baseline: npt.NDArray[Any],
     followup: npt.NDArray[Any],
     affine: npt.NDArray[np.floating[Any]],
+    *,
+    brain_mask: npt.NDArray[Any] | None = None,
 ) -> pd.DataFrame:
-    """One row per detected change (see ``LESION_COLUMNS``); centroids in scanner mm."""
+    """One row per detected change (see ``LESION_COLUMNS``); centroids in scanner mm.
+
+    ``location`` needs the follow-up's ``brain_mask`` (:mod:`mschange.locations`, a few
+    seconds per pair with changes), ANTsPy and nilearn; without them it is ``n/a``.
+    """
     count = int(labels.max()) if labels.size else 0
     if count == 0:
         return pd.DataFrame(columns=LESION_COLUMNS)
@@ -267,6 +288,12 @@ def lesion_table(
             "max_probability": ndimage.maximum(probability, labels, index),
             "mean_intensity_change": mean_change,
             "direction": np.where(np.asarray(mean_change) > 0, BRIGHTER, DARKER),
+            "location": "n/a",
         }
     )
+    if brain_mask is not None and not can_locate():
+        log.warning("change locations left n/a: ANTsPy or nilearn is not installed")
+    elif brain_mask is not None:
+        anatomy = anatomy_maps(followup, brain_mask, affine, baseline=baseline)
+        table["location"] = classify_changes(labels, anatomy)
     return table[LESION_COLUMNS]

@@ -243,7 +243,9 @@ def predict_with_network(
     )
     seconds_network = time.perf_counter() - started
     labels = find_changes(probability, settings.kappa, settings.min_blob_voxels)
-    table = lesion_table(labels, probability, baseline_data, followup_data, image.affine)
+    table = lesion_table(
+        labels, probability, baseline_data, followup_data, image.affine, brain_mask=brain
+    )
     native_probability, native_labels = to_native_grid(
         probability, labels, image.affine, native_shape, native.affine
     )
