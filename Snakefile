@@ -22,12 +22,14 @@ include: "rules/common.smk"
 include: "rules/helpers/evaluation.smk"
 include: "rules/helpers/validation.smk"
 include: "rules/helpers/status.smk"
+include: "rules/helpers/derivatives.smk"
 include: "rules/demo.smk"
 include: "rules/preprocess.smk"
 include: "rules/qc.smk"
 include: "rules/synthesis.smk"
 include: "rules/lesions.smk"
 include: "rules/detection.smk"
+include: "rules/derivatives.smk"
 include: "rules/evaluation.smk"
 include: "rules/validation.smk"
 include: "rules/status.smk"
@@ -41,5 +43,6 @@ rule all:
         "results/qc/preprocessing_qc.tsv",
         synthesis_targets(),
         detector_targets(),
+        derivatives_targets(),
         evaluation_targets(),
         validation_targets(),

@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+import bids
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -29,13 +30,12 @@ from mschange.detection.outputs import (
     IMAGE_KEYS,
     PREDICTION_SUFFIXES,
     PairEntities,
+    pair_page_paths,
     prediction_paths,
 )
 from mschange.io import InputError
 
 from .conftest import default_preprocessing, ellipsoid_phantom
-
-bids = pytest.importorskip("bids")
 
 SPACING = (2.0, 2.0, 2.0)
 # The tiny untrained network's probability exceeds this in a few places: some changes.
@@ -221,7 +221,10 @@ def test_predict_writes_a_bids_derivatives_dataset_with_subject_and_session_of_b
         "preproc",
         "sub-01",
     ]
-    # A rerun replaces what predict wrote; --subject names the subject, the session stays.
+    # A rerun replaces what predict wrote, the pair's pages too; --subject names the
+    # subject, the session stays.
+    for page in pair_page_paths(str(out), PairEntities("01", "02")).values():
+        Path(page).write_text("a page")
     _predict(baseline, followup, model, out, subject="p-7")
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("sub-")) == ["sub-p7"]
     assert (out / "sub-p7" / "ses-02" / "anat").is_dir()

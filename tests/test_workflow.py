@@ -267,6 +267,7 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     assert jobs.pop("evaluate_pair") == 6
     assert jobs.pop("evaluation_tables") == 1
     assert jobs.pop("evaluation_report") == 1
+    assert jobs.pop("bids_derivatives") == 1
     jobs.pop("all", None)
     assert jobs == {}, f"unexpected reruns: {jobs}"
 

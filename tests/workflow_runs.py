@@ -68,4 +68,6 @@ TINY = {
 }
 
 
-REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1}
+# The jobs that gather every pair's results, rerun whenever the main model's prediction
+# changes: the evaluation's tables and report, and the BIDS derivatives dataset.
+REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1, "bids_derivatives": 1}

@@ -32,6 +32,7 @@ session. The raw scans are named by BIDS URIs (``bids:raw:sub-01/ses-02/anat/...
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ from mschange.detection.outputs import (
 )
 from mschange.io import atomic_path, save_json
 
+log = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 BIDS_VERSION = "1.10.0"
@@ -427,4 +429,10 @@ def copy_predictions(
             )
         )
     write_dataset(root, pairs)
+    log.info(
+        "%s: a BIDS derivatives dataset of %d pair(s): %s",
+        root,
+        len(pairs),
+        ", ".join(pair.entities.prefix for pair in pairs),
+    )
     return pairs

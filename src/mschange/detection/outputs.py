@@ -121,6 +121,27 @@ def bids_prediction_paths(root: str, entities: PairEntities) -> dict[str, str]:
     }
 
 
+# A pair's pages (mschange.pair_pages), by key: its summary page at the root, where
+# fMRIPrep puts a subject's report; the viewer and the summary's table and record beside
+# the figures. None of them is BIDS data (.bidsignore: *.html, figures/).
+PAGE_SUFFIXES = {
+    "viewer": "_desc-viewer.html",
+    "summary_tsv": "_desc-summary.tsv",
+    "summary_json": "_desc-summary.json",
+}
+
+
+def pair_page_paths(root: str, entities: PairEntities) -> dict[str, str]:
+    """Where a pair's pages go in the dataset ``root``."""
+    return {
+        "summary_html": f"{root}/{entities.report}",
+        **{
+            key: f"{root}/" + entities.path(entities.figures, suffix)
+            for key, suffix in PAGE_SUFFIXES.items()
+        },
+    }
+
+
 def sidecar_path(path: str) -> str:
     """The JSON sidecar of a data file (``x.nii.gz`` -> ``x.json``)."""
     name = path.rsplit("/", 1)[-1]
