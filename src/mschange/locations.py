@@ -298,7 +298,9 @@ def anatomy_maps(
     ventricles = _ventricles(csf & ~infratentorial, depth, settings)
     del depth
     to_ventricle = ndimage.distance_transform_edt(~ventricles, sampling=spacing)
-    ventricle_zone = to_ventricle <= settings.ventricle_contact_mm
+    # On grids coarser than 1 mm a boundary voxel mixes more tissue: allow the extra size.
+    coarse = max(0.0, float(spacing.max()) - 1.0)
+    ventricle_zone = to_ventricle <= settings.ventricle_contact_mm + coarse
     del to_ventricle
     surface = ~brain | (csf & ~ventricles)
     hyperintense = _hyperintense(image, brain, settings)
@@ -306,7 +308,8 @@ def anatomy_maps(
         before = np.where(brain, np.asarray(baseline, dtype=np.float32)[box], 0.0)
         hyperintense |= _hyperintense(before, brain, settings)
     cortex = brain & (
-        ndimage.distance_transform_edt(~surface, sampling=spacing) <= settings.cortex_reach_mm
+        ndimage.distance_transform_edt(~surface, sampling=spacing)
+        <= settings.cortex_reach_mm + coarse
     )
 
     def full(part: B) -> B:
