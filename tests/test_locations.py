@@ -197,8 +197,9 @@ def test_count_by_location_counts_new_and_shrinking_per_class():
 
 def test_lesion_table_has_a_location_column_even_when_empty(template_phantom):
     followup, baseline, brain, affine, labels = template_phantom
+    nothing = np.zeros((4, 4, 4))
     empty = lesion_table(
-        np.zeros((4, 4, 4), np.int32), np.zeros((4, 4, 4)), *[np.zeros((4, 4, 4))] * 2, np.eye(4)
+        nothing.astype(np.int32), nothing, nothing, nothing, np.eye(4), brain_mask=nothing > -1
     )
     assert list(empty.columns) == LESION_COLUMNS and "location" in LESION_COLUMNS
     probability = (labels > 0).astype(np.float32)
