@@ -213,7 +213,9 @@ def test_lesion_table_has_a_location_column_even_when_empty(template_phantom):
 # --------------------------------------------------------------------------- the demo
 
 
-def test_demo_changes_are_never_infratentorial_or_cortical_and_mostly_periventricular(tmp_path):
+def test_demo_changes_are_never_infratentorial_and_those_at_the_ventricles_periventricular(
+    tmp_path,
+):
     """The demo paints its lesions in cerebral white matter (WM fraction > 0.9, at least
     radius + 4 mm inside the brain), 3 in 4 with the centre within 12 mm of a lateral
     ventricle: none may come out infratentorial; those marked periventricular whose

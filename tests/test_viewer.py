@@ -234,5 +234,5 @@ def test_a_broken_page_is_reported(tmp_path):
 def test_table_columns_are_lesion_table_columns():
     from mschange.detection.inference import LESION_COLUMN_INFO
 
-    missing = set(viewer.TABLE_COLUMNS) - set(LESION_COLUMN_INFO) - {"location"}
+    missing = set(viewer.TABLE_COLUMNS) - set(LESION_COLUMN_INFO)
     assert not missing
