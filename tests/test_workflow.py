@@ -402,8 +402,11 @@ def test_tiny_run_writes_a_bids_derivatives_dataset_of_the_main_models_predictio
     root = workdir / "results" / "derivatives" / "mschange"
     followup = "sub-demo02_tp-followup_FLAIR.nii.gz"  # in the folder of both scans
     check_dataset(root, "demo02", None, f"bids:inputs:{followup}")
+    # (.snakemake_timestamp: Snakemake's mark on a directory output; a dot file, which
+    # BIDS tools skip)
     assert sorted(p.name for p in root.iterdir()) == [
         ".bidsignore",
+        ".snakemake_timestamp",
         "dataset_description.json",
         "sub-demo02",
     ]
