@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import bids
@@ -91,8 +92,19 @@ def without_preprocessing(monkeypatch, tmp_path: Path):
     mask = tmp_path / "brain_mask.nii.gz"
     nib.save(nib.Nifti1Image(brain.astype(np.uint8), np.diag([*SPACING, 1.0])), mask)
 
-    def run(baseline, followup, model_files, loaded, out, *, entities, settings, **_):
-        (out / "preproc").mkdir()
+    def run(baseline, followup, model_files, loaded, out, *, subject, entities, settings, **_):
+        # The raw scans stand in for the preprocessed ones the pages are drawn from.
+        from mschange.layout import preprocessed_pair
+
+        ready = preprocessed_pair(subject, str(out / "preproc"))
+        for key, source in (
+            ("baseline", baseline),
+            ("followup", followup),
+            ("baseline_mask", mask),
+            ("followup_mask", mask),
+        ):
+            Path(ready[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, ready[key])
         outputs = {key: pair.output_paths(out, entities)[key] for key in PREDICTION_SUFFIXES}
         return predict_with_network(
             [network for network, _ in loaded],
@@ -220,13 +232,20 @@ def test_predict_writes_a_bids_derivatives_dataset_with_subject_and_session_of_b
         "dataset_description.json",
         "preproc",
         "sub-01",
+        "sub-01_ses-02.html",  # the pair's summary page, where fMRIPrep puts a report
     ]
+    pages = pair_page_paths(str(out), PairEntities("01", "02"))
+    assert record["pages"] == pages
+    assert all(Path(page).is_file() for page in pages.values())
     # A rerun replaces what predict wrote, the pair's pages too; --subject names the
     # subject, the session stays.
     for page in pair_page_paths(str(out), PairEntities("01", "02")).values():
         Path(page).write_text("a page")
     _predict(baseline, followup, model, out, subject="p-7")
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith("sub-")) == ["sub-p7"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("sub-")) == [
+        "sub-p7",
+        "sub-p7_ses-02.html",
+    ]
     assert (out / "sub-p7" / "ses-02" / "anat").is_dir()
 
 

@@ -176,6 +176,12 @@ def _predict(args: argparse.Namespace) -> int:
         f"results in {args.out}/, a BIDS derivatives dataset (lesion table: "
         f"{record['outputs']['lesions']}; maps on the follow-up's own grid: *_res-native_*)"
     )
+    qc = record["qc"]
+    print(
+        f"open in a browser (no network needed): {record['pages']['summary_html']} "
+        f"(summary), {record['pages']['viewer']} (viewer); QC: "
+        + (f"flagged: {qc['flag_reason']}" if qc["flagged"] else "passed")
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mschange.changemap import find_changes
+from mschange.detection.outputs import PAGE_SUFFIXES
 from mschange.io import brain_intersection, load_checked_image, load_float_image
 from mschange.locations import count_by_location, location_counts_text
 from mschange.summary import pair_summary, write_summary
@@ -23,8 +24,9 @@ from mschange.viewer import PairImages, check_niivue, write_viewer
 
 PathLike = str | os.PathLike[str]
 
-# Output key -> what it is; the paths come from the caller's layout.
-PAGE_KEYS = ("viewer", "summary_html", "summary_tsv", "summary_json")
+# The outputs this step writes; the paths come from the caller's layout
+# (mschange.detection.outputs: pair_page_paths in a dataset, page_paths flat).
+PAGE_KEYS = ("summary_html", *PAGE_SUFFIXES)
 
 
 def truth_on_grid(
@@ -64,8 +66,12 @@ def write_pair_pages(
     subject: str,
     session: str | None = None,
     label: PathLike | None = None,
+    viewer_link: str | None = None,
 ) -> dict[str, Any]:
     """Write the viewer and the summary (``outputs``: keys of ``PAGE_KEYS``).
+
+    ``viewer_link``: how the summary links the viewer, where the two are later copied
+    elsewhere (the workflow's dataset); by default relative to ``outputs``.
 
     ``probability``, ``lesions`` and ``record`` are the prediction's (change probability,
     lesion table, JSON record with the settings and model); ``qc`` is the pair's QC record
@@ -96,8 +102,8 @@ def write_pair_pages(
         truth=truth,
     )
     name = f"sub-{subject}" + (f" ses-{session}" if session else "")
-    summary_folder = Path(outputs["summary_html"]).parent
-    viewer_link = os.path.relpath(outputs["viewer"], start=summary_folder)
+    if viewer_link is None:
+        viewer_link = os.path.relpath(outputs["viewer"], Path(outputs["summary_html"]).parent)
     summary = pair_summary(
         table,
         subject=subject,

@@ -36,11 +36,21 @@ QC_NUMBERS = {
 }
 
 
+def qc_thresholds(qc_settings: Mapping[str, Any]) -> dict[str, float]:
+    """The config's ``qc`` section as :func:`qc_table`'s thresholds."""
+    return {
+        "min_similarity": float(qc_settings["min_registration_similarity"]),
+        "max_contrast": float(qc_settings["max_contrast_difference"]),
+        "min_brain_ml": float(qc_settings["min_brain_ml"]),
+        "max_brain_ml": float(qc_settings["max_brain_ml"]),
+    }
+
+
 def qc_status(qc: Mapping[str, Any], thresholds: Mapping[str, float]) -> dict[str, Any]:
     """The pair's QC numbers and flags, by the cohort QC table's own rules (:func:`qc_table`).
 
     ``thresholds``: ``min_similarity``, ``max_contrast``, ``min_brain_ml``, ``max_brain_ml``
-    (the config's ``qc`` section).
+    (:func:`qc_thresholds` of the config's ``qc`` section).
     """
     row = qc_table([dict(qc)], **thresholds).iloc[0]
     status: dict[str, Any] = {key: float(row[key]) for key in QC_NUMBERS}

@@ -123,12 +123,18 @@ def bids_prediction_paths(root: str, entities: PairEntities) -> dict[str, str]:
 
 # A pair's pages (mschange.pair_pages), by key: its summary page at the root, where
 # fMRIPrep puts a subject's report; the viewer and the summary's table and record beside
-# the figures. None of them is BIDS data (.bidsignore: *.html, figures/).
+# the figures, with the preprocessing QC the summary shows. None of them is BIDS data
+# (.bidsignore: *.html, figures/).
 PAGE_SUFFIXES = {
     "viewer": "_desc-viewer.html",
     "summary_tsv": "_desc-summary.tsv",
     "summary_json": "_desc-summary.json",
 }
+# Its numbers stay with the preprocessed files: a JSON beside the picture would read, to
+# BIDS tools, as the picture's sidecar.
+QC_SUFFIXES = {"qc_figure": "_desc-preproc_qc.png"}
+# The summary page's name where it is not at a dataset's root (the workflow's working copy).
+SUMMARY_PAGE_SUFFIX = "_desc-summary.html"
 
 
 def pair_page_paths(root: str, entities: PairEntities) -> dict[str, str]:
@@ -137,9 +143,22 @@ def pair_page_paths(root: str, entities: PairEntities) -> dict[str, str]:
         "summary_html": f"{root}/{entities.report}",
         **{
             key: f"{root}/" + entities.path(entities.figures, suffix)
-            for key, suffix in PAGE_SUFFIXES.items()
+            for key, suffix in {**PAGE_SUFFIXES, **QC_SUFFIXES}.items()
         },
     }
+
+
+def page_paths(folder: str, subject: str) -> dict[str, str]:
+    """A pair's pages flat in ``folder`` (the workflow's working copies), keyed as
+    :func:`pair_page_paths`."""
+    return suffixed_paths(folder, subject, {**PAGE_SUFFIXES, "summary_html": SUMMARY_PAGE_SUFFIX})
+
+
+def viewer_link(paths: dict[str, str]) -> str:
+    """The viewer as the summary page links it: relative to the summary's folder."""
+    import posixpath
+
+    return posixpath.relpath(paths["viewer"], posixpath.dirname(paths["summary_html"]))
 
 
 def sidecar_path(path: str) -> str:

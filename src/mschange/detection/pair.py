@@ -48,6 +48,7 @@ from mschange.detection.outputs import (
     PREDICTION_SUFFIXES,
     PairEntities,
     bids_prediction_paths,
+    pair_page_paths,
 )
 from mschange.detection.steps import model_summary, predict_with_network
 from mschange.io import InputError, save_json
@@ -56,6 +57,7 @@ from mschange.preprocessing.pipeline import STEPS, plan_pair
 from mschange.pretrained import inference_for, resolve_model
 from mschange.subject_id import is_subject_id
 from mschange.torchrun import cpu_threads, job_threads, resolve_device
+from mschange.viewer import check_niivue
 
 if TYPE_CHECKING:
     import torch
@@ -95,8 +97,9 @@ def subject_from_path(path: PathLike) -> str:
     return "-".join(parts) or "pair"
 
 
-# predict's progress stages: each preprocessing step (both time points), then the network.
-STAGES = len(STEPS) + 1
+# predict's progress stages: each preprocessing step (both time points), the network, then
+# the pages (QC, viewer, summary).
+STAGES = len(STEPS) + 2
 
 
 class Progress:
@@ -333,6 +336,7 @@ def predict_pair(
     # Subject and session of a BIDS follow-up carry over (--subject names the subject).
     entities = pair_entities(subject, followup, subject_from_scan=not named)
     check_output_folder(out)
+    check_niivue()  # the viewer is an output: without NiiVue nothing is written
     torch_device = resolve_device(device)
     requested = [model] if model is None or isinstance(model, str | os.PathLike) else model
     model_files = [resolve_model(m) for m in requested]
@@ -368,6 +372,10 @@ def predict_pair(
         record = _moved_paths(record, str(partial), str(out))
         record["outputs"] = {key: str(p) for key, p in output_paths(out, entities).items()}
         paths = output_paths(partial, entities)
+        with progress.stage("writing the QC picture, the viewer and the summary"):
+            summary = _write_pages(partial, subject=subject, entities=entities)
+        record["pages"] = pair_page_paths(str(out), entities)
+        record["qc"] = summary["qc"]
         save_json(record, paths["record"])
         write_dataset(
             partial,
@@ -385,6 +393,45 @@ def predict_pair(
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return record
+
+
+def _write_pages(dataset: Path, *, subject: str, entities: PairEntities) -> dict[str, Any]:
+    """The pair's QC (picture and numbers), viewer and summary, in the dataset's folders."""
+    from mschange.config import section_defaults
+    from mschange.pair_pages import write_pair_pages
+    from mschange.preprocessing.steps import qc_pair_step
+    from mschange.summary import qc_thresholds
+
+    ready = preprocessed_pair(subject, str(dataset / "preproc"))
+    pages = pair_page_paths(str(dataset), entities)
+    qc_record = Path(ready["followup"]).with_name(f"sub-{subject}_desc-preproc_qc.json")
+    results = output_paths(dataset, entities)
+    Path(pages["viewer"]).parent.mkdir(parents=True, exist_ok=True)
+    thresholds = qc_thresholds(section_defaults("qc"))
+    qc_pair_step(
+        ready["followup"],
+        ready["baseline"],
+        ready["followup_mask"],
+        ready["baseline_mask"],
+        pages["qc_figure"],
+        qc_record,
+        subject=subject,
+        min_similarity=thresholds["min_similarity"],
+        max_contrast=thresholds["max_contrast"],
+    )
+    return write_pair_pages(
+        baseline=ready["baseline"],
+        followup=ready["followup"],
+        masks=[ready["baseline_mask"], ready["followup_mask"]],
+        probability=results["probability"],
+        lesions=results["lesions"],
+        record=results["record"],
+        qc=qc_record,
+        qc_thresholds=thresholds,
+        outputs=pages,
+        subject=entities.subject,
+        session=entities.session,
+    )
 
 
 def _run(
