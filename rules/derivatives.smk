@@ -18,3 +18,30 @@ rule bids_derivatives:
         pairs=lambda wildcards: derivative_predictions(),
     script:
         "../scripts/bids_derivatives.py"
+
+
+rule pair_pages:
+    input:
+        unpack(main_prediction),
+        **PREPROCESSED_PAIR,
+        qc="results/qc/sub-{subject}_desc-preproc_qc.json",
+        label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"] or [],
+    output:
+        **page_paths(PAGES_DIR, "{subject}"),
+    log:
+        "results/logs/pair_pages/sub-{subject}.log",
+    benchmark:
+        "results/benchmarks/pair_pages/sub-{subject}.tsv"
+    conda:
+        "../envs/evaluation.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    params:
+        qc=config["qc"],
+        entities=lambda wildcards: entities_of(wildcards.subject),
+        # The summary links the viewer where both end up: in the dataset.
+        viewer_link=lambda wildcards: viewer_link(dataset_pages_of(wildcards.subject)),
+    script:
+        "../scripts/pair_pages.py"

@@ -91,6 +91,9 @@ rule evaluation_report:
         overlays=[figure for _, _, figure in headline_overlays()],
         training_curves=training_curves(),
         qc_table="results/qc/preprocessing_qc.tsv",
+        # The pairs' pages are linked where the dataset holds them.
+        derivatives=derivatives_targets(),
+        pair_summaries=[pages["summary_json"] for pages in report_pair_pages()],
     output:
         html=report(
             f"{REPORT_DIR}/index.html",
@@ -113,5 +116,6 @@ rule evaluation_report:
         # Every pair's stage (rules/status.smk); all are done when the report is built,
         # unless a pair is outside the evaluation (e.g. a test pair without a label).
         status=lambda wildcards: status_request(),
+        pair_pages=report_pair_pages(),
     script:
         "../scripts/evaluation_report.py"

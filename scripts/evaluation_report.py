@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mschange.evaluation.report import ReportInputs, write_report
+from mschange.evaluation.report import PairPages, ReportInputs, write_report
 from mschange.logs import logging_to
 from mschange.status import status_from_request, write_cohort_status
 
@@ -25,6 +25,12 @@ with logging_to(snakemake.log[0], "evaluation_report"):
             augmentations=snakemake.input.get("augmentations"),
             rescan_realism=snakemake.input.get("rescan_realism"),
             cohort_status=cohort_status,
+            pair_pages={
+                page["subject"]: PairPages(
+                    page["summary_json"], page["summary_html_href"], page["viewer_href"]
+                )
+                for page in snakemake.params.pair_pages
+            },
         ),
         snakemake.output.html,
         methods=snakemake.params.methods,

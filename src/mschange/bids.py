@@ -50,6 +50,7 @@ from mschange.detection.outputs import (
     PairEntities,
     bids_label,
     bids_prediction_paths,
+    pair_page_paths,
     sidecar_path,
 )
 from mschange.io import atomic_path, save_json
@@ -408,7 +409,8 @@ def copy_predictions(
     predictions: Mapping[str, Mapping[str, Any]],
 ) -> list[PairPrediction]:
     """The workflow's rule bids_derivatives: copy each pair's prediction (subject id ->
-    ``outputs``: its files by key, ``baseline``, ``followup``: its raw scans) from the
+    ``outputs``: its files by key, ``pages``: its viewer, summary and QC picture by key
+    (optional), ``baseline``, ``followup``: its raw scans) from the
     workflow's flat folders into the dataset ``root`` and describe them
     (:func:`write_dataset`). Subject and session come from BIDS inputs."""
     entities = {
@@ -419,9 +421,11 @@ def copy_predictions(
     pairs = []
     for subject, given in predictions.items():
         paths = bids_prediction_paths(str(root), entities[subject])
-        for key, source in given["outputs"].items():
-            Path(paths[key]).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, paths[key])
+        pages = pair_page_paths(str(root), entities[subject])
+        for targets, files in ((paths, given["outputs"]), (pages, given.get("pages", {}))):
+            for key, source in files.items():
+                Path(targets[key]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, targets[key])
         record = json.loads(Path(paths["record"]).read_text())
         pairs.append(
             PairPrediction(
