@@ -22,8 +22,10 @@ from mschange.detection.outputs import (
     PairEntities,
     bids_label,
     bids_prediction_paths,
+    pair_page_paths,
     prediction_paths,
 )
+from mschange.locations import LOCATION_CLASSES
 
 from .conftest import REPO, ellipsoid_phantom, oblique_affine
 from .workflow_runs import REPORT_JOBS, SNAKEMAKE, TINY, planned_jobs, snakemake, write_config
@@ -267,6 +269,7 @@ def test_changing_n4_reruns_only_n4_and_what_follows(tiny_run, tmp_path):
     assert jobs.pop("evaluate_pair") == 6
     assert jobs.pop("evaluation_tables") == 1
     assert jobs.pop("evaluation_report") == 1
+    assert jobs.pop("pair_pages") == 1
     assert jobs.pop("bids_derivatives") == 1
     jobs.pop("all", None)
     assert jobs == {}, f"unexpected reruns: {jobs}"
@@ -409,7 +412,21 @@ def test_tiny_run_writes_a_bids_derivatives_dataset_of_the_main_models_predictio
         ".snakemake_timestamp",
         "dataset_description.json",
         "sub-demo02",
+        "sub-demo02.html",  # the pair's summary; its viewer is in sub-demo02/figures/
     ]
+    pages = pair_page_paths(str(root), PairEntities("demo02"))
+    summary = json.loads(Path(pages["summary_json"]).read_text())
+    assert (root / summary["viewer"]).resolve() == Path(pages["viewer"]).resolve()
+    table = pd.read_csv(
+        root / "sub-demo02" / "anat" / "sub-demo02_desc-changes_lesions.tsv", sep="\t"
+    )
+    assert summary["changes"]["new_or_enlarging"]["count"] == int(
+        (table["direction"] == "brighter").sum()
+    )
+    assert set(table["location"]) <= {*LOCATION_CLASSES}
+    report = (workdir / "results" / "report" / "index.html").read_text()
+    assert 'href="../derivatives/mschange/sub-demo02.html"' in report
+    assert 'href="../derivatives/mschange/sub-demo02/figures/sub-demo02_desc-viewer.html"' in report
     flat = prediction_paths(
         str(workdir / "results" / "predict" / "model-siamese-inc-ag-ms-ds" / "sub-demo02"),
         "demo02",

@@ -68,6 +68,11 @@ TINY = {
 }
 
 
-# The jobs that gather every pair's results, rerun whenever the main model's prediction
-# changes: the evaluation's tables and report, and the BIDS derivatives dataset.
-REPORT_JOBS = {"evaluation_tables": 1, "evaluation_report": 1, "bids_derivatives": 1}
+# The jobs that rerun whenever the main model's prediction changes: the evaluation's
+# tables and report, the test pair's viewer and summary, and the BIDS derivatives dataset.
+REPORT_JOBS = {
+    "evaluation_tables": 1,
+    "evaluation_report": 1,
+    "pair_pages": 1,
+    "bids_derivatives": 1,
+}
