@@ -98,6 +98,9 @@ def test_lesion_rows_carry_each_centroid():
         x = float(re.search(r'data-x="([-\d.]+)"', row.group(1)).group(1))
         assert x == pytest.approx(lesion["centroid_x_mm"], abs=1e-3)
     assert "No change detected" in viewer.lesion_rows(table.iloc[:0])
+    # Location classes are shown as the criteria name them.
+    located = table.assign(location=["cortical_juxtacortical", "deep_white_matter"])
+    assert '<td class="text">juxtacortical/cortical</td>' in viewer.lesion_rows(located)
 
 
 def test_start_position_is_the_largest_change():

@@ -34,6 +34,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from mschange.io import atomic_path
+from mschange.locations import LOCATION_LABELS
 
 PathLike = str | os.PathLike[str]
 
@@ -166,7 +167,8 @@ def lesion_rows(lesions: pd.DataFrame) -> str:
         for column in columns:
             value = lesion[column]
             if column in _TEXT_COLUMNS:
-                cells.append(f'<td class="text">{html.escape(str(value))}</td>')
+                text = LOCATION_LABELS.get(value, value) if column == "location" else value
+                cells.append(f'<td class="text">{html.escape(str(text))}</td>')
             elif column in ("lesion_id",):
                 cells.append(f"<td>{int(value)}</td>")
             elif column == "volume_mm3" or column.startswith("centroid"):
