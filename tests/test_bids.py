@@ -341,3 +341,31 @@ def test_labels_on_another_grid_keep_their_ids_and_make_the_mask():
     assert (native == 2).sum() == 1  # kept at its centroid
     mask = changes_to_grid(labels, np.eye(4), (10, 10, 4), native_affine)
     np.testing.assert_array_equal(mask, native > 0)
+
+
+def test_predict_shows_a_given_label_in_the_viewer_and_refuses_a_bad_one(
+    tmp_path, model, without_preprocessing
+):
+    """--label: checked like a cohort sheet's label before anything is written, then
+    drawn in the viewer as the ground-truth toggle."""
+    from mschange.cohort import CohortError
+
+    baseline, followup = tmp_path / "in" / "bl.nii.gz", tmp_path / "in" / "fu.nii.gz"
+    _write_scan(baseline, 1)
+    _write_scan(followup, 2)
+    grid = nib.load(followup)
+    truth = np.zeros(grid.shape, np.uint8)
+    truth[40:44, 50:54, 40:44] = 1
+    label = tmp_path / "in" / "label.nii.gz"
+    nib.save(nib.Nifti1Image(truth, grid.affine), label)
+    out = tmp_path / "out"
+    record = _predict(baseline, followup, model, out, subject="p1", label=label)
+    page = Path(record["pages"]["viewer"]).read_text()
+    assert 'id="show-truth"' in page and '"truth":"' in page
+    # A label with a value other than 0 and 1 is refused; the dataset stays as it was.
+    bad = tmp_path / "in" / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(truth * 2, grid.affine), bad)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(CohortError, match=r"bad\.nii\.gz"):
+        _predict(baseline, followup, model, out, subject="p1", label=bad)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -156,6 +156,7 @@ def _predict(args: argparse.Namespace) -> int:
                 threads=args.threads,
                 overrides=overrides,
                 progress=progress,
+                label=args.label,
             )
     except (Interrupted, KeyboardInterrupt) as stop:
         number = stop.signal_number if isinstance(stop, Interrupted) else signal.SIGINT
@@ -347,6 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--subject",
         help="id used in file names (default: from --followup; a BIDS follow-up's subject "
         "and session carry over)",
+    )
+    predict.add_argument(
+        "--label",
+        help="ground-truth change mask on the follow-up's grid, shown in the viewer as a "
+        "toggle (checked like a cohort sheet's label; nothing is scored)",
     )
     predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     predict.add_argument(

@@ -277,16 +277,19 @@ def _moved_paths(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def check_inputs(baseline: PathLike, followup: PathLike, subject: str) -> list[str]:
-    """The cohort sheet's checks on one pair, as a test pair without a label (one set of
-    rules for the workflow and ``predict``); raises :class:`CohortError` naming each
-    problem, returns the warnings."""
+def check_inputs(
+    baseline: PathLike, followup: PathLike, subject: str, label: PathLike | None = None
+) -> list[str]:
+    """The cohort sheet's checks on one pair, as a test pair (with its label, if given: a
+    change mask on the follow-up's grid); one set of rules for the workflow and
+    ``predict``. Raises :class:`CohortError` naming each problem, returns the warnings."""
     row = {
         "subject": subject,
         "baseline": str(baseline),
         "followup": str(followup),
         "split": "test",
         "change": "unknown",
+        **({"label": str(label)} if label is not None else {}),
     }
     try:
         cohort = check_cohort_table(
@@ -311,8 +314,12 @@ def predict_pair(
     threads: int | None = None,
     overrides: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    label: PathLike | None = None,
 ) -> dict[str, Any]:
     """Preprocess a raw pair and detect its changes; returns the prediction record.
+
+    ``label``: a ground-truth change mask on the follow-up's grid, shown in the viewer
+    (checked as a cohort sheet's label; nothing is scored).
 
     ``model``: a model file or the name of a shipped model (None: the default shipped
     model, :data:`mschange.pretrained.DEFAULT_MODEL`); several make an ensemble (the
@@ -331,7 +338,7 @@ def predict_pair(
     threads = threads or job_threads()
     out = Path(os.path.abspath(out_dir))
     # Fail on bad inputs before creating any output.
-    for warning in check_inputs(baseline, followup, subject):
+    for warning in check_inputs(baseline, followup, subject, label):
         progress.say(f"mschange: warning: {warning}")
     # Subject and session of a BIDS follow-up carry over (--subject names the subject).
     entities = pair_entities(subject, followup, subject_from_scan=not named)
@@ -373,7 +380,7 @@ def predict_pair(
         record["outputs"] = {key: str(p) for key, p in output_paths(out, entities).items()}
         paths = output_paths(partial, entities)
         with progress.stage("writing the QC picture, the viewer and the summary"):
-            summary = _write_pages(partial, subject=subject, entities=entities)
+            summary = _write_pages(partial, subject=subject, entities=entities, label=label)
         record["pages"] = pair_page_paths(str(out), entities)
         record["qc"] = summary["qc"]
         save_json(record, paths["record"])
@@ -395,7 +402,9 @@ def predict_pair(
     return record
 
 
-def _write_pages(dataset: Path, *, subject: str, entities: PairEntities) -> dict[str, Any]:
+def _write_pages(
+    dataset: Path, *, subject: str, entities: PairEntities, label: PathLike | None
+) -> dict[str, Any]:
     """The pair's QC (picture and numbers), viewer and summary, in the dataset's folders."""
     from mschange.config import section_defaults
     from mschange.pair_pages import write_pair_pages
@@ -431,6 +440,7 @@ def _write_pages(dataset: Path, *, subject: str, entities: PairEntities) -> dict
         outputs=pages,
         subject=entities.subject,
         session=entities.session,
+        label=label,
     )
 
 
