@@ -59,7 +59,7 @@ def _decode(encoded: str) -> nib.Nifti1Image:
     return nib.Nifti1Image.from_bytes(raw)
 
 
-def test_embedded_volumes_keep_grid_and_values():
+def test_embedded_volumes_keep_values_and_scanner_positions():
     images, table = phantom_pair()
     volumes = viewer.embedded_volumes(images, table)
     assert set(volumes) == {
@@ -70,17 +70,29 @@ def test_embedded_volumes_keep_grid_and_values():
         "detections",
         "truth",
     }
+    shown = viewer.cropped(images)
     followup = _decode(volumes["followup"])
-    assert followup.shape == SHAPE
-    np.testing.assert_allclose(followup.affine, images.affine)
-    np.testing.assert_allclose(followup.get_fdata(), images.followup, atol=1 / 255)
+    # Cut to the brain plus the margin on each side (the phantom leaves room for it).
+    brain = np.nonzero(images.followup)
+    extent = [int(axis.max() - axis.min() + 1) for axis in brain]
+    assert followup.shape == tuple(n + 2 * viewer.CROP_MARGIN for n in extent)
+    assert followup.shape < SHAPE
+    np.testing.assert_allclose(followup.affine, shown.affine)
+    np.testing.assert_allclose(followup.get_fdata(), shown.followup, atol=1 / 255)
     difference = _decode(volumes["difference"]).get_fdata()
-    np.testing.assert_allclose(difference, images.followup - images.baseline, atol=1 / 127)
-    detections = np.asarray(_decode(volumes["detections"]).dataobj)
-    # The new lesion is labelled new-or-enlarging, the shrunk one shrinking, nothing else.
-    assert set(np.unique(detections[_ball(NEW_CENTRE, 5)])) == {viewer.NEW_OR_ENLARGING}
-    assert set(np.unique(detections[_ball(SHRINKING_CENTRE, 4)])) == {viewer.SHRINKING}
-    assert detections.astype(bool).sum() == (images.labels > 0).sum()
+    np.testing.assert_allclose(difference, shown.followup - shown.baseline, atol=1 / 127)
+    detections = _decode(volumes["detections"])
+    assert detections.header["intent_code"] == 1002  # a label map: NiiVue outlines it
+    labels = np.asarray(detections.dataobj)
+    assert labels.astype(bool).sum() == (images.labels > 0).sum()
+    # Each lesion is where it was in scanner mm: its centroid lands on its label.
+    for _, lesion in table.iterrows():
+        centre = np.array([lesion[f"centroid_{a}_mm"] for a in "xyz"])
+        voxel = np.rint(np.linalg.inv(followup.affine) @ np.append(centre, 1))[:3].astype(int)
+        expected = (
+            viewer.NEW_OR_ENLARGING if lesion["direction"] == "brighter" else viewer.SHRINKING
+        )
+        assert labels[tuple(voxel)] == expected
 
 
 def test_direction_labels_follow_the_table_not_the_label_order():
@@ -212,7 +224,7 @@ def test_viewer_in_a_browser(tmp_path):
     assert moved["baseline"] != pytest.approx(result["canvasClick"]["before"], abs=1.0)
     assert moved["followup"] == pytest.approx(moved["baseline"], abs=0.01)
     assert moved["difference"] == pytest.approx(moved["baseline"], abs=0.01)
-    assert result["truthOpacity"] == [1, 1, 1]
+    assert result["truthOpacity"] == pytest.approx([0.25] * 3)
 
 
 @needs_chromium

@@ -43,17 +43,17 @@ NIIVUE_FILE = "niivue.umd.js"
 NEW_OR_ENLARGING, SHRINKING, GROUND_TRUTH = 1, 2, 3
 # The difference image's display window, on the normalised scale (brain 99th pct = 1).
 DIFFERENCE_RANGE = 0.5
-# Columns of the lesion table the page lists (those present), in this order.
+# Columns of the lesion table the page lists (those present), in this order; the
+# centroid in scanner mm.
 TABLE_COLUMNS = {
     "lesion_id": "id",
     "location": "location",
-    "direction": "direction",
-    "volume_mm3": "volume (mm³)",
+    "direction": "",
+    "volume_mm3": "mm³",
     "mean_probability": "mean p",
-    "max_probability": "max p",
-    "centroid_x_mm": "x (mm)",
-    "centroid_y_mm": "y (mm)",
-    "centroid_z_mm": "z (mm)",
+    "centroid_x_mm": "x",
+    "centroid_y_mm": "y",
+    "centroid_z_mm": "z",
 }
 _TEXT_COLUMNS = {"location", "direction"}
 
@@ -97,15 +97,25 @@ class PairImages:
 
 
 def _nifti_base64(
-    data: npt.NDArray[Any], affine: npt.NDArray[Any], dtype: Any, scale: float = 1.0
+    data: npt.NDArray[Any],
+    affine: npt.NDArray[Any],
+    dtype: Any,
+    scale: float = 1.0,
+    *,
+    labels: bool = False,
 ) -> str:
-    """A gzipped NIfTI of ``data / scale`` stored as ``dtype`` (``scl_slope = scale``)."""
+    """A gzipped NIfTI of ``data / scale`` stored as ``dtype`` (``scl_slope = scale``).
+
+    ``labels``: marked as a label map (NIfTI intent "label"), which NiiVue outlines.
+    """
     import nibabel as nib
 
     info = np.iinfo(dtype)
     stored = np.clip(np.rint(np.asarray(data, dtype=np.float64) / scale), info.min, info.max)
     image = nib.Nifti1Image(stored.astype(dtype), np.asarray(affine, dtype=np.float64))
     image.header.set_slope_inter(scale, 0.0)
+    if labels:
+        image.header.set_intent("label")
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     payload = gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
@@ -122,8 +132,43 @@ def direction_labels(labels: npt.NDArray[Any], lesions: pd.DataFrame) -> npt.NDA
     return lookup[np.asarray(labels, dtype=np.int64)]
 
 
+# Voxels kept around the brain when the images are cropped for the page.
+CROP_MARGIN = 6
+
+
+def cropped(images: PairImages, margin: int = CROP_MARGIN) -> PairImages:
+    """The images cut to the box of everything shown (brain, changes, truth) plus a
+    margin, the affine moved with them: the views fill with brain, and the page shrinks.
+    Scanner coordinates are unchanged."""
+    from mschange.tiling import brain_box
+
+    shown = (
+        (np.asarray(images.followup) != 0)
+        | (np.asarray(images.baseline) != 0)
+        | (np.asarray(images.labels) > 0)
+    )
+    if images.truth is not None:
+        shown |= np.asarray(images.truth) > 0
+    if not shown.any():
+        return images
+    box, _ = brain_box(shown, margin, 1)
+    shift = np.eye(4)
+    shift[:3, 3] = [axis.start for axis in box]
+
+    return PairImages(
+        baseline=np.asarray(images.baseline)[box],
+        followup=np.asarray(images.followup)[box],
+        probability=np.asarray(images.probability)[box],
+        labels=np.asarray(images.labels)[box],
+        affine=np.asarray(images.affine, dtype=np.float64) @ shift,
+        truth=None if images.truth is None else np.asarray(images.truth)[box],
+    )
+
+
 def embedded_volumes(images: PairImages, lesions: pd.DataFrame) -> dict[str, str]:
-    """Volume name -> base64 gzipped NIfTI, as ``viewer.js`` reads them."""
+    """Volume name -> base64 gzipped NIfTI, as ``viewer.js`` reads them (cropped to
+    what is shown, :func:`cropped`)."""
+    images = cropped(images)
     affine = images.affine
     volumes = {
         "baseline": _nifti_base64(images.baseline, affine, np.uint8, 1 / 255),
@@ -135,11 +180,13 @@ def embedded_volumes(images: PairImages, lesions: pd.DataFrame) -> dict[str, str
             1 / 127,
         ),
         "probability": _nifti_base64(images.probability, affine, np.uint8, 1 / 255),
-        "detections": _nifti_base64(direction_labels(images.labels, lesions), affine, np.uint8),
+        "detections": _nifti_base64(
+            direction_labels(images.labels, lesions), affine, np.uint8, labels=True
+        ),
     }
     if images.truth is not None:
         truth = np.where(np.asarray(images.truth) > 0, GROUND_TRUTH, 0)
-        volumes["truth"] = _nifti_base64(truth, affine, np.uint8)
+        volumes["truth"] = _nifti_base64(truth, affine, np.uint8, labels=True)
     return volumes
 
 
@@ -166,7 +213,11 @@ def lesion_rows(lesions: pd.DataFrame) -> str:
         cells = []
         for column in columns:
             value = lesion[column]
-            if column in _TEXT_COLUMNS:
+            if column == "direction":
+                swatch = "up" if value == "brighter" else "down"
+                text = "new or enlarging" if value == "brighter" else "shrinking"
+                cells.append(f'<td class="text"><span class="{swatch}" title="{text}"></span></td>')
+            elif column in _TEXT_COLUMNS:
                 text = LOCATION_LABELS.get(value, value) if column == "location" else value
                 cells.append(f'<td class="text">{html.escape(str(text))}</td>')
             elif column in ("lesion_id",):

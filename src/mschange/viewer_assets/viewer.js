@@ -26,6 +26,8 @@
     labels: ["", "new or enlarging", "shrinking", "ground truth"],
   };
 
+  const LABEL_FILL = 0.25; // a light fill inside each outline
+
   async function volume(key, options) {
     const image = await NV.NVImage.loadFromBase64({
       base64: data.volumes[key],
@@ -37,14 +39,15 @@
   }
 
   async function addOutlines(nv) {
-    const detections = await volume("detections", { labels: true });
-    nv.addVolume(detections);
+    // Ground truth first, so the detections' outlines are drawn over it.
     let truth = null;
     if (data.volumes.truth) {
       truth = await volume("truth", { labels: true, opacity: 0 });
       nv.addVolume(truth);
     }
-    nv.setAtlasOutline(1);
+    const detections = await volume("detections", { labels: true, opacity: LABEL_FILL });
+    nv.addVolume(detections);
+    nv.setAtlasOutline(1); // label maps (NIfTI intent "label") drawn with their outline
     return { detections, truth };
   }
 
@@ -53,6 +56,7 @@
       backColor: [0, 0, 0, 1],
       crosshairColor: [1, 1, 0, 0.8],
       multiplanarShowRender: 0, // axial, coronal and sagittal only: no 3D render
+      multiplanarLayout: 3, // the three in a row
       isResizeCanvas: true,
       show3Dcrosshair: false,
     });
@@ -100,11 +104,13 @@
     );
     const detections = document.getElementById("show-detections");
     detections.addEventListener("change", () =>
-      setOpacity(state.overlays.detections, detections.checked ? 1 : 0),
+      setOpacity(state.overlays.detections, detections.checked ? LABEL_FILL : 0),
     );
     const truth = document.getElementById("show-truth");
     if (truth) {
-      truth.addEventListener("change", () => setOpacity(state.overlays.truth, truth.checked ? 1 : 0));
+      truth.addEventListener("change", () =>
+        setOpacity(state.overlays.truth, truth.checked ? LABEL_FILL : 0),
+      );
     }
     for (const row of document.querySelectorAll("#lesions tbody tr")) {
       row.addEventListener("click", () => {
