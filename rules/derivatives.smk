@@ -25,6 +25,7 @@ rule pair_pages:
         unpack(main_prediction),
         **PREPROCESSED_PAIR,
         qc="results/qc/sub-{subject}_desc-preproc_qc.json",
+        qc_figure="results/qc/sub-{subject}_desc-preproc_qc.png",
         label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"] or [],
     output:
         **page_paths(PAGES_DIR, "{subject}"),

@@ -19,4 +19,5 @@ with logging_to(snakemake.log[0], "pair_pages"):
         session=snakemake.params.entities.session,
         label=snakemake.input.label or None,
         viewer_link=snakemake.params.viewer_link,
+        qc_figure=snakemake.input.qc_figure,
     )

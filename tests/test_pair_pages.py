@@ -56,7 +56,7 @@ def _pair_files(folder, *, with_label: bool):
 @pytest.mark.skipif(not viewer.niivue_available(), reason="NiiVue not bundled")
 @pytest.mark.parametrize("with_label", [True, False])
 def test_pages_of_a_pair(tmp_path, with_label):
-    _, table, files = _pair_files(tmp_path, with_label=with_label)
+    images, table, files = _pair_files(tmp_path, with_label=with_label)
     out = tmp_path / "out"
     outputs = {
         "viewer": out / "figures" / "sub-p1_viewer.html",
@@ -65,6 +65,12 @@ def test_pages_of_a_pair(tmp_path, with_label):
         "summary_json": out / "sub-p1_summary.json",
     }
     out.joinpath("figures").mkdir(parents=True)
+    qc_figure = None
+    if with_label:  # (one case with the QC picture, one without)
+        import matplotlib.pyplot as plt
+
+        qc_figure = tmp_path / "qc.png"
+        plt.imsave(qc_figure, images.followup[:, :, 40], cmap="gray")
     summary = write_pair_pages(
         baseline=files["baseline"],
         followup=files["followup"],
@@ -77,8 +83,10 @@ def test_pages_of_a_pair(tmp_path, with_label):
         outputs=outputs,
         subject="p1",
         label=files.get("label"),
+        qc_figure=qc_figure,
     )
     assert summary["viewer"] == "figures/sub-p1_viewer.html"
+    assert ('<img src="data:image/png' in outputs["summary_html"].read_text()) is with_label
     assert json.loads(outputs["summary_json"].read_text()) == json.loads(json.dumps(summary))
     new = summary["changes"]["new_or_enlarging"]
     assert new["by_location"]["deep_white_matter"]["count"] == 1

@@ -67,11 +67,13 @@ def write_pair_pages(
     session: str | None = None,
     label: PathLike | None = None,
     viewer_link: str | None = None,
+    qc_figure: PathLike | None = None,
 ) -> dict[str, Any]:
     """Write the viewer and the summary (``outputs``: keys of ``PAGE_KEYS``).
 
     ``viewer_link``: how the summary links the viewer, where the two are later copied
     elsewhere (the workflow's dataset); by default relative to ``outputs``.
+    ``qc_figure``: the pair's QC picture, embedded in the summary.
 
     ``probability``, ``lesions`` and ``record`` are the prediction's (change probability,
     lesion table, JSON record with the settings and model); ``qc`` is the pair's QC record
@@ -140,5 +142,6 @@ def write_pair_pages(
         html=outputs["summary_html"],
         tsv=outputs["summary_tsv"],
         json=outputs["summary_json"],
+        qc_figure=qc_figure,
     )
     return summary

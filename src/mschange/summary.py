@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from mschange.evaluation.html import Link, Report, Section, Table, write_html
+from mschange.evaluation.html import Figure, Link, Report, Section, Table, write_html
 from mschange.io import atomic_path, save_json
 from mschange.locations import LOCATION_CLASSES, LOCATION_LABELS, count_by_location
 from mschange.qc import qc_table
@@ -131,8 +131,9 @@ def _headline(summary: Mapping[str, Any]) -> str:
     )
 
 
-def summary_report(summary: Mapping[str, Any]) -> Report:
-    """The one-page HTML summary as a report (the cohort report's own page format)."""
+def summary_report(summary: Mapping[str, Any], qc_figure: PathLike | None = None) -> Report:
+    """The one-page HTML summary as a report (the cohort report's own page format), with
+    the pair's QC picture when given."""
     name = f"sub-{summary['subject']}" + (
         f" ses-{summary['session']}" if summary.get("session") else ""
     )
@@ -182,6 +183,11 @@ def summary_report(summary: Mapping[str, Any]) -> Report:
                 "Quality control",
                 verdict,
                 tables=[Table(qc_frame, "QC of the preprocessed pair.")],
+                figures=(
+                    [Figure(qc_figure, "The registered pair: follow-up, baseline, checkerboard")]
+                    if qc_figure is not None
+                    else []
+                ),
             ),
             Section(
                 "Model",
@@ -194,13 +200,19 @@ def summary_report(summary: Mapping[str, Any]) -> Report:
 
 
 def write_summary(
-    summary: Mapping[str, Any], *, html: PathLike, tsv: PathLike, json: PathLike
+    summary: Mapping[str, Any],
+    *,
+    html: PathLike,
+    tsv: PathLike,
+    json: PathLike,
+    qc_figure: PathLike | None = None,
 ) -> None:
-    """Write the summary as JSON, TSV and a one-page HTML (each atomically)."""
+    """Write the summary as JSON, TSV and a one-page HTML (each atomically; the HTML
+    embeds ``qc_figure`` when given)."""
     save_json(dict(summary), json)
     with atomic_path(tsv) as tmp:
         summary_table(summary).to_csv(tmp, sep="\t", index=False, float_format="%.1f")
-    write_html(summary_report(summary), html)
+    write_html(summary_report(summary, qc_figure), html)
 
 
 def read_summary(path: PathLike) -> dict[str, Any]:

@@ -441,6 +441,7 @@ def _write_pages(
         subject=entities.subject,
         session=entities.session,
         label=label,
+        qc_figure=pages["qc_figure"],
     )
 
 
