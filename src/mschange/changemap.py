@@ -19,6 +19,10 @@ from scipy import ndimage
 
 from mschange.preprocessing.resample import resample_to_grid
 
+# A change's direction (the lesion table's ``direction``): the follow-up brighter there (a
+# new or enlarging lesion) or darker (a shrinking or resolving one).
+BRIGHTER, DARKER = "brighter", "darker"
+
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]

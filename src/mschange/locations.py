@@ -33,6 +33,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
 
+from mschange.changemap import BRIGHTER
 from mschange.io import voxel_sizes
 
 PERIVENTRICULAR = "periventricular"
@@ -57,7 +58,6 @@ LOCATION_DESCRIPTIONS = {
 }
 # A change that meets several rules gets the first class of this order.
 PRECEDENCE = (INFRATENTORIAL, PERIVENTRICULAR, CORTICAL_JUXTACORTICAL, DEEP_WHITE_MATTER)
-BRIGHTER = "brighter"  # the lesion table's direction of a new or enlarging lesion
 
 B = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]

@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from mschange.changemap import BRIGHTER
 from mschange.io import atomic_path
 from mschange.locations import LOCATION_LABELS
 
@@ -127,7 +128,7 @@ def direction_labels(labels: npt.NDArray[Any], lesions: pd.DataFrame) -> npt.NDA
     lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint8)
     if len(lesions):
         ids = lesions["lesion_id"].to_numpy(dtype=int)
-        brighter = lesions["direction"].to_numpy() == "brighter"
+        brighter = lesions["direction"].to_numpy() == BRIGHTER
         lookup[ids] = np.where(brighter, NEW_OR_ENLARGING, SHRINKING)
     return lookup[np.asarray(labels, dtype=np.int64)]
 
@@ -214,8 +215,8 @@ def lesion_rows(lesions: pd.DataFrame) -> str:
         for column in columns:
             value = lesion[column]
             if column == "direction":
-                swatch = "up" if value == "brighter" else "down"
-                text = "new or enlarging" if value == "brighter" else "shrinking"
+                swatch = "up" if value == BRIGHTER else "down"
+                text = "new or enlarging" if value == BRIGHTER else "shrinking"
                 cells.append(f'<td class="text"><span class="{swatch}" title="{text}"></span></td>')
             elif column in _TEXT_COLUMNS:
                 text = LOCATION_LABELS.get(value, value) if column == "location" else value

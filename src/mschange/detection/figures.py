@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from mschange.changemap import BRIGHTER
 from mschange.imagespace import to_ras_axes
 from mschange.io import atomic_path
 
@@ -44,7 +45,7 @@ def plot_prediction(
         slices.append((z, f"change {row.lesion_id}: {row.volume_mm3:.0f} mm³, {row.direction}"))
     if not slices:
         slices.append((ras_followup.shape[2] // 2, "no change detected (middle slice)"))
-    brighter = set(table.loc[table["direction"] == "brighter", "lesion_id"].astype(int))
+    brighter = set(table.loc[table["direction"] == BRIGHTER, "lesion_id"].astype(int))
 
     # Crop to the brain (in-plane), so the slices are not mostly background.
     inside = np.nonzero((ras_followup > 0).any(axis=2))

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
+from mschange.changemap import BRIGHTER, DARKER
 from mschange.detection.network import ChangeDetector
 from mschange.imagespace import from_ras_axes, to_ras_axes
 from mschange.io import voxel_sizes
@@ -41,7 +42,6 @@ from mschange.torchrun import autocast
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-BRIGHTER, DARKER = "brighter", "darker"
 # The lesion table's columns, described as a BIDS data dictionary (the TSV's JSON sidecar).
 LESION_COLUMN_INFO: dict[str, dict[str, Any]] = {
     "lesion_id": {"Description": "Number of the detected change (its label in the mask)"},
