@@ -15,19 +15,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mschange.evaluation.html import CONTENT_POLICY
-
 _CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-_NONCE = "mschange-image-check"
-_CHECK_SCRIPT = f"""<script nonce="{_NONCE}">
-window.addEventListener("load", function () {{
-  var images = Array.prototype.slice.call(document.images);
-  var loaded = images.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }});
-  document.body.setAttribute("data-images-loaded", loaded.length + "/" + images.length);
-}});
-</script>
+# Counts the page's images the browser decoded, once the page has loaded.
+_IMAGE_CHECK = """
+if (document.readyState !== "complete") {
+  await new Promise((resolve) => window.addEventListener("load", resolve));
+}
+const images = Array.from(document.images);
+return [images.filter((i) => i.complete && i.naturalWidth > 0).length, images.length];
 """
-_RESULT = re.compile(r'data-images-loaded="(\d+)/(\d+)"')
 
 
 def find_chromium() -> str | None:
@@ -61,49 +57,10 @@ def check_images_in_browser(
     """(loaded, total): how many ``<img>`` of the page a headless Chromium decoded.
 
     Catches what string checks cannot: a corrupt image, a wrong MIME type, or an image
-    blocked by the page's own security policy. A copy of the page with a small script
-    (allowed by nonce) is written beside the original, so relative references resolve
-    as they would for the original; the copy is removed afterwards.
+    blocked by the page's own security policy.
     """
-    browser = chromium or find_chromium()
-    if browser is None:
-        raise FileNotFoundError(errno.ENOENT, "no Chromium browser found", "chromium")
-    page = Path(html_path).resolve()
-    document = page.read_text(encoding="utf-8")
-    document = document.replace(
-        CONTENT_POLICY,
-        CONTENT_POLICY.replace(
-            "default-src 'none';", f"default-src 'none'; script-src 'nonce-{_NONCE}';"
-        ),
-    )
-    closing = document.lower().rfind("</body>")
-    document = (
-        document[:closing] + _CHECK_SCRIPT + document[closing:]
-        if closing >= 0
-        else document + _CHECK_SCRIPT
-    )
-    copy = page.with_name(f".{page.stem}.imagecheck{os.getpid()}.html")
-    try:
-        copy.write_text(document, encoding="utf-8")
-        with tempfile.TemporaryDirectory(prefix="mschange-chromium-") as profile:
-            command = [
-                *chromium_command(browser, profile),
-                "--virtual-time-budget=5000",
-                "--dump-dom",
-                copy.as_uri(),
-            ]
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=timeout, check=False
-            )
-    finally:
-        copy.unlink(missing_ok=True)
-    match = _RESULT.search(result.stdout)
-    if match is None:
-        raise RuntimeError(
-            f"Chromium did not report the images of {page} (exit code "
-            f"{result.returncode}): {result.stderr[-2000:]}"
-        )
-    return int(match.group(1)), int(match.group(2))
+    loaded, total = run_in_page(html_path, _IMAGE_CHECK, chromium, budget_ms=5000, timeout=timeout)
+    return int(loaded), int(total)
 
 
 _RESULT_BLOCK = re.compile(r'<pre id="mschange-test-result">(.*?)</pre>', re.S)
@@ -143,7 +100,13 @@ def run_in_page(
         "})();"
     )
     digest = base64.b64encode(hashlib.sha256(runner.encode("utf-8")).digest()).decode("ascii")
-    document = document.replace("script-src ", f"script-src 'sha256-{digest}' ", 1)
+    allowed = f"'sha256-{digest}'"
+    if "script-src " in document:
+        document = document.replace("script-src ", f"script-src {allowed} ", 1)
+    else:  # a page that runs no script of its own (the report)
+        document = document.replace(
+            "default-src 'none';", f"default-src 'none'; script-src {allowed};", 1
+        )
     closing = document.lower().rfind("</body>")
     document = document[:closing] + f"<script>{runner}</script>" + document[closing:]
     copy = page.with_name(f".{page.stem}.pagetest{os.getpid()}.html")
