@@ -302,6 +302,19 @@ def test_predict_with_the_shipped_model_finds_a_real_new_lesion(tmp_path):
     )
     assert mask.shape == truth.shape
     assert (np.asarray(mask.dataobj) > 0)[truth].any()
+    # Every detection has a location class, and the viewer takes a person to each one.
+    import pandas as pd
+
+    from mschange.locations import LOCATION_CLASSES
+
+    from .browser import find_chromium
+    from .test_viewer import use_viewer
+
+    lesions = pd.read_csv(files["lesions"], sep="\t")
+    assert set(lesions["location"]) <= set(LOCATION_CLASSES)
+    assert record["pages"]["viewer"].startswith(str(out))
+    if find_chromium() is not None:
+        use_viewer(Path(record["pages"]["viewer"]), lesions)
 
 
 def test_development_pairs_pass_registration_qc_and_a_moved_baseline_does_not(preprocessed_pair):

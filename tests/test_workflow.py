@@ -424,6 +424,12 @@ def test_tiny_run_writes_a_bids_derivatives_dataset_of_the_main_models_predictio
         (table["direction"] == "brighter").sum()
     )
     assert set(table["location"]) <= {*LOCATION_CLASSES}
+    # The pair's viewer works in a browser: every detection of the table is a click away.
+    from .browser import find_chromium
+    from .test_viewer import use_viewer
+
+    if find_chromium() is not None:
+        use_viewer(Path(pages["viewer"]), table)
     report = (workdir / "results" / "report" / "index.html").read_text()
     assert 'href="../derivatives/mschange/sub-demo02.html"' in report
     assert 'href="../derivatives/mschange/sub-demo02/figures/sub-demo02_desc-viewer.html"' in report
