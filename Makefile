@@ -41,6 +41,8 @@ demo: install
 	@echo "  synthesis figures    results/synthesis/figures/"
 	@echo "  change detector      results/detector/model-*/ (model.pt, training log and curve)"
 	@echo "  predicted changes    results/predict/model-*/sub-*/ (maps on both grids, lesion table)"
+	@echo "  BIDS derivatives     results/derivatives/mschange/ (per test pair: maps, lesion table,"
+	@echo "                       summary page sub-*.html, offline viewer sub-*/figures/*_desc-viewer.html)"
 	@echo "  evaluation           results/evaluation/ (per pair, method and blob size)"
 	@echo "  report               results/report/index.html (tables also in results/report/tables/)"
 
