@@ -619,9 +619,11 @@ def test_predict_cli_on_a_demo_pair(tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert "[1/6] resampling the baseline and the follow-up" in captured.err
-    assert "[6/6] detecting changes" in captured.err
+    assert "[1/7] resampling the baseline and the follow-up" in captured.err
+    assert "[6/7] detecting changes" in captured.err
+    assert "[7/7] writing the QC picture, the viewer and the summary" in captured.err
     assert "change(s)" in captured.out
+    assert "(summary)" in captured.out and "_desc-viewer.html (viewer)" in captured.out
     raw = nib.load(paths.followup)
     # The subject id comes from the BIDS-like file name (no dataset: no session).
     files = bids_prediction_paths(str(out), PairEntities("demo02"))
