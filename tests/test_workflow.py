@@ -851,6 +851,11 @@ def test_predict_gives_exactly_what_the_workflow_gives(tiny_run, tmp_path):
     )
     predicted = bids_prediction_paths(str(out), PairEntities(bids_label(pair["subject"])))
     assert _same_file(Path(workflow["probability"]), Path(predicted["probability"])) is None
+    # The QC numbers its summary shows are the workflow's QC record of the pair.
+    qc_name = f"{subject}_desc-preproc_qc.json"
+    assert (
+        _same_file(workdir / "results" / "qc" / qc_name, out / "preproc" / "qc" / qc_name) is None
+    )
 
 
 def test_every_preprocessing_step_is_a_rule_of_the_workflow():

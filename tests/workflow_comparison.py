@@ -31,6 +31,10 @@ TIMING = re.compile(
 TIMED_PICTURES = re.compile(r"(training_curve|loss)\.png$|report/index\.html$")
 
 
+# Where a BIDS derivatives dataset's inputs lie (file:// addresses): each run's own folder.
+RUN_LOCATION_KEYS = ("DatasetLinks", "SourceDatasets")
+
+
 def _without_timing(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _without_timing(v) for k, v in value.items() if not TIMING.search(str(k))}
@@ -84,7 +88,14 @@ def _same_file(a: Path, b: Path) -> str | None:
             return str(error).splitlines()[0]
         return None
     if name.endswith(".json"):
-        if _without_timing(json.loads(a.read_text())) != _without_timing(json.loads(b.read_text())):
+        record_a, record_b = json.loads(a.read_text()), json.loads(b.read_text())
+        if name == "dataset_description.json":
+            for key in RUN_LOCATION_KEYS:
+                if (key in record_a) != (key in record_b):
+                    return f"{key} present in one run only"
+                record_a.pop(key, None)
+                record_b.pop(key, None)
+        if _without_timing(record_a) != _without_timing(record_b):
             return "records differ"
         return None
     if name.endswith(".md") and (a.with_suffix(".tsv")).exists():

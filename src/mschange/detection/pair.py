@@ -413,7 +413,9 @@ def _write_pages(
 
     ready = preprocessed_pair(subject, str(dataset / "preproc"))
     pages = pair_page_paths(str(dataset), entities)
-    qc_record = Path(ready["followup"]).with_name(f"sub-{subject}_desc-preproc_qc.json")
+    # Beside the preprocessed files, as the workflow's results/qc/ is beside results/preproc/.
+    qc_record = dataset / "preproc" / "qc" / f"sub-{subject}_desc-preproc_qc.json"
+    qc_record.parent.mkdir(parents=True, exist_ok=True)
     results = output_paths(dataset, entities)
     Path(pages["viewer"]).parent.mkdir(parents=True, exist_ok=True)
     thresholds = qc_thresholds(section_defaults("qc"))
