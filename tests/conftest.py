@@ -14,6 +14,9 @@ from mschange.torchrun import flush_denormals
 # Before any test runs torch: worker threads created later inherit the setting, so
 # HD-BET in a test that follows other torch tests runs at its normal speed.
 flush_denormals()
+# ANTs with one thread, whichever test uses it first: ITK reads the count once per
+# process, and more threads make two registrations differ (tests compare two runs).
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 OPEN_MS_DATA = Path(

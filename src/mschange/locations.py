@@ -171,7 +171,15 @@ def _infratentorial_on_grid(
     affine: F64,
     settings: LocationSettings,
 ) -> B:
-    """The MNI infratentorial region on the follow-up grid, by a similarity registration."""
+    """The MNI infratentorial region on the follow-up grid, by a similarity registration.
+
+    With one ITK thread and the fixed seed two runs give the same region; ITK reads its
+    thread count once per process, at its first use, so one set earlier (the
+    preprocessing's ``registration.threads``, in ``mschange predict``) stays.
+    """
+    # More than one thread makes ANTs differ slightly from run to run, and a class can
+    # flip at the region's border.
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import ants  # imported lazily: loading ANTsPy takes seconds
 
     from mschange.imagespace import from_ants, to_ants
