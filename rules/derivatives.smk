@@ -24,8 +24,8 @@ rule pair_pages:
     input:
         unpack(main_prediction),
         **PREPROCESSED_PAIR,
-        qc="results/qc/sub-{subject}_desc-preproc_qc.json",
-        qc_figure="results/qc/sub-{subject}_desc-preproc_qc.png",
+        qc=rules.qc_pair.output.json,
+        qc_figure=rules.qc_pair.output.png,
         label=lambda wildcards: COHORT_ROWS[wildcards.subject]["label"] or [],
     output:
         **page_paths(PAGES_DIR, "{subject}"),

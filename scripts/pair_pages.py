@@ -10,6 +10,7 @@ with logging_to(snakemake.log[0], "pair_pages"):
         followup=snakemake.input.followup,
         masks=[snakemake.input.baseline_mask, snakemake.input.followup_mask],
         probability=snakemake.input.probability,
+        labels=snakemake.input.labels,
         lesions=snakemake.input.lesions,
         record=snakemake.input.record,
         qc=snakemake.input.qc,

@@ -23,6 +23,9 @@ def _pair_files(folder, *, with_label: bool):
     files = {}
     for name in ("baseline", "followup", "probability"):
         files[name] = save_nifti(getattr(images, name), images.affine, folder / f"{name}.nii.gz")
+    files["labels"] = save_nifti(
+        images.labels, images.affine, folder / "labels.nii.gz", dtype=np.uint16
+    )
     brain = (images.followup > 0).astype(np.uint8)
     files["mask"] = save_nifti(brain, images.affine, folder / "mask.nii.gz", dtype=np.uint8)
     files["lesions"] = folder / "lesions.tsv"
@@ -76,6 +79,7 @@ def test_pages_of_a_pair(tmp_path, with_label):
         followup=files["followup"],
         masks=[files["mask"]],
         probability=files["probability"],
+        labels=files["labels"],
         lesions=files["lesions"],
         record=files["record"],
         qc=files["qc"],

@@ -22,7 +22,7 @@ def main_prediction_of(subject):
 
 def main_prediction(wildcards):
     paths = main_prediction_of(wildcards.subject)
-    return {key: paths[key] for key in ("probability", "lesions", "record")}
+    return {key: paths[key] for key in ("probability", "labels", "lesions", "record")}
 
 
 def entities_of(subject):

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mschange.changemap import find_changes
 from mschange.detection.outputs import PAGE_SUFFIXES
 from mschange.io import brain_intersection, load_checked_image, load_float_image
 from mschange.locations import count_by_location, location_counts_text
 from mschange.summary import pair_summary, write_summary
-from mschange.viewer import PairImages, check_niivue, write_viewer
+from mschange.viewer import PairImages, write_viewer
 
 PathLike = str | os.PathLike[str]
 
@@ -48,16 +47,13 @@ def truth_on_grid(
     return on_grid > 0.5
 
 
-def read_lesions(path: PathLike) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
-
-
 def write_pair_pages(
     *,
     baseline: PathLike,
     followup: PathLike,
     masks: Sequence[PathLike],
     probability: PathLike,
+    labels: PathLike,
     lesions: PathLike,
     record: PathLike,
     qc: PathLike,
@@ -75,11 +71,11 @@ def write_pair_pages(
     elsewhere (the workflow's dataset); by default relative to ``outputs``.
     ``qc_figure``: the pair's QC picture, embedded in the summary.
 
-    ``probability``, ``lesions`` and ``record`` are the prediction's (change probability,
-    lesion table, JSON record with the settings and model); ``qc`` is the pair's QC record
+    ``probability``, ``labels``, ``lesions`` and ``record`` are the prediction's (change
+    probability, detected changes labelled by lesion id, lesion table, JSON record with
+    the settings and model); ``qc`` is the pair's QC record
     (``preprocessing.steps.qc_pair_step``). Returns the summary record.
     """
-    check_niivue()
     prediction = json.loads(Path(record).read_text(encoding="utf-8"))
     settings = prediction["settings"]
     model = prediction.get("model") or {}
@@ -87,9 +83,8 @@ def write_pair_pages(
     followup_data, image = load_float_image(followup)
     brain = brain_intersection(*masks)
     probability_data, _ = load_float_image(probability)
-    # The same detections as the prediction's mask and table: one thresholding rule.
-    labels = find_changes(probability_data, settings["kappa"], settings["min_blob_voxels"])
-    table = read_lesions(lesions)
+    # Empty cells stay empty strings (a location is text), only missing numbers are NaN.
+    table = pd.read_csv(lesions, sep="\t", keep_default_na=False, na_values=[""])
     truth = (
         truth_on_grid(label, followup_data.shape, image.affine, subject)
         if label is not None
@@ -99,7 +94,7 @@ def write_pair_pages(
         baseline=np.where(brain, baseline_data, 0.0),
         followup=np.where(brain, followup_data, 0.0),
         probability=probability_data,
-        labels=labels,
+        labels=np.asarray(load_checked_image(labels, subject).dataobj),
         affine=np.asarray(image.affine, dtype=np.float64),
         truth=truth,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -213,9 +212,3 @@ def write_summary(
     with atomic_path(tsv) as tmp:
         summary_table(summary).to_csv(tmp, sep="\t", index=False, float_format="%.1f")
     write_html(summary_report(summary, qc_figure), html)
-
-
-def read_summary(path: PathLike) -> dict[str, Any]:
-    import json
-
-    return dict(json.loads(Path(path).read_text(encoding="utf-8")))

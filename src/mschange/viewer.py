@@ -221,7 +221,7 @@ def lesion_rows(lesions: pd.DataFrame) -> str:
             elif column in _TEXT_COLUMNS:
                 text = LOCATION_LABELS.get(value, value) if column == "location" else value
                 cells.append(f'<td class="text">{html.escape(str(text))}</td>')
-            elif column in ("lesion_id",):
+            elif column == "lesion_id":
                 cells.append(f"<td>{int(value)}</td>")
             elif column == "volume_mm3" or column.startswith("centroid"):
                 cells.append(f"<td>{float(value):.1f}</td>")

@@ -435,6 +435,7 @@ def _write_pages(
         followup=ready["followup"],
         masks=[ready["baseline_mask"], ready["followup_mask"]],
         probability=results["probability"],
+        labels=results["labels"],
         lesions=results["lesions"],
         record=results["record"],
         qc=qc_record,
